@@ -1,0 +1,349 @@
+"""Monte Carlo rollouts: a ``lax.scan`` over steps of a ``vmap``-ed ``market.step``.
+
+Summary mode streams per-episode results through the scan (running maximum for the drawdown,
+fill counts, sums), so memory is O(n_episodes) whatever the session length; ``paths=True`` also
+returns the per-step paths for plots. Large runs are cut into chunks of ``chunk_size`` episodes,
+each run by the same compiled program.
+
+Noise layout: episode ``i`` at step ``t`` uses ``market.counter_noise(stream_key(key), i, t)``.
+It is a pure function of ``(key, i, t)``, so an episode's path does not depend on how many
+episodes run beside it, on the chunk size or on the devices -- and every policy simulated with
+the same key sees the same mid paths and fill uniforms (common random numbers).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxmm import market
+from jaxmm.market import MarketState
+from jaxmm.params import MarketParams
+
+DEFAULT_CHUNK = 2**17  # episodes per compiled chunk: ~60 MB of carry, amortises per-step overhead
+
+
+@struct.dataclass
+class Paths:
+    """Per-step paths, ``[n_episodes, n_steps + 1]`` for levels, ``[n_episodes, n_steps]`` for steps.
+
+    Attributes:
+        mid: ``S_0 .. S_N``. inventory: ``q_0 .. q_N``. pnl: ``PnL_0 = 0 .. PnL_N``.
+        bid, ask: quoted prices during step ``i`` (``S_i -+ depth``), ``[n, N]``.
+        bid_fill, ask_fill: 1.0 where that side was filled in step ``i``, ``[n, N]``.
+    """
+
+    mid: jax.Array
+    inventory: jax.Array
+    pnl: jax.Array
+    bid: jax.Array
+    ask: jax.Array
+    bid_fill: jax.Array
+    ask_fill: jax.Array
+
+
+@struct.dataclass
+class Rollout:
+    """Per-episode results, each ``[n_episodes]``, price units unless stated.
+
+    Attributes:
+        pnl: terminal PnL (``spread_pnl + inventory_pnl``).
+        inventory: terminal inventory ``q_N``.
+        spread_pnl: total spread capture. inventory_pnl: total mark-to-market of the inventory.
+        max_drawdown: largest fall of the PnL path from its running peak (``PnL_0 = 0``), >= 0.
+        n_bid_fills, n_ask_fills: number of fills on each side.
+        mean_spread: average quoted spread ``bid_depth + ask_depth`` over the steps where both
+            sides were quoted (NaN if there was none).
+        sum_sq_inventory: ``sum_t q_{t+1}^2``, so the episode reward under ``dPnL - phi q^2`` is
+            ``pnl - phi * sum_sq_inventory``.
+        final_mid: ``S_N``.
+        paths: ``Paths`` when simulated with ``paths=True``, else None.
+        n_steps: steps per episode (static).
+    """
+
+    pnl: jax.Array
+    inventory: jax.Array
+    spread_pnl: jax.Array
+    inventory_pnl: jax.Array
+    max_drawdown: jax.Array
+    n_bid_fills: jax.Array
+    n_ask_fills: jax.Array
+    mean_spread: jax.Array
+    sum_sq_inventory: jax.Array
+    final_mid: jax.Array
+    paths: Paths | None = None
+    n_steps: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self.pnl.shape[0])
+
+    def reward(self, phi: float) -> jax.Array:
+        """Episode reward under ``dPnL - phi q_{t+1}^2`` summed over the session, ``[n]``."""
+        return self.pnl - phi * self.sum_sq_inventory
+
+
+@struct.dataclass
+class _Running:
+    peak: jax.Array
+    max_drawdown: jax.Array
+    n_bid_fills: jax.Array
+    n_ask_fills: jax.Array
+    spread_sum: jax.Array
+    two_sided: jax.Array
+    sum_sq_inventory: jax.Array
+
+
+# In the vmapped step the time index is shared by all episodes: keep it unbatched.
+_STATE_AXES = MarketState(
+    t=None,
+    mid=0,
+    inventory=0,
+    pnl=0,
+    spread_pnl=0,
+    inventory_pnl=0,
+    recent_returns=0,
+    recent_fills=0,
+)
+
+
+def initial_states(params: MarketParams, n_episodes: int) -> MarketState:
+    """``n_episodes`` fresh states sharing one unbatched time index (see ``_STATE_AXES``)."""
+    state = market.reset(jax.random.key(0), params)
+
+    def batch(x: jax.Array) -> jax.Array:
+        return jnp.broadcast_to(x, (n_episodes, *x.shape))
+
+    return state.replace(
+        mid=batch(state.mid),
+        inventory=batch(state.inventory),
+        pnl=batch(state.pnl),
+        spread_pnl=batch(state.spread_pnl),
+        inventory_pnl=batch(state.inventory_pnl),
+        recent_returns=batch(state.recent_returns),
+        recent_fills=batch(state.recent_fills),
+    )
+
+
+def rollout(
+    params: MarketParams,
+    policy: Callable,
+    stream: jax.Array,
+    episodes: jax.Array,
+    paths: bool = False,
+) -> Rollout:
+    """Simulate the episodes with global indices ``episodes`` (``uint32[n]``): pure, jit-able.
+
+    ``stream`` is ``market.stream_key(key)``. This is the building block of ``simulate``; call it
+    directly to ``vmap`` over parameters or policies inside one compiled program.
+    """
+    n = episodes.shape[0]
+    dtype = market.float_dtype()
+    state = initial_states(params, n)
+    zeros = jnp.zeros((n,), dtype)
+    running = _Running(
+        peak=zeros,
+        max_drawdown=zeros,
+        n_bid_fills=zeros,
+        n_ask_fills=zeros,
+        spread_sum=zeros,
+        two_sided=zeros,
+        sum_sq_inventory=zeros,
+    )
+    quote = jax.vmap(policy, in_axes=(_STATE_AXES, None))
+    advance = jax.vmap(
+        market.step_with_noise,
+        in_axes=(_STATE_AXES, 0, 0, None),
+        out_axes=(_STATE_AXES, 0),
+    )
+
+    def body(carry, _):
+        state, running = carry
+        noise = market.counter_noise(stream, episodes, state.t)
+        quotes = quote(state, params)
+        bid_depth = jnp.broadcast_to(jnp.asarray(quotes.bid_depth, dtype), (n,))
+        ask_depth = jnp.broadcast_to(jnp.asarray(quotes.ask_depth, dtype), (n,))
+        quotes = quotes.replace(bid_depth=bid_depth, ask_depth=ask_depth)
+        next_state, info = advance(state, quotes, noise, params)
+        peak = jnp.maximum(running.peak, next_state.pnl)
+        two_sided = jnp.isfinite(bid_depth) & jnp.isfinite(ask_depth)
+        running = _Running(
+            peak=peak,
+            max_drawdown=jnp.maximum(running.max_drawdown, peak - next_state.pnl),
+            n_bid_fills=running.n_bid_fills + info.bid_fill,
+            n_ask_fills=running.n_ask_fills + info.ask_fill,
+            spread_sum=running.spread_sum + jnp.where(two_sided, bid_depth + ask_depth, 0.0),
+            two_sided=running.two_sided + two_sided,
+            sum_sq_inventory=running.sum_sq_inventory + next_state.inventory**2,
+        )
+        out = None
+        if paths:
+            out = (
+                next_state.mid,
+                next_state.inventory,
+                next_state.pnl,
+                state.mid - bid_depth,
+                state.mid + ask_depth,
+                info.bid_fill,
+                info.ask_fill,
+            )
+        return (next_state, running), out
+
+    (final, running), per_step = jax.lax.scan(body, (state, running), None, length=params.n_steps)
+    path_data = None
+    if paths:
+        mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (x.T for x in per_step)
+
+        def with_start(start: jax.Array, rest: jax.Array) -> jax.Array:
+            return jnp.concatenate([start[:, None], rest], axis=1)
+
+        path_data = Paths(
+            mid=with_start(state.mid, mid),
+            inventory=with_start(state.inventory, inventory),
+            pnl=with_start(state.pnl, pnl),
+            bid=bid,
+            ask=ask,
+            bid_fill=bid_fill,
+            ask_fill=ask_fill,
+        )
+    safe_count = jnp.maximum(running.two_sided, 1.0)
+    mean_spread = jnp.where(running.two_sided > 0, running.spread_sum / safe_count, jnp.nan)
+    return Rollout(
+        pnl=final.pnl,
+        inventory=final.inventory,
+        spread_pnl=final.spread_pnl,
+        inventory_pnl=final.inventory_pnl,
+        max_drawdown=running.max_drawdown,
+        n_bid_fills=running.n_bid_fills,
+        n_ask_fills=running.n_ask_fills,
+        mean_spread=mean_spread,
+        sum_sq_inventory=running.sum_sq_inventory,
+        final_mid=final.mid,
+        paths=path_data,
+        n_steps=params.n_steps,
+    )
+
+
+def _as_policy_pytree(policy: Callable) -> Any:
+    """Policies that are pytrees pass through ``jit`` as data; wrap plain functions."""
+    leaves, _ = jax.tree_util.tree_flatten(policy)
+    if leaves or isinstance(policy, struct.PyTreeNode) or hasattr(policy, "__dataclass_fields__"):
+        return policy
+    return jax.tree_util.Partial(policy)
+
+
+def _mesh(devices: Sequence[jax.Device] | Mesh | None) -> Mesh | None:
+    if devices is None:
+        return None
+    if isinstance(devices, Mesh):
+        return devices
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices is empty; pass None for the default device or a device list")
+    return Mesh(np.array(devices), ("episodes",))
+
+
+@functools.partial(jax.jit, static_argnames=("paths",))
+def _rollout_jit(params, policy, stream, episodes, paths):
+    return rollout(params, policy, stream, episodes, paths)
+
+
+@functools.cache
+def _sharded_rollout(mesh: Mesh, paths: bool) -> tuple[Callable, NamedSharding]:
+    """A jitted rollout whose episode axis is split over the mesh (one program per device)."""
+    axis = mesh.axis_names[0]
+    episode_spec = PartitionSpec(axis)
+
+    def run(params, policy, stream, episodes):
+        return rollout(params, policy, stream, episodes, paths)
+
+    sharded = jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(), episode_spec),
+        out_specs=episode_spec,
+        check_vma=False,  # episodes are independent: no collectives, nothing to check
+    )
+    return jax.jit(sharded), NamedSharding(mesh, episode_spec)
+
+
+def simulate(
+    params: MarketParams,
+    policy: Callable,
+    key: jax.Array,
+    n_episodes: int,
+    *,
+    paths: bool = False,
+    chunk_size: int | None = None,
+    devices: Sequence[jax.Device] | Mesh | None = None,
+    progress: bool = False,
+) -> Rollout:
+    """Simulate ``n_episodes`` sessions of ``policy`` in the market ``params``.
+
+    Args:
+        params: the market (validated here, before anything is compiled).
+        policy: ``(obs: MarketState, params) -> Quotes``; see ``jaxmm.policies``.
+        key: a JAX PRNG key. The same key gives the same numbers; the same key under two
+            policies gives both the same mid paths and fill uniforms (common random numbers).
+        n_episodes: number of independent sessions.
+        paths: also return per-step paths (memory ``O(n_episodes * n_steps)``).
+        chunk_size: episodes per compiled chunk (default ``DEFAULT_CHUNK``); results do not
+            depend on it. Memory is bounded by the chunk, plus ``O(n_episodes)`` for results.
+        devices: a list of devices or a 1-D ``Mesh``: shard the episodes across them (for
+            example ``jax.devices()``); results are identical to the single-device run.
+        progress: print one line per chunk to stderr.
+
+    Returns:
+        A ``Rollout`` of per-episode results (see ``jaxmm.metrics.summarize``).
+    """
+    params.validate()
+    if not callable(policy):
+        raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
+    if isinstance(n_episodes, bool) or not isinstance(n_episodes, int | np.integer):
+        raise ValueError(f"n_episodes = {n_episodes!r}; allowed: an integer in [1, 2**32)")
+    if not 1 <= n_episodes < 2**32:
+        raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer in [1, 2**32)")
+    chunk = DEFAULT_CHUNK if chunk_size is None else chunk_size
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise ValueError(f"chunk_size = {chunk_size!r}; allowed: an integer >= 1")
+
+    mesh = _mesh(devices)
+    n_devices = 1 if mesh is None else mesh.size
+    n_chunks = math.ceil(n_episodes / chunk)
+    chunk = math.ceil(n_episodes / n_chunks)  # equal chunks: one compiled shape, little padding
+    chunk = n_devices * math.ceil(chunk / n_devices)  # every device gets the same share
+    stream = market.stream_key(key)
+    policy = _as_policy_pytree(policy)
+    if mesh is None:
+        run = functools.partial(_rollout_jit, paths=paths)
+        sharding = None
+    else:
+        run, sharding = _sharded_rollout(mesh, paths)
+
+    results = []
+    for index in range(n_chunks):
+        start = index * chunk
+        episodes = jnp.arange(start, start + chunk, dtype=jnp.uint32)
+        if sharding is not None:
+            episodes = jax.device_put(episodes, sharding)
+        result = run(params, policy, stream, episodes)
+        keep = min(chunk, n_episodes - start)
+        if n_chunks == 1:
+            results.append(jax.tree.map(lambda x, keep=keep: x[:keep], result))
+        else:
+            results.append(jax.tree.map(lambda x, keep=keep: np.asarray(x[:keep]), result))
+        if progress:
+            done = start + keep
+            print(f"simulate: {done:,}/{n_episodes:,} episodes", file=sys.stderr, flush=True)
+    if n_chunks == 1:
+        return results[0]
+    return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *results)
