@@ -34,7 +34,7 @@ DEFAULT_CHUNK = 2**17  # episodes per compiled chunk: ~60 MB of carry, amortises
 
 @struct.dataclass
 class Paths:
-    """Per-step paths, ``[n_episodes, n_steps + 1]`` for levels, ``[n_episodes, n_steps]`` for steps.
+    """Per-step paths: ``[n_episodes, n_steps + 1]`` for levels, ``[n_episodes, n_steps]`` per step.
 
     Attributes:
         mid: ``S_0 .. S_N``. inventory: ``q_0 .. q_N``. pnl: ``PnL_0 = 0 .. PnL_N``.
@@ -234,11 +234,11 @@ def rollout(
 
 
 def _as_policy_pytree(policy: Callable) -> Any:
-    """Policies that are pytrees pass through ``jit`` as data; wrap plain functions."""
-    leaves, _ = jax.tree_util.tree_flatten(policy)
-    if leaves or isinstance(policy, struct.PyTreeNode) or hasattr(policy, "__dataclass_fields__"):
-        return policy
-    return jax.tree_util.Partial(policy)
+    """Policies that are pytrees pass through ``jit`` as data (no recompilation when their
+    numbers change); a plain function is wrapped as static code (compiled once per function)."""
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(policy)):
+        return jax.tree_util.Partial(policy)
+    return policy
 
 
 def _mesh(devices: Sequence[jax.Device] | Mesh | None) -> Mesh | None:
