@@ -188,7 +188,9 @@ def format_table(summaries: dict[str, dict[str, Any]]) -> str:
         for name in names:
             value = summaries[name].get(key, math.nan)
             se = summaries[name].get(f"{key}_se")
-            cell = f"{value:.4g}" if se is None or not math.isfinite(se) else f"{value:.4g} ± {se:.2g}"
+            cell = (
+                f"{value:.4g}" if se is None or not math.isfinite(se) else f"{value:.4g} ± {se:.2g}"
+            )
             cells.append(f"  {cell:>22}")
         lines.append(f"{label:<{width}}" + "".join(cells))
     return "\n".join(lines)

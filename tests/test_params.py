@@ -65,7 +65,7 @@ def test_validation_checks_every_element_of_a_sweep():
 
 def test_simulate_validates_before_compiling():
     p = mm.presets.homework().replace(k=-1.0)
-    with pytest.raises(ValueError, match="MarketParams.k"):
+    with pytest.raises(ValueError, match=r"MarketParams\.k"):
         mm.simulate(p, mm.policies.symmetric(0.5), jax.random.key(0), 10)
 
 

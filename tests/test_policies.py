@@ -65,7 +65,11 @@ def test_avellaneda_stoikov_symmetric_variant_centres_on_mid():
 
 @pytest.mark.parametrize(
     "policy",
-    [mm.policies.avellaneda_stoikov(0.1), mm.policies.glft(0.1), mm.policies.avellaneda_stoikov(0.0)],
+    [
+        mm.policies.avellaneda_stoikov(0.1),
+        mm.policies.glft(0.1),
+        mm.policies.avellaneda_stoikov(0.0),
+    ],
 )
 def test_bid_of_q_equals_ask_of_minus_q(policy):
     p = mm.presets.homework()

@@ -1,0 +1,179 @@
+"""Throughput benchmark: jaxmm's simulate against NumPy baselines, side by side in one run.
+
+``python -m experiments.benchmark`` simulates the homework A-S market (gamma = 0.1) with
+
+- ``jaxmm``: ``mm.simulate`` on one device and sharded over every local CPU device (this module
+  asks XLA for one host device per core unless ``XLA_FLAGS`` is already set);
+- ``numpy vectorised``: ``experiments.baselines.simulate_numpy_vectorised``;
+- ``python loop``: ``experiments.baselines.simulate_python_loop`` (per episode, as in the seeds);
+
+and reports episode-steps per second (best of ``--repeats`` runs, compile time separately), the
+ratios jaxmm / baseline at equal episode counts, and peak resident memory. Results go to
+``results/benchmark/benchmark.{json,md}``. The machine is shared and noisy: compare ratios
+measured in the same run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+if "XLA_FLAGS" not in os.environ:  # one CPU device per core, before jax initialises
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+import jaxmm as mm
+from experiments import baselines
+from experiments.common import environment, write_json
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="episodes"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best kept)")
+    parser.add_argument("--loop-episodes", type=int, default=200, help="episodes for the loop")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
+    args = parser.parse_args(argv)
+    if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
+        parser.error("--sizes, --repeats and --loop-episodes must be >= 1")
+    return args
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    params = mm.presets.homework()
+    policy = mm.policies.avellaneda_stoikov(0.1)
+    steps = params.n_steps
+    devices = jax.local_devices()
+    rows = []
+
+    def record(impl: str, n: int, seconds: float, compile_seconds: float | None = None) -> dict:
+        row = {
+            "implementation": impl,
+            "episodes": n,
+            "seconds": seconds,
+            "episode_steps_per_second": n * steps / seconds,
+            "compile_seconds": compile_seconds,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        rows.append(row)
+        print(
+            f"{impl:28s} {n:>10,} episodes  {seconds:8.3f} s  "
+            f"{row['episode_steps_per_second'] / 1e6:8.2f} M episode-steps/s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return row
+
+    jax_variants = {"jaxmm (1 device)": None}
+    if len(devices) > 1:
+        jax_variants[f"jaxmm ({len(devices)} devices)"] = devices
+    for n in args.sizes:
+        for name, devs in jax_variants.items():
+
+            def run(seed: int, n=n, devs=devs) -> None:
+                ro = mm.simulate(params, policy, jax.random.key(seed), n, devices=devs)
+                jax.block_until_ready(ro.pnl)
+
+            start = time.perf_counter()
+            run(0)
+            first = time.perf_counter() - start
+            seconds = time_best(lambda run=run: run(1), args.repeats)
+            record(name, n, seconds, compile_seconds=max(first - seconds, 0.0))
+        numpy_repeats = args.repeats if n <= 100_000 else 1
+        seconds = time_best(
+            lambda n=n: baselines.simulate_numpy_vectorised(n, seed=1), numpy_repeats
+        )
+        record("numpy vectorised", n, seconds)
+    seconds = time_best(lambda: baselines.simulate_python_loop(args.loop_episodes, seed=1), 1)
+    loop = record("python loop (per episode)", args.loop_episodes, seconds)
+
+    def rate(impl: str, n: int) -> float:
+        return next(
+            r["episode_steps_per_second"]
+            for r in rows
+            if r["implementation"] == impl and r["episodes"] == n
+        )
+
+    ratios = []
+    for n in args.sizes:
+        for name in jax_variants:
+            ratios.append(
+                {
+                    "jaxmm": name,
+                    "episodes": n,
+                    "vs_numpy_vectorised": rate(name, n) / rate("numpy vectorised", n),
+                    "vs_python_loop": rate(name, n) / loop["episode_steps_per_second"],
+                }
+            )
+    table = markdown(rows, ratios)
+    print(table)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.md").write_text(table + "\n")
+    payload = {
+        "study": "benchmark",
+        "config": {
+            "market": params,
+            "policy": {"avellaneda_stoikov": {"gamma": 0.1, "k": params.k}},
+            "sizes": args.sizes,
+            "repeats": args.repeats,
+            "loop_episodes": args.loop_episodes,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+        "rows": rows,
+        "ratios": ratios,
+        "environment": environment(),
+    }
+    write_json(out / "benchmark.json", payload)
+    print(f"wrote {out}/", file=sys.stderr)
+    return payload
+
+
+def markdown(rows: list[dict], ratios: list[dict]) -> str:
+    lines = [
+        "| implementation | episodes | seconds | M episode-steps/s | compile s | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        compile_s = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
+        lines.append(
+            f"| {r['implementation']} | {r['episodes']:,} | {r['seconds']:.3f} | "
+            f"{r['episode_steps_per_second'] / 1e6:.2f} | {compile_s} | {r['peak_rss_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "| jaxmm | episodes | x numpy vectorised | x python loop |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in ratios:
+        lines.append(
+            f"| {r['jaxmm']} | {r['episodes']:,} | {r['vs_numpy_vectorised']:.2f} | "
+            f"{r['vs_python_loop']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Every entry point runs end to end at a tiny size and writes files a person can open."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_monte_carlo_cli(tmp_path):
+    out = run(
+        "experiments.monte_carlo", "--n-episodes", "300", "--seed", "3", "--out", str(tmp_path)
+    )
+    assert "Sharpe" in out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["seed"] == 3 and summary["config"]["n_episodes"] == 300
+    assert summary["config"]["market"]["sigma"] == 2.0
+    stats = summary["summary"]["avellaneda_stoikov"]
+    assert stats["n_episodes"] == 300 and stats["mean_pnl"] > 0
+    for name in ("pnl_hist", "inventory_hist", "sample_paths", "quote_skew"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    rows = (tmp_path / "episodes.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("pnl,inventory") and len(rows) == 301
+
+
+def test_monte_carlo_cli_is_reproducible(tmp_path):
+    run("experiments.monte_carlo", "--n-episodes", "50", "--out", str(tmp_path / "a"))
+    run("experiments.monte_carlo", "--n-episodes", "50", "--out", str(tmp_path / "b"))
+    a = (tmp_path / "a" / "episodes.csv").read_text()
+    assert a == (tmp_path / "b" / "episodes.csv").read_text()
+
+
+def test_monte_carlo_cli_rejects_bad_input():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.monte_carlo", "--n-episodes", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "--n-episodes must be >= 2" in out.stderr
+
+
+def test_benchmark_cli(tmp_path):
+    run(
+        "experiments.benchmark",
+        "--sizes", "500", "--repeats", "1", "--loop-episodes", "5", "--out", str(tmp_path),
+    )  # fmt: skip
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    impls = {row["implementation"] for row in result["rows"]}
+    assert {"numpy vectorised", "python loop (per episode)", "jaxmm (1 device)"} <= impls
+    assert all(r["vs_numpy_vectorised"] > 0 for r in result["ratios"])
+    assert "| jaxmm" in (tmp_path / "benchmark.md").read_text()
