@@ -47,26 +47,22 @@ def sample_paths(rollout: Rollout, path: Path, *, dt: float, n_show: int = 10) -
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
     ax = axes[0]
     ax.plot(time_levels, paths.mid[0], color="black", lw=1.2, label="mid")
-    ax.step(time_steps, paths.bid[0], where="post", color="tab:green", lw=0.9, label="bid")
-    ax.step(time_steps, paths.ask[0], where="post", color="tab:red", lw=0.9, label="ask")
-    bid_hits = np.asarray(paths.bid_fill[0]) > 0
-    ask_hits = np.asarray(paths.ask_fill[0]) > 0
-    ax.scatter(
-        time_steps[bid_hits],
-        np.asarray(paths.bid[0])[bid_hits],
-        color="tab:green",
-        s=12,
-        marker="^",
-        label="bid filled",
+    sides = (
+        ("bid", paths.bid, paths.bid_fill, "tab:green", "^"),
+        ("ask", paths.ask, paths.ask_fill, "tab:red", "v"),
     )
-    ax.scatter(
-        time_steps[ask_hits],
-        np.asarray(paths.ask[0])[ask_hits],
-        color="tab:red",
-        s=12,
-        marker="v",
-        label="ask filled",
-    )
+    for side, quotes, fills, colour, marker in sides:
+        quotes = np.asarray(quotes[0])
+        hits = np.asarray(fills[0]) > 0
+        ax.step(time_steps, quotes, where="post", color=colour, lw=0.9, label=side)
+        ax.scatter(
+            time_steps[hits],
+            quotes[hits],
+            color=colour,
+            s=12,
+            marker=marker,
+            label=f"{side} filled",
+        )
     ax.set(title="Episode 0: mid-price and quotes", ylabel="price")
     ax.legend(loc="upper left", fontsize=7, ncol=5)
     for i in range(n_show):

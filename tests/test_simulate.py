@@ -91,6 +91,8 @@ def test_float32_agrees_with_float64():
     ro32 = mm.simulate(p, pol, jax.random.key(1), 2000)
     with jax.enable_x64(True):
         ro64 = mm.simulate(p, pol, jax.random.key(1), 2000)
+        assert ro64.pnl.dtype == np.float64
+    ro32, ro64 = (jax.tree.map(np.asarray, ro) for ro in (ro32, ro64))
     # identical uniforms: fills differ only where a probability sits within float32 rounding
     same = (ro32.n_bid_fills == ro64.n_bid_fills) & (ro32.n_ask_fills == ro64.n_ask_fills)
     assert same.mean() > 0.999
