@@ -23,14 +23,13 @@ if "XLA_FLAGS" not in os.environ:  # one CPU device per core, before jax initial
 import argparse
 import resource
 import sys
-import time
 from pathlib import Path
 
 import jax
 
 import jaxmm as mm
 from experiments import baselines
-from experiments.common import environment, write_json
+from experiments.common import Timer, environment, write_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,9 +53,9 @@ def peak_rss_mb() -> float:
 def time_best(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        with Timer() as timer:
+            fn()
+        best = min(best, timer.seconds)
     return best
 
 
@@ -96,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ro = mm.simulate(params, policy, jax.random.key(seed), n, devices=devs)
                 jax.block_until_ready(ro.pnl)
 
-            start = time.perf_counter()
-            run(0)
-            first = time.perf_counter() - start
+            first = time_best(lambda run=run: run(0), 1)  # includes compilation
             seconds = time_best(lambda run=run: run(1), args.repeats)
             record(name, n, seconds, compile_seconds=max(first - seconds, 0.0))
         numpy_repeats = args.repeats if n <= 100_000 else 1

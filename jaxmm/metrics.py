@@ -14,8 +14,9 @@ sense (computed in float64 on the host):
   (Rockafellar-Uryasev representation);
 - proportions: ``sqrt(p (1 - p) / n)``.
 
-VaR and CVaR are losses (positive numbers): ``var_95 = -q_0.05(PnL)``,
-``cvar_95 = -E[PnL | PnL <= q_0.05]``.
+VaR and CVaR are stated as losses: ``var_95 = -q_0.05(PnL)``,
+``cvar_95 = -E[PnL | PnL <= q_0.05]``; positive when the tail loses money, negative when even
+the tail of the PnL distribution is a gain.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def sharpe(x: np.ndarray) -> tuple[float, float]:
 
 def quantile(x: np.ndarray, p: float) -> tuple[float, float]:
     """Empirical ``p``-quantile and its asymptotic standard error (Hall-Sheather spacing)."""
-    x = np.sort(np.asarray(x, np.float64))
+    x = np.asarray(x, np.float64)
     n = x.size
     value = float(np.quantile(x, p))
     if n < 10:
@@ -107,9 +108,10 @@ def summarize(rollout: Rollout) -> dict[str, Any]:
     across episodes); ``max_drawdown`` (mean over episodes of each episode's maximum drawdown)
     and ``max_drawdown_worst`` (the worst episode); ``mean_abs_q`` and ``std_q`` (terminal
     inventory); ``pct_profitable`` (percent of episodes with PnL > 0); ``var_95``, ``cvar_95``,
-    ``var_99``, ``cvar_99`` (losses, positive); ``n_bid_fills``, ``n_ask_fills``, ``n_fills``
-    (mean per episode); ``bid_hit_rate``, ``ask_hit_rate`` (fills per step); ``mean_spread``
-    (quoted, price units); ``mean_spread_pnl`` and ``mean_inventory_pnl`` (PnL attribution).
+    ``var_99``, ``cvar_99`` (as losses: negative when the tail is a gain); ``n_bid_fills``,
+    ``n_ask_fills``, ``n_fills`` (mean per episode); ``bid_hit_rate``, ``ask_hit_rate`` (fills
+    per step); ``mean_spread`` (quoted, price units); ``mean_spread_pnl`` and
+    ``mean_inventory_pnl`` (PnL attribution).
     """
     pnl = np.asarray(rollout.pnl, np.float64)
     inventory = np.asarray(rollout.inventory, np.float64)
