@@ -3,7 +3,7 @@
 ``import jaxmm as mm``; see README.md and DESIGN.md for the public API and its conventions.
 """
 
-from jaxmm import market, metrics, policies, presets
+from jaxmm import market, metrics, optimal, policies, presets
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
 from jaxmm.simulate import Rollout, rollout, simulate
@@ -15,6 +15,7 @@ __all__ = [
     "Rollout",
     "market",
     "metrics",
+    "optimal",
     "policies",
     "presets",
     "rollout",

@@ -160,3 +160,62 @@ def glft(
     _check("A", A, lambda x: x > 0, "> 0")
     _check("sigma", sigma, lambda x: x >= 0, ">= 0")
     return GLFTAsymptotic(gamma=gamma, k=k, A=A, sigma=sigma)
+
+
+def as_pytree(policy: Any) -> Any:
+    """Policies that are pytrees pass through ``jit`` as data (no recompilation when their
+    numbers change); a plain function is wrapped as static code (compiled once per function)."""
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(policy)):
+        return jax.tree_util.Partial(policy)
+    return policy
+
+
+@struct.dataclass
+class Table:
+    """Quotes read from a (time, inventory) table; see ``table``."""
+
+    times: jax.Array  # f[n_t], session time units
+    bid_depth: jax.Array  # f[n_t, n_q]; +inf where not quoted
+    ask_depth: jax.Array  # f[n_t, n_q]
+    q_min: int = struct.field(pytree_node=False, default=0)
+
+    def __call__(self, obs: MarketState, params: MarketParams) -> Quotes:
+        now = obs.t * params.dt
+        after = jnp.clip(jnp.searchsorted(self.times, now), 1, self.times.shape[0] - 1)
+        nearer_before = (now - self.times[after - 1]) <= (self.times[after] - now)
+        row = jnp.where(nearer_before, after - 1, after)
+        n_q = self.bid_depth.shape[1]
+        column = jnp.clip(jnp.round(obs.inventory).astype(jnp.int32) - self.q_min, 0, n_q - 1)
+        return Quotes(bid_depth=self.bid_depth[row, column], ask_depth=self.ask_depth[row, column])
+
+
+def table(solution: Any) -> Table:
+    """Wrap a solver's ``QuoteTable`` (``mm.optimal.*``) as a policy.
+
+    At step ``t`` the policy quotes the table row whose time is nearest ``t * dt`` (exact when
+    the table was solved on the simulator's grid, as ``bellman`` is) and the column of the
+    current inventory; inventories beyond the table use its edge column. NaN entries (a side
+    the solution does not quote, e.g. the bid at ``q_max``) become depth ``+inf``: no fill.
+    """
+    inventories = np.asarray(solution.inventories)
+    if inventories.ndim != 1 or inventories.size < 2 or np.any(np.diff(inventories) != 1):
+        raise ValueError("solution.inventories must be consecutive integers (at least two)")
+    times = np.asarray(solution.times, np.float64)
+    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
+        raise ValueError("solution.times must be increasing (at least two grid times)")
+    dtype = jnp.zeros(()).dtype
+
+    def quotes(depth: Any) -> jax.Array:
+        depth = np.asarray(depth, np.float64)
+        if depth.shape != (times.size, inventories.size):
+            raise ValueError(
+                f"depth table has shape {depth.shape}; expected {(times.size, inventories.size)}"
+            )
+        return jnp.asarray(np.where(np.isnan(depth), np.inf, depth), dtype)
+
+    return Table(
+        times=jnp.asarray(times, dtype),
+        bid_depth=quotes(solution.bid_depth),
+        ask_depth=quotes(solution.ask_depth),
+        q_min=int(inventories[0]),
+    )

@@ -17,7 +17,6 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ import numpy as np
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmm import market
+from jaxmm import market, policies
 from jaxmm.market import MarketState
 from jaxmm.params import MarketParams
 
@@ -238,14 +237,6 @@ def rollout(
     )
 
 
-def _as_policy_pytree(policy: Callable) -> Any:
-    """Policies that are pytrees pass through ``jit`` as data (no recompilation when their
-    numbers change); a plain function is wrapped as static code (compiled once per function)."""
-    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(policy)):
-        return jax.tree_util.Partial(policy)
-    return policy
-
-
 def _mesh(devices: Sequence[jax.Device] | Mesh | None) -> Mesh | None:
     if devices is None:
         return None
@@ -327,7 +318,7 @@ def simulate(
     chunk = math.ceil(n_episodes / n_chunks)  # equal chunks: one compiled shape, little padding
     chunk = n_devices * math.ceil(chunk / n_devices)  # every device gets the same share
     stream = market.stream_key(key)
-    policy = _as_policy_pytree(policy)
+    policy = policies.as_pytree(policy)
     if mesh is None:
         run = functools.partial(_rollout_jit, paths=paths)
         sharding = None

@@ -1,0 +1,696 @@
+"""Exact optima: GLFT and Cartea-Jaimungal by matrix exponential, the exact dynamic programme of
+our own simulator (``bellman``), exact policy evaluation, and the explicit finite-difference
+scheme of the course notes.
+
+Units follow DESIGN.md: time in session units (``T``), ``A`` arrivals per time unit at depth 0,
+``k`` per price unit, ``sigma`` price units per sqrt(time unit); depths in price units.
+
+Every solver returns a ``QuoteTable`` on a (time, inventory) grid:
+
+- ``times f64[n_t]``: the grid times (session units);
+- ``inventories i64[n_q]``: ``-Q..Q``;
+- ``bid_depth``, ``ask_depth`` ``f64[n_t, n_q]``: optimal depths, NaN where that side is not
+  quoted (the bid at ``q = Q``, the ask at ``q = -Q``; every entry of the terminal row of a
+  discrete-time solution, where no quote is posted);
+- ``value f64[n_t, n_q]``: the value of each state, in price units (see each solver).
+
+The continuous-time models (``glft``, ``cartea_jaimungal``) are solved exactly: their HJB
+equations become linear ODEs after an exponential change of variable, integrated between grid
+times by ``jax.scipy.linalg.expm``. ``bellman`` solves the discrete-time MDP the simulator
+and the environment actually run (per-step fill probabilities, both-filled outcomes, bounded
+actions) by backward induction with an exact one-step maximisation. Solvers run in float64
+(``jax.enable_x64``) and return NumPy arrays; ``mm.policies.table(solution)`` turns a table into
+a policy for ``simulate``.
+
+The course notes' version of these formulas has errors that are corrected here (checked against
+Cartea, Jaimungal & Penalva 2015, ch. 10, and Gueant, Lehalle & Fernandez-Tapia 2013): the
+risk-neutral optimal depth is ``1/k - (h(q+1) - h(q))`` (not ``1/(2k) + ...``), the running
+penalty ``phi q^2`` belongs in the HJB, the explicit scheme steps *backward* with a plus sign,
+and the GLFT asymptotic quotes are the formula in ``glft_asymptotic`` (not the A-S expansion).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from statistics import NormalDist
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmm import policies as policies_lib
+from jaxmm.market import reset
+from jaxmm.params import MarketParams
+
+REWARDS = ("inventory_penalty", "pnl", "variance")
+DEFAULT_DEPTH_BOUNDS = (0.01, 5.0)  # the environment's action space
+
+
+@struct.dataclass
+class QuoteTable:
+    """Optimal (or tabulated) quotes and values on a (time, inventory) grid; see module doc."""
+
+    times: np.ndarray
+    inventories: np.ndarray
+    bid_depth: np.ndarray
+    ask_depth: np.ndarray
+    value: np.ndarray
+    method: str = struct.field(pytree_node=False, default="")
+
+    def q_index(self, q: int) -> int:
+        """Column of inventory ``q``; ValueError if ``q`` is off the grid."""
+        lo, hi = int(self.inventories[0]), int(self.inventories[-1])
+        if not lo <= q <= hi:
+            raise ValueError(f"q = {q} is off the grid; allowed: {lo} <= q <= {hi}")
+        return int(q) - lo
+
+    def value_at(self, t_index: int = 0, q: int = 0) -> float:
+        """Value of the state (time index ``t_index``, inventory ``q``), price units."""
+        return float(self.value[t_index, self.q_index(q)])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(name: str, value: Any, ok: Callable[[float], bool], allowed: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} must be a number; allowed: {allowed}") from None
+    if math.isnan(number) or not ok(number):
+        raise ValueError(f"{name} = {value!r} is out of range; allowed: {allowed}")
+    return number
+
+
+def _check_grid(q_max: Any, T: Any, n_steps: Any) -> tuple[int, float, int]:
+    q_max = _check("q_max", q_max, lambda v: 1 <= v < 10_000 and v == int(v), "integer 1..9999")
+    T = _check("T", T, lambda v: 0 < v < math.inf, "0 < T < inf")
+    n_steps = _check("n_steps", n_steps, lambda v: v >= 1 and v == int(v), "integer >= 1")
+    return int(q_max), T, int(n_steps)
+
+
+def _positive(name: str, value: Any) -> float:
+    return _check(name, value, lambda v: 0 < v < math.inf, f"0 < {name} < inf")
+
+
+def _positives(**values: Any) -> list[float]:
+    return [_positive(name, value) for name, value in values.items()]
+
+
+def _nonnegative(name: str, value: Any) -> float:
+    return _check(name, value, lambda v: 0 <= v < math.inf, f"0 <= {name} < inf")
+
+
+# --------------------------------------------------------------- continuous-time models
+
+
+def _log_propagate(generator: jax.Array, log_terminal: jax.Array, gaps: jax.Array) -> jax.Array:
+    """``log(expm(G (T - t_i)) exp(log_terminal))`` for each grid time, as ``f[n_t, n_q]``.
+
+    ``gaps[i] = t_{i+1} - t_i`` (with ``t_{n_t} = T``). Propagates backward one interval at a
+    time and renormalises by the maximum, so the solution neither overflows nor underflows
+    over long horizons.
+    """
+    propagators = jax.vmap(lambda h: jax.scipy.linalg.expm(generator * h))(gaps)
+    top = jnp.max(log_terminal)
+
+    def back(carry, propagator):
+        vector, log_scale = carry
+        vector = propagator @ vector
+        biggest = jnp.max(vector)
+        vector = vector / biggest
+        log_scale = log_scale + jnp.log(biggest)
+        return (vector, log_scale), jnp.log(vector) + log_scale
+
+    _, log_values = jax.lax.scan(
+        back, (jnp.exp(log_terminal - top), top), propagators, reverse=True
+    )
+    return log_values
+
+
+def _tridiagonal(diagonal: jax.Array, off: float) -> jax.Array:
+    n = diagonal.shape[0]
+    return jnp.diag(diagonal) + off * (jnp.eye(n, k=1) + jnp.eye(n, k=-1))
+
+
+def _time_grid(T: float, n_steps: int) -> np.ndarray:
+    return np.arange(n_steps + 1) * (T / n_steps)
+
+
+def _mask_bounds(bid: np.ndarray, ask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bid, ask = bid.copy(), ask.copy()
+    bid[:, -1] = np.nan  # at q = Q the bid is not quoted
+    ask[:, 0] = np.nan  # at q = -Q the ask is not quoted
+    return bid, ask
+
+
+def glft(
+    sigma: float,
+    A: float,
+    k: float,
+    gamma: float,
+    q_max: int,
+    T: float = 1.0,
+    *,
+    n_steps: int = 200,
+    terminal_penalty: float = 0.0,
+) -> QuoteTable:
+    """Exact GLFT quotes (Gueant, Lehalle & Fernandez-Tapia 2013, Theorem 1).
+
+    CARA utility ``-exp(-gamma (X_T + q_T S_T - terminal_penalty q_T^2))``, arithmetic Brownian
+    mid with volatility ``sigma``, fills at intensity ``A exp(-k delta)`` on each side,
+    inventory in ``[-q_max, q_max]``. With ``v(t) = exp(-M (T - t)) v(T)``,
+    ``M = alpha q^2`` on the diagonal (``alpha = k gamma sigma^2 / 2``) and ``-eta`` off it
+    (``eta = A (1 + gamma/k)^(-(1 + k/gamma))``), ``v_q(T) = exp(-k terminal_penalty q^2)``:
+
+        bid_depth(t, q) = (1/k) ln(v_q / v_{q+1}) + (1/gamma) ln(1 + gamma/k)   (q < q_max)
+        ask_depth(t, q) = (1/k) ln(v_q / v_{q-1}) + (1/gamma) ln(1 + gamma/k)   (q > -q_max)
+
+    ``value = (1/k) ln v_q(t)``: the certainty equivalent in excess of the marked wealth
+    ``x + q S`` (price units). Times: ``n_steps + 1`` points from 0 to ``T``.
+    """
+    sigma, A, k, gamma = _positives(sigma=sigma, A=A, k=k, gamma=gamma)
+    q_max, T, n_steps = _check_grid(q_max, T, n_steps)
+    terminal_penalty = _nonnegative("terminal_penalty", terminal_penalty)
+    times = _time_grid(T, n_steps)
+    inventories = np.arange(-q_max, q_max + 1)
+    with jax.enable_x64(True):
+        q = jnp.asarray(inventories, jnp.float64)
+        alpha = k * gamma * sigma**2 / 2.0
+        eta = A * (1.0 + gamma / k) ** (-(1.0 + k / gamma))
+        generator = _tridiagonal(-alpha * q**2, eta)
+        gaps = jnp.diff(jnp.asarray(np.append(times, T)))
+        log_v = np.asarray(_log_propagate(generator, -k * terminal_penalty * q**2, gaps))
+    base = math.log1p(gamma / k) / gamma
+    bid = (log_v - np.roll(log_v, -1, axis=1)) / k + base
+    ask = (log_v - np.roll(log_v, 1, axis=1)) / k + base
+    bid, ask = _mask_bounds(bid, ask)
+    return QuoteTable(times, inventories, bid, ask, log_v / k, method="glft")
+
+
+def glft_asymptotic(
+    sigma: float, A: float, k: float, gamma: float, q_max: int, T: float = 1.0, *, n_steps=200
+) -> QuoteTable:
+    """The GLFT closed form for a long horizon (GLFT 2013, eq. 5-6), constant in time.
+
+        bid_depth = c + (2q + 1)/2 * w,  ask_depth = c - (2q - 1)/2 * w,
+        c = (1/gamma) ln(1 + gamma/k),
+        w = sqrt(sigma^2 gamma / (2 k A) * (1 + gamma/k)^(1 + k/gamma)).
+
+    ``value`` is NaN (the approximation carries no value function).
+    """
+    sigma, A, k, gamma = _positives(sigma=sigma, A=A, k=k, gamma=gamma)
+    q_max, T, n_steps = _check_grid(q_max, T, n_steps)
+    times = _time_grid(T, n_steps)
+    inventories = np.arange(-q_max, q_max + 1)
+    base = math.log1p(gamma / k) / gamma
+    width = math.sqrt(sigma**2 * gamma / (2 * k * A) * (1 + gamma / k) ** (1 + k / gamma))
+    ones = np.ones((times.size, 1))
+    bid = ones * (base + (2 * inventories + 1) / 2 * width)
+    ask = ones * (base - (2 * inventories - 1) / 2 * width)
+    bid, ask = _mask_bounds(bid, ask)
+    value = np.full(bid.shape, np.nan)
+    return QuoteTable(times, inventories, bid, ask, value, method="glft_asymptotic")
+
+
+def quote_gap(table: QuoteTable, reference: QuoteTable) -> dict[str, np.ndarray]:
+    """Largest absolute depth difference per grid time between two tables on the same grid.
+
+    Returns ``{"bid": f[n_t], "ask": f[n_t], "max": float}`` over the inventories where both
+    tables quote; e.g. ``quote_gap(glft_asymptotic(...), glft(...))`` shows where the
+    long-horizon formula is accurate (far from ``T``) and where it is not.
+    """
+    if table.bid_depth.shape != reference.bid_depth.shape:
+        raise ValueError(
+            f"tables differ in shape: {table.bid_depth.shape} vs {reference.bid_depth.shape}"
+        )
+    bid = np.nanmax(np.abs(table.bid_depth - reference.bid_depth), axis=1)
+    ask = np.nanmax(np.abs(table.ask_depth - reference.ask_depth), axis=1)
+    return {"bid": bid, "ask": ask, "max": float(max(bid.max(), ask.max()))}
+
+
+def cartea_jaimungal(
+    A: float,
+    k: float,
+    phi: float,
+    q_max: int,
+    T: float = 1.0,
+    *,
+    alpha: float = 0.0,
+    n_steps: int = 200,
+) -> QuoteTable:
+    """Exact Cartea-Jaimungal quotes (Cartea, Jaimungal & Penalva 2015, section 10.2).
+
+    Risk-neutral market maker with running inventory penalty ``phi q^2`` per time unit and
+    terminal liquidation penalty ``alpha q^2``; inventory in ``[-q_max, q_max]``. The value is
+    ``x + q S + h(t, q)`` with ``h = (1/k) ln omega``, ``omega(t) = exp(M (T - t)) z``,
+    ``M = -phi k q^2`` on the diagonal and ``A e^{-1}`` off it, ``z_q = exp(-alpha k q^2)``:
+
+        bid_depth = 1/k - (h(t, q+1) - h(t, q)),  ask_depth = 1/k - (h(t, q-1) - h(t, q)).
+
+    ``value = h`` (price units). The discrete environment's per-step penalty ``phi_env q^2``
+    corresponds to ``phi = phi_env / dt`` here. Times: ``n_steps + 1`` points from 0 to ``T``.
+    """
+    A, k = _positive("A", A), _positive("k", k)
+    phi, alpha = _nonnegative("phi", phi), _nonnegative("alpha", alpha)
+    q_max, T, n_steps = _check_grid(q_max, T, n_steps)
+    times = _time_grid(T, n_steps)
+    inventories = np.arange(-q_max, q_max + 1)
+    with jax.enable_x64(True):
+        q = jnp.asarray(inventories, jnp.float64)
+        generator = _tridiagonal(-phi * k * q**2, A / math.e)
+        gaps = jnp.diff(jnp.asarray(np.append(times, T)))
+        h = np.asarray(_log_propagate(generator, -alpha * k * q**2, gaps)) / k
+    bid = 1.0 / k - (np.roll(h, -1, axis=1) - h)
+    ask = 1.0 / k - (np.roll(h, 1, axis=1) - h)
+    bid, ask = _mask_bounds(bid, ask)
+    return QuoteTable(times, inventories, bid, ask, h, method="cartea_jaimungal")
+
+
+def cartea_jaimungal_fd(
+    A: float, k: float, phi: float, q_max: int, T: float = 1.0, *, alpha=0.0, n_steps=200
+) -> QuoteTable:
+    """The Cartea-Jaimungal HJB by the explicit finite-difference scheme (a teaching method).
+
+    Backward in time from ``h(T, q) = -alpha q^2``, with the optimal depths of the later time
+    (explicit Euler, first order in ``dt``)::
+
+        h_n(q) = h_{n+1}(q) + dt * [ -phi q^2
+                  + (A / (k e)) exp(k (h_{n+1}(q+1) - h_{n+1}(q)))   (q < q_max)
+                  + (A / (k e)) exp(k (h_{n+1}(q-1) - h_{n+1}(q))) ] (q > -q_max)
+
+    where ``A/(k e) exp(k Delta) = sup_delta A exp(-k delta) (delta + Delta)`` is attained at
+    ``delta = 1/k - Delta``. Stable when ``dt`` is small against ``1/(phi k q_max^2)`` and
+    ``e / (2 A)``; converges to ``cartea_jaimungal`` as ``dt -> 0``.
+    """
+    A, k = _positive("A", A), _positive("k", k)
+    phi, alpha = _nonnegative("phi", phi), _nonnegative("alpha", alpha)
+    q_max, T, n_steps = _check_grid(q_max, T, n_steps)
+    dt = T / n_steps
+    inventories = np.arange(-q_max, q_max + 1)
+    q = inventories.astype(np.float64)
+    h = np.empty((n_steps + 1, q.size))
+    h[-1] = -alpha * q**2
+    scale = A / (k * math.e)
+    can_buy, can_sell = q < q_max, q > -q_max
+    for n in range(n_steps - 1, -1, -1):
+        later = h[n + 1]
+        up = np.where(can_buy, np.roll(later, -1) - later, 0.0)
+        down = np.where(can_sell, np.roll(later, 1) - later, 0.0)
+        gain = scale * (
+            np.where(can_buy, np.exp(k * up), 0.0) + np.where(can_sell, np.exp(k * down), 0.0)
+        )
+        h[n] = later + dt * (-phi * q**2 + gain)
+    bid = 1.0 / k - (np.roll(h, -1, axis=1) - h)
+    ask = 1.0 / k - (np.roll(h, 1, axis=1) - h)
+    bid, ask = _mask_bounds(bid, ask)
+    return QuoteTable(
+        _time_grid(T, n_steps), inventories, bid, ask, h, method="cartea_jaimungal_fd"
+    )
+
+
+# ---------------------------------------------------------- the simulator's exact MDP
+
+
+def _fill_probability(intensity_dt: jax.Array, fill_model: str) -> jax.Array:
+    if fill_model == "linear":
+        return jnp.minimum(1.0, intensity_dt)
+    return -jnp.expm1(-intensity_dt)
+
+
+def _best_depth(
+    arrivals_dt: float, k: float, offset: jax.Array, bounds: tuple[float, float], fill_model: str
+) -> jax.Array:
+    """``argmax_{lo <= d <= hi} p(d) (d + offset)`` with ``p(d) = fill_probability(a e^{-k d})``.
+
+    The objective increases while ``d + offset <= 0`` and is log-concave beyond (``p`` is
+    log-concave for both fill models), so its derivative changes sign once: bisection on the
+    sign of ``p(d) + p'(d) (d + offset)`` finds the maximiser to machine precision. Works
+    elementwise on ``offset``.
+    """
+    lo, hi = bounds
+
+    def slope(depth):
+        y = arrivals_dt * jnp.exp(-k * depth)
+        if fill_model == "linear":
+            prob = jnp.minimum(1.0, y)
+            dprob = jnp.where(y < 1.0, -k * y, 0.0)
+        else:
+            prob = -jnp.expm1(-y)
+            dprob = -k * y * jnp.exp(-y)
+        return prob + dprob * (depth + offset)
+
+    def halve(_, interval):
+        left, right = interval
+        middle = 0.5 * (left + right)
+        rising = slope(middle) > 0
+        return jnp.where(rising, middle, left), jnp.where(rising, right, middle)
+
+    left = jnp.full_like(offset, lo)
+    right = jnp.full_like(offset, hi)
+    left, right = jax.lax.fori_loop(0, 64, halve, (left, right))
+    depth = 0.5 * (left + right)
+    depth = jnp.where(slope(jnp.full_like(offset, hi)) > 0, hi, depth)
+    return jnp.where(slope(jnp.full_like(offset, lo)) <= 0, lo, depth)
+
+
+def _penalties(params: MarketParams, phi: float, reward: str) -> np.ndarray:
+    """Per-step inventory penalty coefficient ``c_t`` (reward ``dPnL - c_t q_{t+1}^2``)."""
+    steps = np.arange(params.n_steps)
+    if reward == "pnl":
+        return np.zeros(params.n_steps)
+    if reward == "inventory_penalty":
+        return np.full(params.n_steps, phi)
+    switched = steps >= int(params.vol_switch_step)
+    sigma_t = float(params.sigma) * np.where(switched, float(params.vol_switch_factor), 1.0)
+    return phi * sigma_t**2 * float(params.dt)
+
+
+def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: Any, bounds):
+    params.validate()
+    for name in ("S0", "sigma", "T", "A", "k", "mu", "adverse_selection", "q_max"):
+        if np.ndim(getattr(params, name)) != 0:
+            raise ValueError(f"params.{name} must be a scalar for the exact solvers (no sweeps)")
+    if params.price_model == "geometric":
+        raise ValueError(
+            "params.price_model = 'geometric' is not supported by the exact solvers; allowed: "
+            "'arithmetic' or 'binary' (additive increments keep the value a function of (t, q))"
+        )
+    if reward not in REWARDS:
+        raise ValueError(f"reward = {reward!r}; allowed: {', '.join(REWARDS)}")
+    phi = _nonnegative("phi", phi)
+    terminal_penalty = _nonnegative("terminal_penalty", terminal_penalty)
+    lo, hi = (float(b) for b in bounds)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"depth_bounds = {bounds!r}; allowed: finite lo < hi")
+    return phi, terminal_penalty, (lo, hi)
+
+
+def _inventory_grid(params: MarketParams, q_grid: int | None) -> np.ndarray:
+    """Inventories ``-Q..Q`` for the exact solvers.
+
+    By default ``Q = min(q_max, n_steps)``: inventory moves by at most one per step, so from
+    ``q = 0`` no state beyond ``n_steps`` is reachable and the truncation is exact there.
+    """
+    q_max = float(params.q_max)
+    reachable = params.n_steps
+    if q_grid is None:
+        q_grid = int(min(q_max, reachable))
+    q_grid = int(
+        _check("q_grid", q_grid, lambda v: 1 <= v <= 100_000 and v == int(v), "integer >= 1")
+    )
+    q_grid = int(min(q_grid, q_max))
+    return np.arange(-q_grid, q_grid + 1)
+
+
+def _one_step_value(
+    later: jax.Array,
+    q: jax.Array,
+    penalty: jax.Array,
+    bid_depth: jax.Array,
+    ask_depth: jax.Array,
+    consts: dict,
+) -> jax.Array:
+    """Expected reward-to-go of quoting ``(bid_depth, ask_depth)`` at inventory ``q``."""
+    offset_bid, offset_ask, cross = _offsets(later, q, penalty, consts)
+    prob_bid, prob_ask = _probabilities(bid_depth, ask_depth, consts)
+    base = _continuation(later, q, penalty, consts)
+    gain_bid = jnp.where(prob_bid > 0, prob_bid * (bid_depth + offset_bid), 0.0)
+    gain_ask = jnp.where(prob_ask > 0, prob_ask * (ask_depth + offset_ask), 0.0)
+    return base + gain_bid + gain_ask + prob_bid * prob_ask * cross
+
+
+def _continuation(later: jax.Array, q: jax.Array, penalty: jax.Array, consts: dict) -> jax.Array:
+    """``G(q') = E[q' dS] - c q'^2 + V_{t+1}(q')`` without the fill-dependent jump."""
+    return q * consts["drift_dt"] - penalty * q**2 + later
+
+
+def _offsets(later, q, penalty, consts):
+    """``G(q+1) - a (q+1) - G(q)``, ``G(q-1) + a (q-1) - G(q)`` and the both-filled term.
+
+    Outcomes of a step at inventory ``q`` (``a`` = adverse-selection jump per fill):
+    none ``G(q)``; bid only ``d_b + G(q+1) - a (q+1)``; ask only ``d_a + G(q-1) + a (q-1)``;
+    both ``d_b + d_a + G(q)``. With independent fills the expectation is
+    ``G(q) + p_b (d_b + O_b) + p_a (d_a + O_a) + p_b p_a C`` where ``C = -(O_b + O_a)``.
+    """
+    G = _continuation(later, q, penalty, consts)
+    jump = consts["adverse_selection"]
+    up = jnp.concatenate([G[1:], G[-1:]]) - jump * (q + 1) - G
+    down = jnp.concatenate([G[:1], G[:-1]]) + jump * (q - 1) - G
+    up = jnp.where(consts["can_bid"], up, 0.0)
+    down = jnp.where(consts["can_ask"], down, 0.0)
+    return up, down, -(up + down)
+
+
+def _probabilities(bid_depth, ask_depth, consts):
+    k, model = consts["k"], consts["fill_model"]
+    finite_bid = jnp.where(jnp.isfinite(bid_depth), bid_depth, 0.0)
+    finite_ask = jnp.where(jnp.isfinite(ask_depth), ask_depth, 0.0)
+    prob_bid = _fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * finite_bid), model)
+    prob_ask = _fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * finite_ask), model)
+    prob_bid = jnp.where(consts["can_bid"] & jnp.isfinite(bid_depth), prob_bid, 0.0)
+    prob_ask = jnp.where(consts["can_ask"] & jnp.isfinite(ask_depth), prob_ask, 0.0)
+    return prob_bid, prob_ask
+
+
+def _constants(params: MarketParams, inventories: np.ndarray) -> dict:
+    q_top = inventories[-1]
+    dt = float(params.dt)
+    return {
+        "k": float(params.k),
+        "fill_model": params.fill_model,
+        "bid_arrivals_dt": float(params.A) * float(params.bid_intensity_mult) * dt,
+        "ask_arrivals_dt": float(params.A) * float(params.ask_intensity_mult) * dt,
+        "drift_dt": float(params.mu) * dt,
+        "adverse_selection": float(params.adverse_selection),
+        "can_bid": jnp.asarray(inventories < q_top),
+        "can_ask": jnp.asarray(inventories > -q_top),
+    }
+
+
+def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
+    can_bid, can_ask = consts["can_bid"], consts["can_ask"]
+    k, model = consts["k"], consts["fill_model"]
+
+    def best_pair(offset_bid, offset_ask, cross):
+        """Joint argmax over (bid, ask) by exact alternating best responses.
+
+        Each best response solves its one-dimensional problem exactly; the joint objective
+        never decreases, and the iteration stops when no depth moves by more than ``tol``.
+        """
+
+        def respond(prob_ask):
+            depth = _best_depth(
+                consts["bid_arrivals_dt"], k, offset_bid + prob_ask * cross, bounds, model
+            )
+            prob_bid = jnp.where(
+                can_bid,
+                _fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * depth), model),
+                0.0,
+            )
+            other = _best_depth(
+                consts["ask_arrivals_dt"], k, offset_ask + prob_bid * cross, bounds, model
+            )
+            prob = jnp.where(
+                can_ask,
+                _fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * other), model),
+                0.0,
+            )
+            return depth, other, prob
+
+        def not_done(carry):
+            _, _, _, change, count = carry
+            return (change > tol) & (count < 200)
+
+        def iterate(carry):
+            bid, ask, prob_ask, _, count = carry
+            new_bid, new_ask, new_prob_ask = respond(prob_ask)
+            change = jnp.maximum(jnp.max(jnp.abs(new_bid - bid)), jnp.max(jnp.abs(new_ask - ask)))
+            return new_bid, new_ask, new_prob_ask, change, count + 1
+
+        start = jnp.zeros_like(offset_bid)
+        bid, ask, prob_ask = respond(start)
+        carry = (bid, ask, prob_ask, jnp.asarray(jnp.inf), jnp.asarray(1))
+        bid, ask, _, _, _ = jax.lax.while_loop(not_done, iterate, carry)
+        return bid, ask
+
+    def back(later, penalty):
+        offset_bid, offset_ask, cross = _offsets(later, q, penalty, consts)
+        bid, ask = best_pair(offset_bid, offset_ask, cross)
+        value = _one_step_value(later, q, penalty, bid, ask, consts)
+        bid = jnp.where(can_bid, bid, jnp.nan)
+        ask = jnp.where(can_ask, ask, jnp.nan)
+        return value, (value, bid, ask)
+
+    _, (values, bids, asks) = jax.lax.scan(back, terminal, penalties, reverse=True)
+    return values, bids, asks
+
+
+def _evaluate_mdp(consts, q, penalties, terminal, bids, asks):
+    def back(later, inputs):
+        penalty, bid, ask = inputs
+        value = _one_step_value(later, q, penalty, bid, ask, consts)
+        return value, value
+
+    _, values = jax.lax.scan(back, terminal, (penalties, bids, asks), reverse=True)
+    return values
+
+
+def bellman(
+    params: MarketParams,
+    phi: float,
+    *,
+    reward: str = "inventory_penalty",
+    terminal_penalty: float = 0.0,
+    depth_bounds: tuple[float, float] = DEFAULT_DEPTH_BOUNDS,
+    q_grid: int | None = None,
+    tol: float = 1e-12,
+) -> QuoteTable:
+    """The exact optimum of the simulator's (and the environment's) MDP, by backward induction.
+
+    Per step ``t``, at inventory ``q``, the agent posts depths ``(d_b, d_a)`` in
+    ``depth_bounds`` (the environment's action space); the bid fills with probability
+    ``p_b = fill_probability(A * bid_intensity_mult * exp(-k d_b) * dt)`` unless
+    ``q >= q_max``, the ask independently with ``p_a``; then the mid moves by
+    ``adverse_selection * (fills_ask - fills_bid) + mu dt + noise``. The reward is
+    ``dPnL - c_t q_{t+1}^2`` with ``c_t = phi`` (``reward="inventory_penalty"``), ``0``
+    (``"pnl"``) or ``phi * sigma_t^2 * dt`` (``"variance"``), plus ``-terminal_penalty q_N^2``
+    at the end. The noise has mean zero, so the value depends on ``(t, q)`` only, and
+
+        V_t(q) = max_{d_b, d_a} E[ fills . depths + q_{t+1} E[dS | fills] - c_t q_{t+1}^2
+                                   + V_{t+1}(q_{t+1}) ].
+
+    The maximisation is joint (the both-filled outcome couples the sides) and exact: alternating
+    one-dimensional maximisations, each solved by bisection to machine precision, iterated
+    until no depth moves by more than ``tol``; run in float64.
+
+    Returns a ``QuoteTable`` with ``n_steps + 1`` times (the last row has no quotes) and
+    ``value[t, q] = V_t(q)``: ``value_at(0, 0)`` is the expected episode reward of the optimal
+    policy from a flat start. Inventories: ``-Q..Q`` with ``Q = min(q_max, n_steps)`` by
+    default. When ``Q < q_max`` (e.g. unbounded inventory) the grid edge blocks fills like a
+    limit would; that changes no value reachable from ``q = 0`` while ``Q >= n_steps``.
+    """
+    phi, terminal_penalty, bounds = _check_mdp(params, phi, reward, terminal_penalty, depth_bounds)
+    inventories = _inventory_grid(params, q_grid)
+    penalties = _penalties(params, phi, reward)
+    with jax.enable_x64(True):
+        consts = _constants(params, inventories)
+        q = jnp.asarray(inventories, jnp.float64)
+        terminal = -terminal_penalty * q**2
+        values, bids, asks = jax.jit(lambda p, t: _solve_mdp(consts, q, p, t, bounds, tol))(
+            jnp.asarray(penalties), terminal
+        )
+        values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
+        nan_row = np.full((1, inventories.size), np.nan)
+        bids = np.vstack([np.asarray(bids), nan_row])
+        asks = np.vstack([np.asarray(asks), nan_row])
+    times = np.arange(params.n_steps + 1) * float(params.dt)
+    return QuoteTable(times, inventories, bids, asks, values, method="bellman")
+
+
+def tabulate(policy: Callable, params: MarketParams, inventories: np.ndarray) -> tuple:
+    """The depths a policy quotes at each (step, inventory): ``(bid f[N, n_q], ask f[N, n_q])``.
+
+    The policy sees the state of a session at step ``t`` with inventory ``q``, mid ``S0`` and
+    empty history; for (t, q)-Markov rules (naive, A-S and GLFT in the additive price models,
+    solver tables) this is the whole policy. Rules that read the mid path or the trailing
+    history are evaluated at that reference state only.
+    """
+    policy = policies_lib.as_pytree(policy)
+    start = reset(jax.random.key(0), params)
+    steps = jnp.arange(params.n_steps, dtype=jnp.int32)
+    q = jnp.asarray(inventories, start.inventory.dtype)
+
+    def quote(t, inventory):
+        quotes = policy(start.replace(t=t, inventory=inventory), params)
+        return quotes.bid_depth, quotes.ask_depth
+
+    table = jax.jit(jax.vmap(jax.vmap(quote, in_axes=(None, 0)), in_axes=(0, None)))
+    bid, ask = table(steps, q)
+    shape = (params.n_steps, inventories.size)
+    return np.broadcast_to(np.asarray(bid), shape), np.broadcast_to(np.asarray(ask), shape)
+
+
+def evaluate(
+    params: MarketParams,
+    policy: Callable | QuoteTable,
+    phi: float,
+    *,
+    reward: str = "inventory_penalty",
+    terminal_penalty: float = 0.0,
+    q_grid: int | None = None,
+) -> QuoteTable:
+    """Exact expected reward of a (t, q)-Markov policy in the simulator's MDP (no Monte Carlo).
+
+    ``policy``: a jaxmm policy (tabulated with ``tabulate``) or a ``QuoteTable`` (wrapped with
+    ``policies.table``). The rewards, fills and grid are those of ``bellman``; depths are used
+    as quoted (not clipped to the action bounds; a probability is capped at 1 and an
+    unquoted side, NaN or +inf, never fills). Returns a ``QuoteTable`` of the policy's depths
+    and its value: ``evaluate(...).value_at(0, 0)`` is the expected episode reward.
+    """
+    phi, terminal_penalty, _ = _check_mdp(params, phi, reward, terminal_penalty, (0.0, 1.0))
+    if isinstance(policy, QuoteTable):
+        policy = policies_lib.table(policy)
+    inventories = _inventory_grid(params, q_grid)
+    penalties = _penalties(params, phi, reward)
+    with jax.enable_x64(True):
+        bids, asks = tabulate(policy, params, inventories)
+        consts = _constants(params, inventories)
+        q = jnp.asarray(inventories, jnp.float64)
+        terminal = -terminal_penalty * q**2
+        bids = np.where(np.isnan(bids), np.inf, bids)
+        asks = np.where(np.isnan(asks), np.inf, asks)
+        values = jax.jit(lambda p, t, b, a: _evaluate_mdp(consts, q, p, t, b, a))(
+            jnp.asarray(penalties),
+            terminal,
+            jnp.asarray(bids, jnp.float64),
+            jnp.asarray(asks, jnp.float64),
+        )
+        values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
+    nan_row = np.full((1, inventories.size), np.nan)
+    can_bid = inventories < inventories[-1]
+    can_ask = inventories > inventories[0]
+    bids = np.vstack([np.where(can_bid, bids, np.nan), nan_row])
+    asks = np.vstack([np.where(can_ask, asks, np.nan), nan_row])
+    times = np.arange(params.n_steps + 1) * float(params.dt)
+    return QuoteTable(times, inventories, bids, asks, values, method="evaluate")
+
+
+# ------------------------------------------------------------------------ risk measures
+
+
+def inventory_var(inventory: Any, sigma: float, horizon: float, level: float = 0.95) -> np.ndarray:
+    """Value at risk of holding ``inventory`` for ``horizon`` time units, Brownian mid.
+
+    The loss ``-q (S_{t+h} - S_t)`` is normal with mean 0 and standard deviation
+    ``|q| sigma sqrt(h)``: ``VaR_level = |q| sigma sqrt(h) Phi^{-1}(level)`` (price units, a
+    positive number is a loss). The course notes' ``q sigma ...`` is negative for short
+    positions; the loss distribution is symmetric in the sign of ``q``.
+    """
+    sigma, horizon = _positive("sigma", sigma), _nonnegative("horizon", horizon)
+    level = _check("level", level, lambda v: 0.5 <= v < 1, "0.5 <= level < 1")
+    return (
+        np.abs(np.asarray(inventory, np.float64))
+        * sigma
+        * math.sqrt(horizon)
+        * NormalDist().inv_cdf(level)
+    )
+
+
+def inventory_cvar(inventory: Any, sigma: float, horizon: float, level: float = 0.95) -> np.ndarray:
+    """Expected shortfall ``E[loss | loss >= VaR]`` of the same position:
+    ``|q| sigma sqrt(h) phi(Phi^{-1}(level)) / (1 - level)``."""
+    sigma, horizon = _positive("sigma", sigma), _nonnegative("horizon", horizon)
+    level = _check("level", level, lambda v: 0.5 <= v < 1, "0.5 <= level < 1")
+    z = NormalDist().inv_cdf(level)
+    density = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return (
+        np.abs(np.asarray(inventory, np.float64))
+        * sigma
+        * math.sqrt(horizon)
+        * density
+        / (1 - level)
+    )
