@@ -31,6 +31,7 @@ and the GLFT asymptotic quotes are the formula in ``glft_asymptotic`` (not the A
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from statistics import NormalDist
@@ -296,14 +297,20 @@ def cartea_jaimungal_fd(
     h[-1] = -alpha * q**2
     scale = A / (k * math.e)
     can_buy, can_sell = q < q_max, q > -q_max
-    for n in range(n_steps - 1, -1, -1):
-        later = h[n + 1]
-        up = np.where(can_buy, np.roll(later, -1) - later, 0.0)
-        down = np.where(can_sell, np.roll(later, 1) - later, 0.0)
-        gain = scale * (
-            np.where(can_buy, np.exp(k * up), 0.0) + np.where(can_sell, np.exp(k * down), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for n in range(n_steps - 1, -1, -1):
+            later = h[n + 1]
+            up = np.where(can_buy, np.roll(later, -1) - later, 0.0)
+            down = np.where(can_sell, np.roll(later, 1) - later, 0.0)
+            gain = scale * (
+                np.where(can_buy, np.exp(k * up), 0.0) + np.where(can_sell, np.exp(k * down), 0.0)
+            )
+            h[n] = later + dt * (-phi * q**2 + gain)
+    if not np.all(np.isfinite(h)):
+        raise ValueError(
+            f"n_steps = {n_steps}: the explicit scheme is unstable at dt = {dt:g} for these "
+            "parameters; allowed: more steps (smaller dt)"
         )
-        h[n] = later + dt * (-phi * q**2 + gain)
     bid = 1.0 / k - (np.roll(h, -1, axis=1) - h)
     ask = 1.0 / k - (np.roll(h, 1, axis=1) - h)
     bid, ask = _mask_bounds(bid, ask)
@@ -457,18 +464,20 @@ def _probabilities(bid_depth, ask_depth, consts):
 
 
 def _constants(params: MarketParams, inventories: np.ndarray) -> dict:
+    """The MDP's numbers as float64 arrays (jit arguments: no recompilation per market)."""
     q_top = inventories[-1]
     dt = float(params.dt)
-    return {
-        "k": float(params.k),
-        "fill_model": params.fill_model,
-        "bid_arrivals_dt": float(params.A) * float(params.bid_intensity_mult) * dt,
-        "ask_arrivals_dt": float(params.A) * float(params.ask_intensity_mult) * dt,
-        "drift_dt": float(params.mu) * dt,
-        "adverse_selection": float(params.adverse_selection),
-        "can_bid": jnp.asarray(inventories < q_top),
-        "can_ask": jnp.asarray(inventories > -q_top),
+    numbers = {
+        "k": params.k,
+        "bid_arrivals_dt": params.A * params.bid_intensity_mult * dt,
+        "ask_arrivals_dt": params.A * params.ask_intensity_mult * dt,
+        "drift_dt": params.mu * dt,
+        "adverse_selection": params.adverse_selection,
     }
+    consts = {name: jnp.asarray(float(value), jnp.float64) for name, value in numbers.items()}
+    consts["can_bid"] = jnp.asarray(inventories < q_top)
+    consts["can_ask"] = jnp.asarray(inventories > -q_top)
+    return consts
 
 
 def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
@@ -529,7 +538,15 @@ def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
     return values, bids, asks
 
 
-def _evaluate_mdp(consts, q, penalties, terminal, bids, asks):
+@functools.partial(jax.jit, static_argnames=("fill_model", "bounds", "tol"))
+def _solve_mdp_jit(numbers, q, penalties, terminal, fill_model, bounds, tol):
+    return _solve_mdp({**numbers, "fill_model": fill_model}, q, penalties, terminal, bounds, tol)
+
+
+@functools.partial(jax.jit, static_argnames=("fill_model",))
+def _evaluate_mdp(numbers, q, penalties, terminal, bids, asks, fill_model):
+    consts = {**numbers, "fill_model": fill_model}
+
     def back(later, inputs):
         penalty, bid, ask = inputs
         value = _one_step_value(later, q, penalty, bid, ask, consts)
@@ -580,8 +597,8 @@ def bellman(
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
         terminal = -terminal_penalty * q**2
-        values, bids, asks = jax.jit(lambda p, t: _solve_mdp(consts, q, p, t, bounds, tol))(
-            jnp.asarray(penalties), terminal
+        values, bids, asks = _solve_mdp_jit(
+            consts, q, jnp.asarray(penalties), terminal, params.fill_model, bounds, float(tol)
         )
         values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
         nan_row = np.full((1, inventories.size), np.nan)
@@ -591,27 +608,37 @@ def bellman(
     return QuoteTable(times, inventories, bids, asks, values, method="bellman")
 
 
-def tabulate(policy: Callable, params: MarketParams, inventories: np.ndarray) -> tuple:
+def tabulate(
+    policy: Callable | QuoteTable, params: MarketParams, inventories: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The depths a policy quotes at each (step, inventory): ``(bid f[N, n_q], ask f[N, n_q])``.
+
+    ``policy``: a jaxmm policy or a ``QuoteTable`` (read through ``policies.table``; its NaN
+    entries come back as ``+inf``, "not quoted").
 
     The policy sees the state of a session at step ``t`` with inventory ``q``, mid ``S0`` and
     empty history; for (t, q)-Markov rules (naive, A-S and GLFT in the additive price models,
     solver tables) this is the whole policy. Rules that read the mid path or the trailing
     history are evaluated at that reference state only.
     """
+    if isinstance(policy, QuoteTable):
+        policy = policies_lib.table(policy)
     policy = policies_lib.as_pytree(policy)
     start = reset(jax.random.key(0), params)
     steps = jnp.arange(params.n_steps, dtype=jnp.int32)
     q = jnp.asarray(inventories, start.inventory.dtype)
+    bid, ask = _tabulate(policy, params, start, steps, q)
+    shape = (params.n_steps, inventories.size)
+    return np.broadcast_to(np.asarray(bid), shape), np.broadcast_to(np.asarray(ask), shape)
 
+
+@jax.jit
+def _tabulate(policy, params, start, steps, inventories):
     def quote(t, inventory):
         quotes = policy(start.replace(t=t, inventory=inventory), params)
         return quotes.bid_depth, quotes.ask_depth
 
-    table = jax.jit(jax.vmap(jax.vmap(quote, in_axes=(None, 0)), in_axes=(0, None)))
-    bid, ask = table(steps, q)
-    shape = (params.n_steps, inventories.size)
-    return np.broadcast_to(np.asarray(bid), shape), np.broadcast_to(np.asarray(ask), shape)
+    return jax.vmap(jax.vmap(quote, in_axes=(None, 0)), in_axes=(0, None))(steps, inventories)
 
 
 def evaluate(
@@ -632,8 +659,6 @@ def evaluate(
     and its value: ``evaluate(...).value_at(0, 0)`` is the expected episode reward.
     """
     phi, terminal_penalty, _ = _check_mdp(params, phi, reward, terminal_penalty, (0.0, 1.0))
-    if isinstance(policy, QuoteTable):
-        policy = policies_lib.table(policy)
     inventories = _inventory_grid(params, q_grid)
     penalties = _penalties(params, phi, reward)
     with jax.enable_x64(True):
@@ -643,11 +668,14 @@ def evaluate(
         terminal = -terminal_penalty * q**2
         bids = np.where(np.isnan(bids), np.inf, bids)
         asks = np.where(np.isnan(asks), np.inf, asks)
-        values = jax.jit(lambda p, t, b, a: _evaluate_mdp(consts, q, p, t, b, a))(
+        values = _evaluate_mdp(
+            consts,
+            q,
             jnp.asarray(penalties),
             terminal,
             jnp.asarray(bids, jnp.float64),
             jnp.asarray(asks, jnp.float64),
+            params.fill_model,
         )
         values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
     nan_row = np.full((1, inventories.size), np.nan)

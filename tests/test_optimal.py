@@ -241,6 +241,7 @@ def test_inventory_risk_measures_match_the_normal_quantiles_and_simulation():
         (lambda: optimal.glft(2.0, 100.0, 1.5, 0.1, 2.5), "q_max"),
         (lambda: optimal.cartea_jaimungal(100.0, -1.5, 0.1, 5), "k"),
         (lambda: optimal.inventory_var(1, 2.0, 1.0, 1.5), "level"),
+        (lambda: optimal.cartea_jaimungal_fd(100.0, 1.5, 2.0, 10, n_steps=50), "n_steps"),
     ],
 )
 def test_bad_input_names_the_field(call, field):
