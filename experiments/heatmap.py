@@ -1,0 +1,174 @@
+"""A-S parameter heatmap: per-episode Sharpe over (gamma, kappa), at two volatilities.
+
+``python -m experiments.heatmap`` runs, for sigma = 2 and sigma = 4, the whole grid
+gamma in {0.01, 0.05, 0.1, 0.5, 1.0} x kappa in {0.5, 1.0, 1.5, 3.0, 5.0} with 500 episodes a
+cell as ONE compiled program per sigma (``vmap`` over the strategy's parameters; every cell on
+the same 500 paths: common random numbers). ``kappa`` is the intensity decay the strategy
+assumes; the market's true ``k`` stays 1.5. Writes ``results/heatmap/``:
+
+- ``cells.csv``: sigma, gamma, kappa, mean PnL, std PnL, Sharpe and its standard error, mean |q_T|;
+- ``summary.json``: config, seed, the best cell per sigma and the "optimal region" (cells whose
+  Sharpe is within 2 standard errors of the best), timings;
+- ``sharpe_heatmap.png``: one panel per sigma, the optimal region outlined.
+
+Per-episode Sharpe = mean / std of terminal PnL across episodes (Mertens standard error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+import jaxmm as mm
+from experiments.common import Timer, environment, write_json
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+GAMMAS = (0.01, 0.05, 0.1, 0.5, 1.0)
+KAPPAS = (0.5, 1.0, 1.5, 3.0, 5.0)
+SIGMAS = (2.0, 4.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.heatmap", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--n-episodes", type=int, default=500, help="episodes per cell")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/heatmap"))
+    args = parser.parse_args(argv)
+    if args.n_episodes < 10:
+        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
+    return args
+
+
+@jax.jit
+def grid_pnl(params: mm.MarketParams, gammas, kappas, stream, episodes):
+    """Terminal PnL and inventory of every (gamma, kappa) cell: ``f[n_gamma, n_kappa, n]``."""
+
+    def cell(gamma, kappa):
+        result = mm.rollout(
+            params, mm.policies.AvellanedaStoikov(gamma=gamma, k=kappa), stream, episodes
+        )
+        return result.pnl, result.inventory
+
+    by_kappa = jax.vmap(cell, in_axes=(None, 0))
+    return jax.vmap(by_kappa, in_axes=(0, None))(gammas, kappas)
+
+
+def sweep(sigma: float, args) -> list[dict]:
+    params = mm.presets.homework().replace(sigma=sigma)
+    stream = mm.market.stream_key(jax.random.key(args.seed))
+    episodes = jnp.arange(args.n_episodes, dtype=jnp.uint32)
+    pnl, inventory = grid_pnl(params, jnp.asarray(GAMMAS), jnp.asarray(KAPPAS), stream, episodes)
+    pnl, inventory = np.asarray(pnl, np.float64), np.asarray(inventory, np.float64)
+    rows = []
+    for i, gamma in enumerate(GAMMAS):
+        for j, kappa in enumerate(KAPPAS):
+            ratio, ratio_se = mm.metrics.sharpe(pnl[i, j])
+            rows.append(
+                {
+                    "sigma": sigma,
+                    "gamma": gamma,
+                    "kappa": kappa,
+                    "mean_pnl": pnl[i, j].mean(),
+                    "std_pnl": pnl[i, j].std(ddof=1),
+                    "sharpe": ratio,
+                    "sharpe_se": ratio_se,
+                    "mean_abs_q": np.abs(inventory[i, j]).mean(),
+                }
+            )
+    return rows
+
+
+def best_region(rows: list[dict]) -> dict:
+    """The best cell and the cells within 2 standard errors of its Sharpe."""
+    best = max(rows, key=lambda row: row["sharpe"])
+    region = [
+        (row["gamma"], row["kappa"])
+        for row in rows
+        if row["sharpe"] >= best["sharpe"] - 2 * np.hypot(best["sharpe_se"], row["sharpe_se"])
+    ]
+    return {"best": best, "region": region}
+
+
+def plot(results: dict[float, list[dict]], regions: dict[float, dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.5), squeeze=False)
+    for ax, (sigma, rows) in zip(axes[0], results.items(), strict=True):
+        grid = np.array([row["sharpe"] for row in rows]).reshape(len(GAMMAS), len(KAPPAS))
+        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        for i in range(len(GAMMAS)):
+            for j in range(len(KAPPAS)):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+        for gamma, kappa in regions[sigma]["region"]:
+            i, j = GAMMAS.index(gamma), KAPPAS.index(kappa)
+            ax.add_patch(
+                plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+            )
+        ax.set_xticks(range(len(KAPPAS)), [f"{k:g}" for k in KAPPAS])
+        ax.set_yticks(range(len(GAMMAS)), [f"{g:g}" for g in GAMMAS])
+        ax.set(
+            xlabel="kappa (assumed k, per price unit)",
+            ylabel="gamma (risk aversion)",
+            title=f"A-S per-episode Sharpe, sigma = {sigma:g}\n(red: within 2 SE of the best)",
+        )
+        fig.colorbar(image, ax=ax, label="Sharpe (mean / std of terminal PnL)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, regions, seconds = {}, {}, {}
+    for sigma in SIGMAS:
+        print(f"heatmap sigma = {sigma:g}: 25 cells x {args.n_episodes} episodes", file=sys.stderr)
+        with Timer() as timer:
+            results[sigma] = sweep(sigma, args)
+        seconds[sigma] = timer.seconds
+        regions[sigma] = best_region(results[sigma])
+    rows = [row for sigma in SIGMAS for row in results[sigma]]
+    with open(args.out / "cells.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(results, regions, args.out / "sharpe_heatmap.png")
+    best_gammas = {sigma: regions[sigma]["best"]["gamma"] for sigma in SIGMAS}
+    payload = {
+        "config": {
+            **vars(args),
+            "out": str(args.out),
+            "gammas": GAMMAS,
+            "kappas": KAPPAS,
+            "sigmas": SIGMAS,
+            "market": mm.presets.homework(),
+        },
+        "cells": rows,
+        "best": {str(sigma): regions[sigma] for sigma in SIGMAS},
+        "best_gamma_moves_with_sigma": len(set(best_gammas.values())) > 1,
+        "seconds": {str(sigma): s for sigma, s in seconds.items()},
+        "environment": environment(),
+    }
+    write_json(args.out / "summary.json", payload)
+    for sigma in SIGMAS:
+        best = regions[sigma]["best"]
+        print(
+            f"sigma = {sigma:g}: best gamma {best['gamma']:g}, kappa {best['kappa']:g}, Sharpe "
+            f"{best['sharpe']:.2f} +- {best['sharpe_se']:.2f}; {len(regions[sigma]['region'])} "
+            f"cells within 2 SE ({seconds[sigma]:.1f} s)"
+        )
+    print(f"results in {args.out}/")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Stress tests: where Avellaneda-Stoikov breaks, and what the exact optimum does there.
+
+``python -m experiments.stress`` runs 1,000 episodes (same keys in every scenario) of A-S
+(gamma 0.1, k 1.5), the naive quoter (spread 1.0), the Bellman-optimal table of the baseline
+market (phi = 0.01) and the Bellman optimum re-solved for each scenario (it knows the
+scenario; an upper reference, not a fair competitor) under:
+
+- ``baseline``: the homework market;
+- ``adverse_selection``: the mid jumps 0.02 against the market maker on every fill;
+- ``one_sided_flow``: 70% of the flow hits the bid (intensity x1.4 bid, x0.6 ask) while the mid
+  drifts down (mu = -2 per session): the market maker buys into a falling market;
+- ``volatility_spike``: sigma doubles from step 100 of 200;
+- and the sweep ``adverse_selection`` in {0, 0.01, 0.05}.
+
+Writes ``results/stress/``: ``table.csv`` (scenario x strategy: mean PnL, Sharpe, max drawdown,
+mean |q_T|, % profitable, with standard errors), ``summary.json`` (config, seed, the table) and
+``stress.png`` (Sharpe and mean PnL by scenario).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import matplotlib
+import numpy as np
+
+import jaxmm as mm
+from experiments.common import Timer, environment, write_json
+from jaxmm import optimal
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+PHI = 0.01
+STATS = ("mean_pnl", "sharpe", "max_drawdown", "mean_abs_q", "pct_profitable")
+
+
+def scenarios() -> dict[str, mm.MarketParams]:
+    base = mm.presets.homework()
+    return {
+        "baseline": base,
+        "adverse_selection": base.replace(adverse_selection=0.02),
+        "one_sided_flow": base.replace(bid_intensity_mult=1.4, ask_intensity_mult=0.6, mu=-2.0),
+        "volatility_spike": base.replace(vol_switch_step=100, vol_switch_factor=2.0),
+        "adverse_selection=0.01": base.replace(adverse_selection=0.01),
+        "adverse_selection=0.05": base.replace(adverse_selection=0.05),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.stress", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--n-episodes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/stress"))
+    args = parser.parse_args(argv)
+    if args.n_episodes < 10:
+        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(args.seed)
+    baseline_optimum = mm.policies.table(optimal.bellman(mm.presets.homework(), PHI))
+    rows = []
+    with Timer() as timer:
+        for name, params in scenarios().items():
+            print(f"stress: {name}", file=sys.stderr)
+            rules = {
+                "avellaneda_stoikov": mm.policies.avellaneda_stoikov(0.1, 1.5),
+                "naive": mm.policies.symmetric(0.5),
+                "bellman_baseline": baseline_optimum,
+                "bellman_scenario": mm.policies.table(optimal.bellman(params, PHI)),
+            }
+            for strategy, rule in rules.items():
+                summary = mm.metrics.summarize(mm.simulate(params, rule, key, args.n_episodes))
+                row = {"scenario": name, "strategy": strategy}
+                for stat in STATS:
+                    row[stat] = summary[stat]
+                    row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
+                rows.append(row)
+    with open(args.out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.out / "stress.png")
+    payload = {
+        "config": {**vars(args), "out": str(args.out), "phi": PHI, "scenarios": scenarios()},
+        "table": rows,
+        "seconds": timer.seconds,
+        "environment": environment(),
+    }
+    write_json(args.out / "summary.json", payload)
+    print(format_table(rows))
+    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
+    return payload
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| scenario | strategy | mean PnL | Sharpe | max drawdown | mean abs q_T | % profitable |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['scenario']} | {row['strategy']} | {row['mean_pnl']:.2f} ± "
+            f"{row['mean_pnl_se']:.2f} | {row['sharpe']:.2f} ± {row['sharpe_se']:.2f} | "
+            f"{row['max_drawdown']:.2f} | {row['mean_abs_q']:.2f} | {row['pct_profitable']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    names = list(dict.fromkeys(row["scenario"] for row in rows))
+    strategies = list(dict.fromkeys(row["strategy"] for row in rows))
+    lookup = {(row["scenario"], row["strategy"]): row for row in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / len(strategies)
+    x = np.arange(len(names))
+    for ax, stat, label in (
+        (axes[0], "sharpe", "per-episode Sharpe"),
+        (axes[1], "mean_pnl", "mean terminal PnL"),
+    ):
+        for i, strategy in enumerate(strategies):
+            values = [lookup[name, strategy][stat] for name in names]
+            errors = [lookup[name, strategy][f"{stat}_se"] for name in names]
+            ax.bar(x + i * width, values, width, yerr=errors, label=strategy)
+        ax.set_xticks(x + 0.4 - width / 2, names, rotation=20, ha="right", fontsize=8)
+        ax.set(ylabel=label, title=f"{label} by scenario (1 SE bars)")
+        ax.axhline(0, color="k", linewidth=0.5)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
