@@ -3,6 +3,8 @@
 ``import jaxmm as mm``; see README.md and DESIGN.md for the public API and its conventions.
 """
 
+import importlib
+
 from jaxmm import market, metrics, optimal, policies, presets
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
@@ -13,6 +15,7 @@ __all__ = [
     "MarketState",
     "Quotes",
     "Rollout",
+    "env",
     "market",
     "metrics",
     "optimal",
@@ -22,3 +25,11 @@ __all__ = [
     "simulate",
 ]
 __version__ = "0.1.0"
+
+_LAZY = ("env",)  # gymnax takes seconds to import; load it on first use of mm.env
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"jaxmm.{name}")
+    raise AttributeError(f"module 'jaxmm' has no attribute {name!r}")

@@ -1,0 +1,488 @@
+"""The market as a gymnax environment (and a gymnasium adapter), over the one ``market.step``.
+
+``MarketMakingEnv`` is a gymnax 1.0 ``Environment``: ``step`` returns six values ``(obs, state,
+reward, terminated, truncated, info)`` and resets automatically at the end of a session. Its state
+*is* a ``jaxmm.market.MarketState`` and ``step_env`` calls ``jaxmm.market.step`` -- no second
+copy of the dynamics -- so a trained agent can also be run by ``jaxmm.simulate`` through
+``env.as_policy`` on exactly the simulator's paths.
+
+Static choices are constructor arguments (``features``, ``action_mode``); everything a sweep may
+vary is a leaf of ``EnvParams`` (the market, ``phi``, ``as_gamma``, the observation scales), so
+``jax.vmap`` runs a batch of settings in one program. The reward kind is a static field.
+
+Observation (``f32[n_features]``, each feature O(1) at the homework's parameters, in the order
+of ``env.feature_names``); the feature sets of the ablation study are in ``FEATURE_SETS``:
+
+- ``inventory``: ``q_t / inventory_scale``, in (-inf, inf);
+- ``mid_change``: ``(S_t - S0) / (volatility_scale sqrt(T))``, in (-inf, inf);
+- ``time_left``: ``(T - t dt) / T``, the fraction of the session left, in [0, 1];
+- ``volatility``: the trailing realised volatility of the last ``history_window`` (20) mid
+  changes (``market.trailing_volatility``; ``sigma`` before the first step)
+  ``/ volatility_scale``, in [0, inf);
+- ``as_spread``: the A-S spread ``gamma sigma^2 (T - t) + (2/gamma) ln(1 + gamma/k)`` with
+  ``gamma = as_gamma`` and the market's base ``sigma`` and ``k``, in units of the risk-neutral
+  spread ``2/k`` (multiply by ``2/k`` for price units), in [0, inf);
+- ``fill_rate``: fills per step over the last ``history_window`` steps, in [0, 2];
+- ``pnl``: the PnL since the start ``/ pnl_scale``, in (-inf, inf).
+
+Actions (``f32[2]``, Box):
+
+- ``"depths"``: ``(bid_depth, ask_depth)`` in price units, in ``[0.01, 5]``; values outside are
+  clipped to that range.
+- ``"as_skew"`` (in the spirit of Alpha-AS, Falces Marin et al. 2022): ``(log10_multiplier,
+  skew)`` in ``[-2, 1] x [-1, 1]``. The agent scales the A-S risk aversion to
+  ``gamma = as_gamma * 10**log10_multiplier`` (a multiplier in [0.01, 10]) and shifts both A-S
+  quotes up in price by ``skew`` times the A-S half-spread ``h``:
+  ``bid_depth = h + q gamma sigma^2 (T - t) - skew h`` and
+  ``ask_depth = h - q gamma sigma^2 (T - t) + skew h``. Action ``(0, 0)`` gives the A-S quotes
+  of ``policies.avellaneda_stoikov(as_gamma)``. The final depths are clipped to ``[0.01, 5]``,
+  as in the depth mode, so both modes post the same set of quotes (never at or through the
+  mid; A-S itself may quote a negative depth at large inventory).
+
+Rewards (``EnvParams.reward``; ``dPnL`` is ``StepInfo.pnl``, ``q_{t+1}`` the inventory after the
+step's fills, which is the inventory marked to market over the step):
+
+- ``"inventory_penalty"``: ``dPnL - phi q_{t+1}^2`` (the homework; phi = 0.01 and 0.1). Its
+  expectation does not depend on sigma, so it gives no reason to widen quotes when the
+  volatility rises.
+- ``"pnl"``: ``dPnL``.
+- ``"variance"``: ``dPnL - phi sigma_t^2 dt q_{t+1}^2`` with ``sigma_t = market.sigma_at(t)`` in
+  price units (times ``S_t`` for the geometric mid): ``phi`` times the variance of the step's
+  inventory PnL. ``phi`` is then a risk aversion per price unit (``gamma / 2`` of a
+  mean-variance trader), and the penalty follows a volatility switch.
+
+The session ends with a termination (``terminated = True`` when ``t`` reaches ``n_steps``; the
+time left is in the observation, so do not bootstrap across it); ``truncated`` is always False.
+
+Also here: ``LogWrapper``, ``FlattenObservationWrapper`` and ``LegacyStepAPIWrapper`` (the
+five-value ``step`` for PureJaxRL-style code) -- gymnax's wrappers made safe to ``deepcopy`` and
+pickle -- and ``GymnasiumMarketMakingEnv`` (``env.gymnasium(params)``), a ``gymnasium.Env``
+that passes ``gymnasium.utils.env_checker.check_env``, for Stable-Baselines3.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
+from gymnax.wrappers import compat, purerl
+
+from jaxmm import market, presets
+from jaxmm.market import MarketState, Quotes, StepInfo
+from jaxmm.params import MarketParams
+from jaxmm.policies import AvellanedaStoikov
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "full": ("inventory", "mid_change", "time_left", "volatility", "as_spread"),
+    "no_as_spread": ("inventory", "mid_change", "time_left", "volatility"),
+    "no_volatility": ("inventory", "mid_change", "time_left", "as_spread"),
+    "inventory_only": ("inventory",),
+    "extended": (
+        "inventory",
+        "mid_change",
+        "time_left",
+        "volatility",
+        "as_spread",
+        "fill_rate",
+        "pnl",
+    ),
+}
+# (low, high) of each feature: the observation space contains every observation.
+FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "inventory": (-np.inf, np.inf),
+    "mid_change": (-np.inf, np.inf),
+    "time_left": (0.0, 1.0),
+    "volatility": (0.0, np.inf),
+    "as_spread": (0.0, np.inf),
+    "fill_rate": (0.0, 2.0),
+    "pnl": (-np.inf, np.inf),
+}
+ACTION_MODES = ("depths", "as_skew")
+REWARDS = ("inventory_penalty", "pnl", "variance")
+DEPTH_MIN, DEPTH_MAX = 0.01, 5.0  # price units: the range of posted depths in both modes
+LOG10_MULTIPLIER_MIN, LOG10_MULTIPLIER_MAX = -2.0, 1.0  # risk-aversion multiplier 0.01 .. 10
+SKEW_MIN, SKEW_MAX = -1.0, 1.0  # in units of the A-S half-spread
+
+
+@struct.dataclass
+class EnvParams:
+    """Settings of the environment (frozen; ``ep.replace(phi=0.1)``); numbers are leaves.
+
+    Attributes:
+        market: the ``MarketParams`` (default ``presets.homework()``).
+        phi: penalty weight of the reward (>= 0): price units per squared unit of inventory
+            for ``"inventory_penalty"``, per price unit for ``"variance"`` (it multiplies a
+            variance in price units squared); see the module docstring.
+        as_gamma: risk aversion of the A-S spread feature and of the ``"as_skew"`` action mode,
+            per price unit (>= 0).
+        inventory_scale: units of inventory per unit of the ``inventory`` feature (> 0).
+        volatility_scale: price units per sqrt(time unit) per unit of the ``volatility``
+            feature; ``mid_change`` is in units of ``volatility_scale sqrt(T)`` (> 0). The
+            default is the homework's sigma; it is fixed rather than taken from the market so
+            that a change of sigma shows in the observation.
+        pnl_scale: price units per unit of the ``pnl`` feature (> 0); the default is about the
+            session PnL of A-S in the homework market.
+        reward: ``"inventory_penalty"``, ``"pnl"`` or ``"variance"`` (static).
+    """
+
+    market: MarketParams = struct.field(default_factory=presets.homework)
+    phi: float = 0.01
+    as_gamma: float = 0.1
+    inventory_scale: float = 10.0
+    volatility_scale: float = 2.0
+    pnl_scale: float = 50.0
+    reward: str = struct.field(pytree_node=False, default="inventory_penalty")
+
+    @property
+    def max_steps_in_episode(self) -> int:
+        """Steps per episode (gymnax's name for it): ``market.n_steps``."""
+        return self.market.n_steps
+
+    def validate(self) -> EnvParams:
+        """Raise ``ValueError`` naming the first invalid field; return ``self`` if all is well.
+
+        Checks the market too. Traced values (inside ``jit``) are skipped: validate at the
+        boundary.
+        """
+        self.market.validate()
+        if self.reward not in REWARDS:
+            raise ValueError(f"EnvParams.reward = {self.reward!r}; allowed: one of {REWARDS}")
+        rules = (
+            ("phi", lambda x: x >= 0, ">= 0"),
+            ("as_gamma", lambda x: x >= 0, ">= 0"),
+            ("inventory_scale", lambda x: x > 0, "> 0"),
+            ("volatility_scale", lambda x: x > 0, "> 0"),
+            ("pnl_scale", lambda x: x > 0, "> 0"),
+        )
+        for name, ok, allowed in rules:
+            value = getattr(self, name)
+            if isinstance(value, jax.core.Tracer):
+                continue
+            array = np.asarray(value, dtype=np.float64)
+            if not np.all(np.isfinite(array) & ok(array)):
+                raise ValueError(f"EnvParams.{name} = {value!r}; allowed: finite and {allowed}")
+        return self
+
+
+def _price_sigma(sigma: jax.Array, state: MarketState, market_params: MarketParams) -> jax.Array:
+    """Volatility in price units per sqrt(time unit) (the geometric sigma is relative)."""
+    if market_params.price_model == "geometric":
+        return sigma * state.mid
+    return sigma
+
+
+def step_reward(
+    state: MarketState, next_state: MarketState, info: StepInfo, params: EnvParams
+) -> jax.Array:
+    """Reward of the step from ``state`` to ``next_state``, in the market's float dtype.
+
+    ``"inventory_penalty"``: ``dPnL - phi q_{t+1}^2``; ``"pnl"``: ``dPnL``; ``"variance"``:
+    ``dPnL - phi sigma_t^2 dt q_{t+1}^2`` (``sigma_t`` of step ``state.t``, price units).
+    """
+    dtype = market.float_dtype()
+    pnl = info.pnl
+    inventory_sq = next_state.inventory**2
+    if params.reward == "pnl":
+        reward = pnl
+    elif params.reward == "inventory_penalty":
+        reward = pnl - params.phi * inventory_sq
+    elif params.reward == "variance":
+        market_params = params.market
+        sigma = _price_sigma(market.sigma_at(state.t, market_params), state, market_params)
+        reward = pnl - params.phi * sigma**2 * market_params.dt * inventory_sq
+    else:
+        raise ValueError(f"EnvParams.reward = {params.reward!r}; allowed: one of {REWARDS}")
+    return jnp.asarray(reward, dtype)
+
+
+class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
+    """A gymnax environment over ``jaxmm.market.step``; see the module docstring.
+
+    Args:
+        features: the observation, a key of ``FEATURE_SETS``: ``"full"``, ``"no_as_spread"``,
+            ``"no_volatility"``, ``"inventory_only"`` or ``"extended"``.
+        action_mode: ``"depths"`` (bid and ask depths) or ``"as_skew"`` (A-S risk-aversion
+            multiplier and skew).
+
+    Two environments with the same arguments are equal (and hash equal), so ``jit`` compiles
+    their ``step`` once.
+    """
+
+    def __init__(self, features: str = "full", action_mode: str = "depths"):
+        super().__init__()
+        if features not in FEATURE_SETS:
+            raise ValueError(f"features = {features!r}; allowed: one of {tuple(FEATURE_SETS)}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode = {action_mode!r}; allowed: one of {ACTION_MODES}")
+        self.features = features
+        self.action_mode = action_mode
+        self.feature_names: tuple[str, ...] = FEATURE_SETS[features]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._config() == other._config()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._config()))
+
+    def __repr__(self) -> str:
+        return f"MarketMakingEnv(features={self.features!r}, action_mode={self.action_mode!r})"
+
+    def _config(self) -> tuple[str, str]:
+        return (self.features, self.action_mode)
+
+    @property
+    def default_params(self) -> EnvParams:
+        return EnvParams()
+
+    @property
+    def name(self) -> str:
+        return f"MarketMaking-{self.features}-{self.action_mode}"
+
+    @property
+    def num_actions(self) -> int:
+        """Dimension of the (continuous) action."""
+        return 2
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def observation(self, state: MarketState, params: EnvParams) -> jax.Array:
+        """The observation of ``state``: ``f32[n_features]`` (features in ``feature_names``).
+
+        Pure; computes only the features of this environment's feature set.
+        """
+        market_params = params.market
+        compute = {
+            "inventory": lambda: state.inventory / params.inventory_scale,
+            "mid_change": lambda: (
+                (state.mid - market_params.S0)
+                / (params.volatility_scale * jnp.sqrt(market_params.T))
+            ),
+            "time_left": lambda: (market_params.n_steps - state.t) / market_params.n_steps,
+            "volatility": lambda: (
+                market.trailing_volatility(state, market_params) / params.volatility_scale
+            ),
+            "as_spread": lambda: (
+                AvellanedaStoikov(gamma=params.as_gamma).spread(state, market_params)
+                * (market_params.k / 2.0)
+            ),
+            "fill_rate": lambda: market.recent_fill_rate(state, market_params),
+            "pnl": lambda: state.pnl / params.pnl_scale,
+        }
+        return jnp.stack([jnp.asarray(compute[name](), jnp.float32) for name in self.feature_names])
+
+    def quotes(self, action: jax.Array, state: MarketState, params: EnvParams) -> Quotes:
+        """The quotes posted for ``action`` (``f[2]``) in ``state``; depths in [0.01, 5].
+
+        ``"depths"``: ``clip(action, 0.01, 5)`` as ``(bid_depth, ask_depth)``. ``"as_skew"``:
+        A-S quotes with ``gamma = as_gamma * 10**action[0]`` shifted up by ``action[1]`` A-S
+        half-spreads, then clipped (action components clipped to their ranges first).
+        """
+        dtype = market.float_dtype()
+        action = jnp.asarray(action, dtype)
+        if self.action_mode == "depths":
+            bid_depth, ask_depth = action[0], action[1]
+        else:
+            log10_multiplier = jnp.clip(action[0], LOG10_MULTIPLIER_MIN, LOG10_MULTIPLIER_MAX)
+            skew = jnp.clip(action[1], SKEW_MIN, SKEW_MAX)
+            rule = AvellanedaStoikov(gamma=params.as_gamma * 10.0**log10_multiplier)
+            half_spread = 0.5 * rule.spread(state, params.market)
+            offset = rule.reservation_offset(state, params.market) - skew * half_spread
+            bid_depth, ask_depth = half_spread + offset, half_spread - offset
+        return Quotes(
+            bid_depth=jnp.clip(bid_depth, DEPTH_MIN, DEPTH_MAX),
+            ask_depth=jnp.clip(ask_depth, DEPTH_MIN, DEPTH_MAX),
+        )
+
+    def step_env(
+        self, key: jax.Array, state: MarketState, action: jax.Array, params: EnvParams
+    ) -> tuple[jax.Array, MarketState, jax.Array, jax.Array, dict[str, jax.Array]]:
+        """One step without auto-reset: quotes, ``market.step(state, quotes, key, market)``,
+        reward, termination. ``info`` holds the step's ``pnl``, ``spread_pnl``,
+        ``inventory_pnl``, ``bid_fill``, ``ask_fill``, the quoted depths and ``discount``
+        (0 at the end of the session)."""
+        quotes = self.quotes(action, state, params)
+        next_state, step_info = market.step(state, quotes, key, params.market)
+        reward = step_reward(state, next_state, step_info, params)
+        terminated = self.is_terminated(next_state, params)
+        obs = self.observation(next_state, params)
+        obs, next_state = self._apply_transition_gradient_policy(obs, next_state)
+        info = {
+            "pnl": step_info.pnl,
+            "spread_pnl": step_info.spread_pnl,
+            "inventory_pnl": step_info.inventory_pnl,
+            "bid_fill": step_info.bid_fill,
+            "ask_fill": step_info.ask_fill,
+            "bid_depth": quotes.bid_depth,
+            "ask_depth": quotes.ask_depth,
+            "discount": 1.0 - terminated.astype(jnp.float32),
+        }
+        return obs, next_state, reward, terminated, info
+
+    def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, MarketState]:
+        """``market.reset``: ``t = 0``, ``S = S0``, no inventory, no PnL."""
+        state = market.reset(key, params.market)
+        return self.observation(state, params), state
+
+    def is_terminated(self, state: MarketState, params: EnvParams) -> jax.Array:
+        """True at the end of the session (``t == n_steps``)."""
+        return state.t >= params.market.n_steps
+
+    def is_truncated(self, state: MarketState, params: EnvParams) -> jax.Array:
+        """Always False: the end of the session is a termination, not a time limit."""
+        return jnp.zeros((), jnp.bool_)
+
+    def action_space(self, params: EnvParams | None = None) -> spaces.Box:
+        """``Box(f32[2])``: depths ``[0.01, 5]^2``, or ``[-2, 1] x [-1, 1]`` in ``"as_skew"``."""
+        if self.action_mode == "depths":
+            low = np.full((2,), DEPTH_MIN, np.float32)
+            high = np.full((2,), DEPTH_MAX, np.float32)
+        else:
+            low = np.array([LOG10_MULTIPLIER_MIN, SKEW_MIN], np.float32)
+            high = np.array([LOG10_MULTIPLIER_MAX, SKEW_MAX], np.float32)
+        return spaces.Box(low=low, high=high, shape=(2,), dtype=jnp.float32)
+
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
+        """``Box(f32[n_features])`` with the bounds of ``FEATURE_BOUNDS`` (+-inf if unbounded)."""
+        bounds = np.array([FEATURE_BOUNDS[name] for name in self.feature_names], np.float32)
+        return spaces.Box(
+            low=bounds[:, 0], high=bounds[:, 1], shape=(self.n_features,), dtype=jnp.float32
+        )
+
+    def as_policy(
+        self, action_fn: Callable[[jax.Array], jax.Array], params: EnvParams
+    ) -> EnvPolicy:
+        """A jaxmm policy ``(obs: MarketState, market: MarketParams) -> Quotes`` for ``simulate``.
+
+        Args:
+            action_fn: ``f32[n_features] -> f[2]``, deterministic (for a trained agent: the mean
+                action). A pytree such as ``jax.tree_util.Partial(apply, weights)`` passes
+                through ``jit`` as data; a plain function is compiled as code.
+            params: the environment settings; the market is the one ``simulate`` passes.
+        """
+        if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(action_fn)):
+            action_fn = jax.tree_util.Partial(action_fn)
+        return EnvPolicy(action_fn=action_fn, env_params=params, env=self)
+
+    def gymnasium(
+        self, params: EnvParams | None = None, seed: int | None = None
+    ) -> GymnasiumMarketMakingEnv:
+        """A ``gymnasium.Env`` over this environment (see ``GymnasiumMarketMakingEnv``)."""
+        return GymnasiumMarketMakingEnv(self, params, seed)
+
+
+@struct.dataclass
+class EnvPolicy:
+    """An action function run as a jaxmm policy; built by ``MarketMakingEnv.as_policy``."""
+
+    action_fn: Any
+    env_params: EnvParams
+    env: MarketMakingEnv = struct.field(pytree_node=False)
+
+    def __call__(self, obs: MarketState, params: MarketParams) -> Quotes:
+        env_params = self.env_params.replace(market=params)
+        action = self.action_fn(self.env.observation(obs, env_params))
+        return self.env.quotes(action, obs, env_params)
+
+
+class _CopySafeGetattr:
+    """Forwards unknown attributes to ``self._env`` without recursing when ``_env`` is missing.
+
+    gymnax 1.0.1's wrappers read ``self._env`` in ``__getattr__``; ``copy.deepcopy`` and
+    ``pickle`` rebuild an object before ``_env`` is set, so that lookup recurses forever (rejax
+    deep-copies its config). Here a missing ``_env`` raises ``AttributeError`` instead.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        env = self.__dict__.get("_env")
+        if env is None:
+            raise AttributeError(name)
+        return getattr(env, name)
+
+
+class LegacyStepAPIWrapper(_CopySafeGetattr, compat.LegacyStepAPIWrapper):
+    """gymnax's five-value adapter ``(obs, state, reward, done, info)``, safe to copy and pickle."""
+
+
+class LogWrapper(_CopySafeGetattr, purerl.LogWrapper):
+    """gymnax's ``LogWrapper`` (episode returns and lengths in ``info``), safe to copy."""
+
+
+class FlattenObservationWrapper(_CopySafeGetattr, purerl.FlattenObservationWrapper):
+    """gymnax's ``FlattenObservationWrapper``, safe to copy."""
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _gym_reset(
+    env: MarketMakingEnv, key: jax.Array, params: EnvParams
+) -> tuple[jax.Array, MarketState]:
+    return env.reset_env(key, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _gym_step(
+    env: MarketMakingEnv, key: jax.Array, state: MarketState, action: jax.Array, params: EnvParams
+) -> tuple[jax.Array, jax.Array, MarketState, jax.Array, jax.Array, dict[str, jax.Array]]:
+    key, step_key = jax.random.split(key)
+    obs, state, reward, terminated, info = env.step_env(step_key, state, action, params)
+    return key, obs, state, reward, terminated, info
+
+
+class GymnasiumMarketMakingEnv(gymnasium.Env):
+    """``gymnasium.Env`` adapter for Stable-Baselines3 and other gymnasium code.
+
+    The same market and the same ``step_env`` (jitted, one call per step), without gymnax's
+    auto-reset: after ``terminated`` call ``reset``. Observations are ``np.float32`` arrays,
+    rewards Python floats. ``reset(seed=s)`` restarts the JAX key stream from ``s``; an episode
+    is a pure function of the seed and the actions. Copies and pickles work.
+
+    Args:
+        env: the gymnax environment. params: its settings (default ``env.default_params``),
+            validated here. seed: seed of the JAX key stream (default 0).
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
+
+    def __init__(
+        self, env: MarketMakingEnv, params: EnvParams | None = None, seed: int | None = None
+    ):
+        super().__init__()
+        self.env = env
+        self.params = (env.default_params if params is None else params).validate()
+        gym_space = functools.partial(gymnasium.spaces.Box, dtype=np.float32)
+        action_space = env.action_space(self.params)
+        observation_space = env.observation_space(self.params)
+        self.action_space = gym_space(low=action_space.low, high=action_space.high)
+        self.observation_space = gym_space(low=observation_space.low, high=observation_space.high)
+        self._key = np.asarray(jax.random.PRNGKey(0 if seed is None else seed))
+        self._state: MarketState | None = None
+        self._done = True
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._key = np.asarray(jax.random.PRNGKey(seed))
+        obs, self._state = _gym_reset(self.env, jnp.asarray(self._key), self.params)
+        self._done = False
+        return np.asarray(obs, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._done:
+            raise RuntimeError("the episode has ended (or was never started): call reset()")
+        key, obs, self._state, reward, terminated, info = _gym_step(
+            self.env, jnp.asarray(self._key), self._state, jnp.asarray(action), self.params
+        )
+        self._key = np.asarray(key)
+        self._done = bool(terminated)
+        info = {name: float(value) for name, value in info.items()}
+        return np.asarray(obs, np.float32), float(reward), self._done, False, info
