@@ -30,6 +30,9 @@ import jax
 import jaxmm as mm
 from experiments import baselines
 from experiments.common import Timer, environment, write_json
+from jaxmm import optimal
+
+PARTS = ("simulate", "solvers")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best kept)")
     parser.add_argument("--loop-episodes", type=int, default=200, help="episodes for the loop")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="which benchmarks to run (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
@@ -59,8 +69,8 @@ def time_best(fn, repeats: int) -> float:
     return best
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def simulate_part(args: argparse.Namespace) -> dict:
+    """jaxmm.simulate against the NumPy baselines (episode-steps per second, ratios)."""
     params = mm.presets.homework()
     policy = mm.policies.avellaneda_stoikov(0.1)
     steps = params.n_steps
@@ -124,23 +134,85 @@ def main(argv: list[str] | None = None) -> dict:
                     "vs_python_loop": rate(name, n) / loop["episode_steps_per_second"],
                 }
             )
-    table = markdown(rows, ratios)
-    print(table)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.md").write_text(table + "\n")
-    payload = {
-        "study": "benchmark",
+    return {
         "config": {
             "market": params,
             "policy": {"avellaneda_stoikov": {"gamma": 0.1, "k": params.k}},
             "sizes": args.sizes,
             "repeats": args.repeats,
             "loop_episodes": args.loop_episodes,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
         },
         "rows": rows,
         "ratios": ratios,
+        "markdown": markdown(rows, ratios),
+    }
+
+
+def solvers_part(args: argparse.Namespace) -> dict:
+    """Exact solvers: time and accuracy against the PyPI package ``avellaneda-stoikov`` 0.1.0
+    (explicit Euler on Cartea-Jaimungal), and the cost of the Bellman optimum and evaluation."""
+    from experiments import cj_package
+
+    homework = mm.presets.homework()
+    rows = []
+    try:
+        cj_package.load_package()
+        for phi in (2.0, 20.0):  # the homework's per-step 0.01 and 0.1 at dt = 1/200
+            for n_steps in (200, 1600, 3200):
+                rows.append(cj_package.compare(100.0, 1.5, phi, 0.0, 10, 1.0, n_steps))
+        note = "Cartea-Jaimungal, A=100, k=1.5, T=1, q_max=10, alpha=0"
+    except ModuleNotFoundError as error:
+        note = f"package comparison skipped: {error}"
+    optimal.bellman(homework, 0.01)  # compile
+    bellman_seconds = time_best(lambda: optimal.bellman(homework, 0.01), args.repeats)
+    policy = mm.policies.avellaneda_stoikov(0.1, 1.5)
+    optimal.evaluate(homework, policy, 0.01)
+    evaluate_seconds = time_best(lambda: optimal.evaluate(homework, policy, 0.01), args.repeats)
+    lines = [
+        f"Exact solvers ({note}); errors against the exact matrix-exponential solution:",
+        "",
+        "| phi / time | n_steps | package error h(0,0) | package max depth error | package s |"
+        " jaxmm explicit FD s | jaxmm exact (expm) s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['phi']:g} | {r['n_steps']} | diverged | | | | |")
+            continue
+        lines.append(
+            f"| {r['phi']:g} | {r['n_steps']} | {r['error_h00']:.1e} | {r['max_error_depth']:.1e}"
+            f" | {r['seconds_package']:.4f} | {r['seconds_jaxmm_fd']:.4f} |"
+            f" {r['seconds_jaxmm_expm']:.4f} |"
+        )
+    lines += [
+        "",
+        f"Bellman optimum of the homework MDP (200 steps x 401 inventories, joint depths): "
+        f"{bellman_seconds:.3f} s; exact evaluation of a policy: {evaluate_seconds:.3f} s.",
+    ]
+    return {
+        "rows": rows,
+        "bellman_seconds": bellman_seconds,
+        "evaluate_seconds": evaluate_seconds,
+        "markdown": "\n".join(lines),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    parts = {}
+    if "simulate" in args.parts:
+        parts["simulate"] = simulate_part(args)
+    if "solvers" in args.parts:
+        parts["solvers"] = solvers_part(args)
+    table = "\n\n".join(part["markdown"] for part in parts.values())
+    print(table)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.md").write_text(table + "\n")
+    payload = {
+        "study": "benchmark",
+        "config": {"parts": args.parts, "xla_flags": os.environ.get("XLA_FLAGS", "")},
+        **parts,
         "environment": environment(),
     }
     write_json(out / "benchmark.json", payload)

@@ -108,27 +108,31 @@ def _nonnegative(name: str, value: Any) -> float:
 # --------------------------------------------------------------- continuous-time models
 
 
-def _log_propagate(generator: jax.Array, log_terminal: jax.Array, gaps: jax.Array) -> jax.Array:
+def _log_propagate(generator: jax.Array, log_terminal: jax.Array, gaps: np.ndarray) -> jax.Array:
     """``log(expm(G (T - t_i)) exp(log_terminal))`` for each grid time, as ``f[n_t, n_q]``.
 
-    ``gaps[i] = t_{i+1} - t_i`` (with ``t_{n_t} = T``). Propagates backward one interval at a
-    time and renormalises by the maximum, so the solution neither overflows nor underflows
-    over long horizons.
+    ``gaps[i] = t_{i+1} - t_i`` (with ``t_{n_t} = T``). One ``expm`` per distinct gap (one on
+    a uniform grid), then a backward scan of matrix-vector products, renormalised by the
+    maximum at every step so the solution neither overflows nor underflows on long horizons.
     """
-    propagators = jax.vmap(lambda h: jax.scipy.linalg.expm(generator * h))(gaps)
+    distinct, which = np.unique(np.round(np.asarray(gaps, np.float64), 15), return_inverse=True)
+    return _propagate(generator, log_terminal, jnp.asarray(distinct), jnp.asarray(which))
+
+
+@jax.jit
+def _propagate(generator, log_terminal, distinct_gaps, which):
+    propagators = jax.vmap(lambda h: jax.scipy.linalg.expm(generator * h))(distinct_gaps)
     top = jnp.max(log_terminal)
 
-    def back(carry, propagator):
+    def back(carry, index):
         vector, log_scale = carry
-        vector = propagator @ vector
+        vector = propagators[index] @ vector
         biggest = jnp.max(vector)
         vector = vector / biggest
         log_scale = log_scale + jnp.log(biggest)
         return (vector, log_scale), jnp.log(vector) + log_scale
 
-    _, log_values = jax.lax.scan(
-        back, (jnp.exp(log_terminal - top), top), propagators, reverse=True
-    )
+    _, log_values = jax.lax.scan(back, (jnp.exp(log_terminal - top), top), which, reverse=True)
     return log_values
 
 
@@ -183,7 +187,7 @@ def glft(
         alpha = k * gamma * sigma**2 / 2.0
         eta = A * (1.0 + gamma / k) ** (-(1.0 + k / gamma))
         generator = _tridiagonal(-alpha * q**2, eta)
-        gaps = jnp.diff(jnp.asarray(np.append(times, T)))
+        gaps = np.diff(np.append(times, T))
         log_v = np.asarray(_log_propagate(generator, -k * terminal_penalty * q**2, gaps))
     base = math.log1p(gamma / k) / gamma
     bid = (log_v - np.roll(log_v, -1, axis=1)) / k + base
@@ -263,7 +267,7 @@ def cartea_jaimungal(
     with jax.enable_x64(True):
         q = jnp.asarray(inventories, jnp.float64)
         generator = _tridiagonal(-phi * k * q**2, A / math.e)
-        gaps = jnp.diff(jnp.asarray(np.append(times, T)))
+        gaps = np.diff(np.append(times, T))
         h = np.asarray(_log_propagate(generator, -alpha * k * q**2, gaps)) / k
     bid = 1.0 / k - (np.roll(h, -1, axis=1) - h)
     ask = 1.0 / k - (np.roll(h, 1, axis=1) - h)
