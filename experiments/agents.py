@@ -1,0 +1,41 @@
+"""Trained PPO agents for the studies: train once, reuse while the configuration is unchanged.
+
+``trained_run(name, **overrides)`` trains ``PPOConfig(name=name, **overrides)`` into
+``results/agents/<name>/`` unless a run with exactly that configuration is already there, and
+returns its folder; ``train.checkpoint.load_policy(folder)`` gives the agent as a jaxmm policy.
+Every study that needs an agent goes through here, so ``experiments.all`` trains each agent once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+AGENTS_DIR = Path("results/agents")
+
+
+def trained_run(name: str, *, out_dir: Path = AGENTS_DIR, **overrides: Any) -> Path:
+    """Folder of a finished training run of ``PPOConfig(name=name, **overrides)``."""
+    from train.checkpoint import load_config
+    from train.config import PPOConfig
+    from train.ppo import train_run
+
+    config = PPOConfig(name=name, out_dir=str(out_dir), **overrides)
+    run = Path(out_dir) / name
+    if (run / "metrics.json").is_file():
+        try:
+            if load_config(run) == config:
+                print(f"agent {name}: reusing {run}", file=sys.stderr)
+                return run
+        except (FileNotFoundError, ValueError, TypeError):
+            pass
+    print(f"agent {name}: training {config.total_timesteps:,} steps", file=sys.stderr)
+    train_run(config)
+    return run
+
+
+def load_policy(run: Path) -> Any:
+    from train.checkpoint import load_policy as load
+
+    return load(run)

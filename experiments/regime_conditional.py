@@ -1,0 +1,178 @@
+"""Regime-conditional performance: which strategy does well on which kind of path.
+
+``python -m experiments.regime_conditional`` runs naive (spread 1.0), A-S (gamma 0.1), the
+Bellman optimum (phi = 0.01) and the PPO agent (phi = 0.01; skip with ``--no-ppo``) on the same
+500 test episodes of the homework market, segments the episodes by their realised mid path and
+reports, per regime and strategy, mean terminal PnL, per-episode Sharpe and mean max drawdown:
+
+- ``low_vol`` / ``high_vol``: realised volatility (std of mid increments / sqrt(dt)) in the
+  bottom / top quartile of the 500 paths;
+- ``trending``: ``|S_T - S_0| > sigma sqrt(T)`` (a move of more than one session sigma);
+- ``mean_reverting``: lag-1 autocorrelation of the increments in the bottom quartile;
+- ``all``: every episode.
+
+The homework market's increments are i.i.d. Gaussian, so these "regimes" are the luck of the
+draw, not different markets: the study shows how much a strategy's result depends on the path.
+Writes ``results/regime_conditional/``: ``table.csv``, ``summary.json`` (config, seed, regime
+sizes), ``sharpe_by_regime.png`` (grouped bars with 1-SE error bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import matplotlib
+import numpy as np
+
+import jaxmm as mm
+from experiments import agents
+from experiments.common import Timer, environment, write_json
+from jaxmm import optimal
+from jaxmm.simulate import Paths
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+PHI = 0.01
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.regime_conditional", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--n-episodes", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=2024, help="test episodes' key")
+    parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agent out")
+    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
+    parser.add_argument("--out", type=Path, default=Path("results/regime_conditional"))
+    args = parser.parse_args(argv)
+    if args.n_episodes < 40:
+        parser.error(f"--n-episodes must be >= 40 (quartiles), got {args.n_episodes}")
+    return args
+
+
+def regimes(paths: Paths, params: mm.MarketParams) -> dict:
+    """Boolean masks ``[n]`` of the regimes, from the mid paths ``[n, N + 1]``."""
+    mid = np.asarray(paths.mid, np.float64)
+    increments = np.diff(mid, axis=1)
+    realised = increments.std(axis=1, ddof=1) / np.sqrt(float(params.dt))
+    centred = increments - increments.mean(axis=1, keepdims=True)
+    autocorrelation = (centred[:, 1:] * centred[:, :-1]).sum(axis=1) / (centred**2).sum(axis=1)
+    move = np.abs(mid[:, -1] - mid[:, 0])
+    low, high = np.quantile(realised, [0.25, 0.75])
+    return {
+        "all": np.ones(mid.shape[0], bool),
+        "low_vol": realised <= low,
+        "high_vol": realised >= high,
+        "trending": move > float(params.sigma) * np.sqrt(float(params.T)),
+        "mean_reverting": autocorrelation <= np.quantile(autocorrelation, 0.25),
+    }
+
+
+def strategies(params: mm.MarketParams, args) -> dict:
+    rules = {
+        "naive": mm.policies.symmetric(0.5),
+        "avellaneda_stoikov": mm.policies.avellaneda_stoikov(0.1, float(params.k)),
+        "bellman": mm.policies.table(optimal.bellman(params, PHI)),
+    }
+    if not args.no_ppo:
+        run = agents.trained_run("ppo_phi0.01", phi=PHI, total_timesteps=args.ppo_timesteps, seed=0)
+        rules["ppo"] = agents.load_policy(run)
+    return rules
+
+
+def stats(pnl: np.ndarray, drawdown: np.ndarray) -> dict:
+    ratio, ratio_se = mm.metrics.sharpe(pnl)
+    return {
+        "n": int(pnl.size),
+        "mean_pnl": float(pnl.mean()),
+        "mean_pnl_se": float(pnl.std(ddof=1) / np.sqrt(pnl.size)),
+        "sharpe": ratio,
+        "sharpe_se": ratio_se,
+        "max_drawdown": float(drawdown.mean()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    params = mm.presets.homework()
+    key = jax.random.key(args.seed)
+    rows, masks = [], None
+    with Timer() as timer:
+        for name, rule in strategies(params, args).items():
+            print(f"regime_conditional: {name}", file=sys.stderr)
+            rollout = mm.simulate(params, rule, key, args.n_episodes, paths=True)
+            if masks is None:
+                masks = regimes(rollout.paths, params)
+            pnl = np.asarray(rollout.pnl, np.float64)
+            drawdown = np.asarray(rollout.max_drawdown, np.float64)
+            for regime, mask in masks.items():
+                rows.append(
+                    {"regime": regime, "strategy": name, **stats(pnl[mask], drawdown[mask])}
+                )
+    with open(args.out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.out / "sharpe_by_regime.png")
+    payload = {
+        "config": {**vars(args), "out": str(args.out), "phi": PHI, "market": params},
+        "regime_sizes": {regime: int(mask.sum()) for regime, mask in masks.items()},
+        "table": rows,
+        "seconds": timer.seconds,
+        "environment": environment(),
+    }
+    write_json(args.out / "summary.json", payload)
+    print(format_table(rows))
+    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
+    return payload
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| regime | strategy | episodes | mean PnL | Sharpe | mean max drawdown |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['regime']} | {r['strategy']} | {r['n']} | {r['mean_pnl']:.2f} ± "
+            f"{r['mean_pnl_se']:.2f} | {r['sharpe']:.2f} ± {r['sharpe_se']:.2f} | "
+            f"{r['max_drawdown']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    regime_names = list(dict.fromkeys(r["regime"] for r in rows))
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    lookup = {(r["regime"], r["strategy"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(names)
+    x = np.arange(len(regime_names))
+    for i, name in enumerate(names):
+        ax.bar(
+            x + i * width,
+            [lookup[regime, name]["sharpe"] for regime in regime_names],
+            width,
+            yerr=[lookup[regime, name]["sharpe_se"] for regime in regime_names],
+            label=name,
+        )
+    ax.set_xticks(x + 0.4 - width / 2, regime_names)
+    ax.set(
+        xlabel="regime of the test path",
+        ylabel="per-episode Sharpe (mean / std of terminal PnL)",
+        title="Sharpe by regime and strategy (1 SE bars)",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
