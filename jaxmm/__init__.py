@@ -5,7 +5,7 @@
 
 import importlib
 
-from jaxmm import market, metrics, optimal, policies, presets
+from jaxmm import calibrate, market, metrics, optimal, policies, presets
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
 from jaxmm.simulate import Rollout, rollout, simulate
@@ -15,6 +15,7 @@ __all__ = [
     "MarketState",
     "Quotes",
     "Rollout",
+    "calibrate",
     "env",
     "market",
     "metrics",

@@ -209,25 +209,68 @@ def sigma_at(t: jax.Array, params: MarketParams) -> jax.Array:
     return params.sigma * jnp.where(switched, params.vol_switch_factor, 1.0)
 
 
+def quote_fill_probabilities(
+    state: MarketState, quotes: Quotes, params: MarketParams
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(bid_depth, ask_depth, bid_prob, ask_prob)`` of this step's quotes (the market's dtype).
+
+    The probabilities do not yet apply the inventory limits (see ``apply_fills``).
+    """
+    dtype = float_dtype()
+    dt = params.dt
+    bid_depth = jnp.asarray(quotes.bid_depth, dtype)
+    ask_depth = jnp.asarray(quotes.ask_depth, dtype)
+    bid_intensity = params.A * params.bid_intensity_mult * jnp.exp(-params.k * bid_depth)
+    ask_intensity = params.A * params.ask_intensity_mult * jnp.exp(-params.k * ask_depth)
+    bid_prob = fill_probability(bid_intensity * dt, params.fill_model)
+    ask_prob = fill_probability(ask_intensity * dt, params.fill_model)
+    return bid_depth, ask_depth, bid_prob, ask_prob
+
+
+def limits_open(state: MarketState, params: MarketParams) -> tuple[jax.Array, jax.Array]:
+    """Whether the bid (``q < q_max``) and the ask (``q > -q_max``) can be filled, as bools."""
+    return state.inventory < params.q_max, state.inventory > -params.q_max
+
+
 def step_with_noise(
     state: MarketState, quotes: Quotes, noise: Noise, params: MarketParams
 ) -> tuple[MarketState, StepInfo]:
     """Advance one episode by one step with explicit noise; see the module docstring."""
     dtype = float_dtype()
-    dt = params.dt
-    bid_depth = jnp.asarray(quotes.bid_depth, dtype)
-    ask_depth = jnp.asarray(quotes.ask_depth, dtype)
-    mid, inventory = state.mid, state.inventory
+    bid_depth, ask_depth, bid_prob, ask_prob = quote_fill_probabilities(state, quotes, params)
+    bid_open, ask_open = limits_open(state, params)
+    bid_fill = ((noise.u_bid < bid_prob) & bid_open).astype(dtype)
+    ask_fill = ((noise.u_ask < ask_prob) & ask_open).astype(dtype)
+    return apply_fills(
+        state, bid_depth, ask_depth, bid_fill, ask_fill, bid_prob, ask_prob, noise, params
+    )
 
-    bid_intensity = params.A * params.bid_intensity_mult * jnp.exp(-params.k * bid_depth)
-    ask_intensity = params.A * params.ask_intensity_mult * jnp.exp(-params.k * ask_depth)
-    bid_prob = fill_probability(bid_intensity * dt, params.fill_model)
-    ask_prob = fill_probability(ask_intensity * dt, params.fill_model)
-    bid_fill = ((noise.u_bid < bid_prob) & (inventory < params.q_max)).astype(dtype)
-    ask_fill = ((noise.u_ask < ask_prob) & (inventory > -params.q_max)).astype(dtype)
+
+def apply_fills(
+    state: MarketState,
+    bid_depth: jax.Array,
+    ask_depth: jax.Array,
+    bid_fill: jax.Array,
+    ask_fill: jax.Array,
+    bid_prob: jax.Array,
+    ask_prob: jax.Array,
+    noise: Noise,
+    params: MarketParams,
+) -> tuple[MarketState, StepInfo]:
+    """The rest of a step once the fills are known: inventory and cash, adverse-selection jump,
+    mid move (from ``noise.u_mid``), mark-to-market and history.
+
+    ``bid_fill``/``ask_fill`` are 0/1 in the simulator; a differentiable relaxation
+    (``jaxmm.calibrate``) passes fractional fills in [0, 1] through the same code.
+    """
+    dtype = float_dtype()
+    dt = params.dt
+    mid, inventory = state.mid, state.inventory
     next_inventory = inventory + bid_fill - ask_fill
-    # where(), not fill * depth: an unquoted side has depth +inf and 0 * inf is NaN.
-    spread_inc = jnp.where(bid_fill > 0, bid_depth, 0.0) + jnp.where(ask_fill > 0, ask_depth, 0.0)
+    # where(), not fill * depth alone: an unquoted side has depth +inf and 0 * inf is NaN.
+    spread_inc = jnp.where(bid_fill > 0, bid_fill * bid_depth, 0.0) + jnp.where(
+        ask_fill > 0, ask_fill * ask_depth, 0.0
+    )
 
     jump = params.adverse_selection * (ask_fill - bid_fill)
     sigma = sigma_at(state.t, params)

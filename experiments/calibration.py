@@ -1,0 +1,870 @@
+"""Calibration study: (A, k) and sigma from a real trade tape, and (gamma, kappa) by gradients.
+
+``python -m experiments.calibration`` writes ``results/calibration/``:
+
+- AMZN, NASDAQ, 2012-06-21 (LOBSTER's free level-1 sample, read from ``--data``; the part is
+  skipped, with the reason recorded, when the files are absent): the market orders of the tape
+  turned into intensity records (``calibrate.tape_records``), the maximum-likelihood ``(A, k)``
+  with nominal and time-block-robust standard errors and profile-likelihood intervals, per
+  session and per second; realised volatility with a signature plot; the goodness of fit of
+  ``A exp(-k delta)`` to the empirical exceedance rates; the inverse calibration by gradients
+  against the MLE; and the loop closed: Avellaneda-Stoikov and the exact (Bellman) optimum
+  simulated in the calibrated market.
+- The homework market: ``(gamma, kappa)`` of A-S tuned by gradients through the relaxed simulator
+  for three objectives (mean - lambda variance, per-episode Sharpe, CARA certainty equivalent),
+  each measured on the exact simulator against the best cell of a grid search; and the inverse
+  calibration of ``(A, k, sigma)`` on simulated data against the MLE.
+
+Files: ``summary.json`` (config, seed, every number), ``exceedance.csv``, ``signature.csv``,
+``grid.csv``, ``tuning.csv``, and the figures ``intensity_fit.png``, ``likelihood_surface.png``,
+``volatility_signature.png``, ``tuning_heatmap.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+
+import jaxmm as mm
+from experiments.common import Timer, environment, write_csv, write_json
+from jaxmm import calibrate, lobster, market
+from jaxmm.policies import AvellanedaStoikov
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSION_SECONDS = 23_400.0  # 09:30-16:00
+OBJECTIVES = (  # (objective, risk aversion, label)
+    ("mean_variance", 0.1, "mean - 0.1 var"),
+    ("sharpe", 0.0, "Sharpe (per episode)"),
+    ("cara", 0.1, "CARA CE, a = 0.1"),
+)
+
+
+def default_data_dir() -> Path:
+    """``$JAXMM_LOBSTER_DIR``, else ``../shared/data/lobster-amzn-2012-06-21`` beside the repo."""
+    env = os.environ.get("JAXMM_LOBSTER_DIR")
+    if env:
+        return Path(env)
+    return ROOT.parent / "shared" / "data" / "lobster-amzn-2012-06-21"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.calibration", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--data", type=Path, default=default_data_dir(), help="LOBSTER folder")
+    parser.add_argument("--out", type=Path, default=Path("results/calibration"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-depth", type=float, default=0.20, help="depth grid top, dollars")
+    parser.add_argument("--depth-step", type=float, default=0.01, help="depth grid step, dollars")
+    parser.add_argument("--block-seconds", type=float, default=300.0, help="robust-error blocks")
+    parser.add_argument("--vol-seconds", type=float, default=60.0, help="sampling for sigma")
+    parser.add_argument("--loop-gamma", type=float, default=0.01, help="A-S gamma, per dollar")
+    parser.add_argument("--loop-q-max", type=int, default=30, help="inventory limit (shares)")
+    parser.add_argument("--loop-episodes", type=int, default=10_000)
+    parser.add_argument("--loop-steps", type=int, default=23_400, help="steps per session")
+    parser.add_argument("--grid-size", type=int, default=25, help="grid cells per axis")
+    parser.add_argument("--grid-episodes", type=int, default=20_000)
+    parser.add_argument("--tune-iterations", type=int, default=200)
+    parser.add_argument("--tune-episodes", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.1, help="relaxed fills")
+    parser.add_argument("--eval-episodes", type=int, default=100_000, help="exact evaluation")
+    parser.add_argument("--inverse-episodes", type=int, default=256)
+    parser.add_argument("--inverse-iterations", type=int, default=300)
+    args = parser.parse_args(argv)
+    positive = (
+        "max_depth depth_step block_seconds vol_seconds loop_gamma loop_q_max loop_episodes "
+        "loop_steps tune_iterations inverse_episodes inverse_iterations temperature"
+    )
+    for name in positive.split():
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for name in ("grid_size", "grid_episodes", "tune_episodes", "eval_episodes"):
+        if getattr(args, name) < 2:
+            parser.error(f"--{name.replace('_', '-')} must be >= 2, got {getattr(args, name)}")
+    return args
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------ AMZN
+
+
+def fit_summary(fit: calibrate.IntensityFit, session_seconds: float) -> dict[str, Any]:
+    """The fit per session and per second (``A`` and its errors scale, ``k`` does not)."""
+    out = {}
+    for unit, ratio in (("per_session", 1.0), ("per_second", 1.0 / session_seconds)):
+        scaled = fit.rescale_time(ratio)
+        out[unit] = {
+            "A": scaled.A,
+            "stderr_A": scaled.stderr_A,
+            "stderr_A_robust": scaled.stderr_A_robust,
+            "ci_A": scaled.ci_A,
+            "ci_A_robust": scaled.ci_A_robust,
+        }
+    out["k_per_dollar"] = {
+        "k": fit.k,
+        "stderr_k": fit.stderr_k,
+        "stderr_k_robust": fit.stderr_k_robust,
+        "ci_k": fit.ci_k,
+        "ci_k_robust": fit.ci_k_robust,
+    }
+    out["loglik"] = fit.loglik
+    out["n_fills"] = fit.n_fills
+    out["n_records"] = fit.n_records
+    out["n_clusters"] = fit.n_clusters
+    out["cov_session"] = fit.cov
+    out["cov_robust_session"] = fit.cov_robust
+    return out
+
+
+def plot_intensity(rates, fit, gof, path: Path, title: str) -> None:
+    depths = np.linspace(0.0, rates.depths.max(), 200)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(2, 1))
+    top.errorbar(
+        rates.depths,
+        rates.rate,
+        yerr=2 * rates.stderr,
+        fmt="o",
+        ms=4,
+        color="black",
+        label="empirical exceedance rate, +-2 robust s.e.",
+    )
+    top.plot(
+        depths,
+        fit.A * np.exp(-fit.k * depths),
+        color="tab:red",
+        label=f"MLE A exp(-k delta): A = {fit.A:.0f}/session, k = {fit.k:.1f}/$",
+    )
+    top.set(yscale="log", ylabel="fills per session of one quote", title=title)
+    top.legend(fontsize=8)
+    centres = np.append(0.5 * (gof.edges[:-1] + gof.edges[1:]), gof.edges[-1])
+    bottom.bar(centres, gof.residuals, width=0.8 * np.diff(gof.edges).min(), color="tab:blue")
+    bottom.axhline(0, color="grey", lw=0.6)
+    for level in (-2, 2):
+        bottom.axhline(level, color="grey", lw=0.6, ls="--")
+    bottom.set(
+        xlabel="depth delta from the mid, dollars",
+        ylabel="Pearson residual",
+        title=f"reach bins: chi2 = {gof.statistic:.0f} on {gof.dof} dof (last bin open-ended)",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _ellipse(centre: np.ndarray, cov: np.ndarray, drop: float) -> np.ndarray:
+    """Points of ``(x - c)' cov^-1 (x - c) = 2 drop``: ``f[2, 200]``."""
+    angles = np.linspace(0, 2 * np.pi, 200)
+    circle = np.stack([np.cos(angles), np.sin(angles)])
+    return centre[:, None] + np.linalg.cholesky(cov) @ circle * math.sqrt(2 * drop)
+
+
+def plot_surface(records, fit, block_seconds: float, path: Path) -> dict[str, Any]:
+    """Log-likelihood around the MLE: a wide view at the scale of the robust errors (robust
+    region and adjusted profile intervals) and a close view at the nominal scale (the
+    likelihood's own region and profile intervals)."""
+    drop_joint = 0.5 * 5.991  # chi-square(2) 95%: the joint region
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    centre = np.array([fit.A, fit.k])
+    views = (
+        ("wide: +-4 robust s.e.", fit.stderr_A_robust, fit.stderr_k_robust, True),
+        ("close: +-4 nominal s.e.", fit.stderr_A, fit.stderr_k, False),
+    )
+    for ax, (title, se_A, se_k, robust) in zip(axes, views, strict=True):
+        A_grid = np.maximum(fit.A + np.linspace(-4, 4, 61) * se_A, 1e-9)
+        k_grid = fit.k + np.linspace(-4, 4, 61) * se_k
+        A_mesh, k_mesh = np.meshgrid(A_grid, k_grid)
+        loglik = calibrate.intensity_loglik(A_mesh, k_mesh, *records[:3])
+        deficit = np.maximum(fit.loglik - loglik, 1e-3)
+        mesh = ax.contourf(A_mesh, k_mesh, np.log10(deficit), levels=20, cmap="viridis_r")
+        fig.colorbar(mesh, ax=ax, label="log10(max loglik - loglik)")
+        ax.contour(A_mesh, k_mesh, deficit, levels=[drop_joint], colors="white", linewidths=1.5)
+        ax.plot([], [], color="white", label="likelihood 95% region (nominal)")
+        if robust:
+            ax.plot(
+                *_ellipse(centre, fit.cov_robust, drop_joint),
+                color="tab:red",
+                lw=1.5,
+                label=f"robust 95% region ({block_seconds:g} s blocks)",
+            )
+        intervals = (fit.ci_A_robust, fit.ci_k_robust) if robust else (fit.ci_A, fit.ci_k)
+        for bound in intervals[0]:
+            ax.axvline(bound, color="orange", lw=1, ls="--")
+        for bound in intervals[1]:
+            ax.axhline(bound, color="orange", lw=1, ls="--")
+        which = "robust-adjusted" if robust else "nominal"
+        ax.plot([], [], color="orange", ls="--", label=f"95% profile intervals ({which})")
+        ax.plot(fit.A, fit.k, "w*", ms=12, mec="black", label="MLE")
+        ax.set(
+            xlabel="A, fills per session at depth 0",
+            ylabel="k, per dollar",
+            title=title,
+            xlim=(A_grid[0], A_grid[-1]),
+            ylim=(k_grid[0], k_grid[-1]),
+        )
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle("AMZN 2012-06-21: Poisson log-likelihood of the tape records")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"joint_region_loglik_drop": drop_joint, "grid_points_per_view": 61 * 61}
+
+
+def volatility_signature(day, intervals: list[float]) -> list[dict[str, float]]:
+    times, mids = lobster.mid_path(day)
+    rows = []
+    for seconds in intervals:
+        grid = np.arange(times[0] + seconds, day.end + 1e-9, seconds)
+        sampled = np.concatenate([[mids[0]], calibrate.sample_previous_tick(times, mids, grid)])
+        estimate = calibrate.realized_volatility(sampled, seconds / SESSION_SECONDS)
+        rows.append(
+            {
+                "interval_seconds": seconds,
+                "sigma_per_sqrt_session": estimate.sigma,
+                "stderr_per_sqrt_session": estimate.stderr,
+                "sigma_per_sqrt_second": estimate.sigma / math.sqrt(SESSION_SECONDS),
+                "stderr_per_sqrt_second": estimate.stderr / math.sqrt(SESSION_SECONDS),
+                "n_increments": estimate.n_increments,
+            }
+        )
+    return rows
+
+
+def plot_signature(rows, chosen: float, path: Path) -> None:
+    seconds = np.array([r["interval_seconds"] for r in rows])
+    sigma = np.array([r["sigma_per_sqrt_session"] for r in rows])
+    stderr = np.array([r["stderr_per_sqrt_session"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(seconds, sigma, yerr=2 * stderr, fmt="o-", color="black", capsize=3)
+    ax.axvline(chosen, color="tab:red", ls="--", lw=1, label=f"reported: {chosen:g} s")
+    ax.set(
+        xscale="log",
+        xlabel="sampling interval, seconds",
+        ylabel="sigma, dollars per sqrt(session)",
+        title="AMZN 2012-06-21: realised volatility of the mid (+-2 s.e.)",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def close_the_loop(fit, sigma: float, s0: float, args, key) -> dict[str, Any]:
+    """A-S and the exact Bellman optimum in the calibrated market, on the same episodes."""
+    gamma = args.loop_gamma
+    params = mm.MarketParams(
+        S0=s0,
+        sigma=sigma,
+        T=1.0,
+        A=fit.A,
+        k=fit.k,
+        q_max=float(args.loop_q_max),
+        n_steps=args.loop_steps,
+        fill_model="exponential",
+    ).validate()
+    phi = gamma / 2.0  # penalty (gamma / 2) sigma^2 dt q^2 per step: CARA(gamma) to first order
+    with Timer() as timer:
+        solution = mm.optimal.bellman(params, phi, reward="variance", depth_bounds=(-1.0, 2.0))
+    strategies = {
+        "avellaneda_stoikov": mm.policies.avellaneda_stoikov(gamma),
+        "optimal_bellman": mm.policies.table(solution),
+    }
+    penalty_per_q2 = phi * sigma**2 * float(params.dt)
+    out: dict[str, Any] = {
+        "market": params,
+        "gamma_per_dollar": gamma,
+        "phi": phi,
+        "reward": "PnL - (gamma/2) sigma^2 dt sum_t q_{t+1}^2 (per session, dollars)",
+        "bellman_seconds": timer.seconds,
+        "bellman_value_at_start": float(solution.value_at(0, 0)),
+        "strategies": {},
+    }
+    rewards = {}
+    for name, policy in strategies.items():
+        progress(f"  closing the loop: {name}, {args.loop_episodes:,} sessions")
+        rollout = mm.simulate(params, policy, key, args.loop_episodes)
+        stats = mm.metrics.summarize(rollout)
+        reward = np.asarray(rollout.pnl, np.float64) - penalty_per_q2 * np.asarray(
+            rollout.sum_sq_inventory, np.float64
+        )
+        rewards[name] = reward
+        out["strategies"][name] = {
+            "mean_reward": float(reward.mean()),
+            "stderr_reward": float(reward.std(ddof=1) / math.sqrt(reward.size)),
+            **{
+                key_: stats[key_]
+                for key_ in (
+                    "mean_pnl",
+                    "mean_pnl_se",
+                    "std_pnl",
+                    "sharpe",
+                    "sharpe_se",
+                    "mean_abs_q",
+                    "n_fills",
+                    "mean_spread",
+                    "max_drawdown",
+                )
+            },
+        }
+    gap = rewards["optimal_bellman"] - rewards["avellaneda_stoikov"]
+    out["optimal_minus_as_reward"] = {
+        "mean": float(gap.mean()),
+        "stderr_paired": float(gap.std(ddof=1) / math.sqrt(gap.size)),
+    }
+    return out
+
+
+def amzn_study(args, key) -> dict[str, Any]:
+    day = lobster.read_lobster(args.data)
+    orders = lobster.market_orders(day)
+    session = day.end - day.start
+    depths = np.round(np.arange(0.0, args.max_depth + 1e-9, args.depth_step), 6)
+    records = calibrate.tape_records(
+        orders.times,
+        orders.price,
+        orders.mid,
+        orders.side,
+        depths,
+        start=day.start,
+        end=day.end,
+        block_length=args.block_seconds,
+        time_unit=session,
+    )
+    fit = calibrate.fit_intensity(*records)
+    sensitivity = {}
+    for block in (60.0, 300.0, 1800.0):
+        blocked = calibrate.tape_records(
+            orders.times,
+            orders.price,
+            orders.mid,
+            orders.side,
+            depths,
+            start=day.start,
+            end=day.end,
+            block_length=block,
+            time_unit=session,
+        )
+        other = calibrate.fit_intensity(*blocked)
+        sensitivity[f"{block:g}s"] = {
+            "stderr_A_robust": other.stderr_A_robust,
+            "stderr_k_robust": other.stderr_k_robust,
+            "n_clusters": other.n_clusters,
+        }
+    sides = {}
+    for side in ("bid", "ask"):
+        one = calibrate.tape_records(
+            orders.times,
+            orders.price,
+            orders.mid,
+            orders.side,
+            depths,
+            start=day.start,
+            end=day.end,
+            block_length=args.block_seconds,
+            time_unit=session,
+            side=side,
+        )
+        side_fit = calibrate.fit_intensity(*one)
+        sides[side] = {
+            "A_per_session": side_fit.A,
+            "stderr_A_robust": side_fit.stderr_A_robust,
+            "k": side_fit.k,
+            "stderr_k_robust": side_fit.stderr_k_robust,
+        }
+    windows = []  # where does the exponential hold? fits on depth grids starting further out
+    for lowest in (0.0, 0.03, 0.05, 0.08):
+        grid = depths[depths >= lowest - 1e-9]
+        window = calibrate.tape_records(
+            orders.times,
+            orders.price,
+            orders.mid,
+            orders.side,
+            grid,
+            start=day.start,
+            end=day.end,
+            block_length=args.block_seconds,
+            time_unit=session,
+        )
+        window_fit = calibrate.fit_intensity(*window)
+        window_gof = calibrate.reach_goodness_of_fit(orders.reach, grid, window_fit.k)
+        windows.append(
+            {
+                "lowest_depth": lowest,
+                "A_per_session": window_fit.A,
+                "stderr_A_robust": window_fit.stderr_A_robust,
+                "k": window_fit.k,
+                "stderr_k_robust": window_fit.stderr_k_robust,
+                "chi2": window_gof.statistic,
+                "dof": window_gof.dof,
+                "p_value": window_gof.p_value,
+            }
+        )
+    rates = calibrate.exceedance_rates(records)
+    gof = calibrate.reach_goodness_of_fit(orders.reach, depths, fit.k)
+    worst = int(np.argmax(np.abs(gof.residuals)))
+    write_csv(
+        args.out / "exceedance.csv",
+        {
+            "depth": rates.depths,
+            "rate_per_session": rates.rate,
+            "stderr_robust": rates.stderr,
+            "fitted_rate": fit.A * np.exp(-fit.k * rates.depths),
+            "bin_observed": gof.observed,
+            "bin_expected": gof.expected,
+            "pearson_residual": gof.residuals,
+        },
+    )
+    title = f"AMZN 2012-06-21: {orders.times.size:,} market orders, both sides pooled"
+    plot_intensity(rates, fit, gof, args.out / "intensity_fit.png", title)
+    surface = plot_surface(records, fit, args.block_seconds, args.out / "likelihood_surface.png")
+
+    intervals = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
+    if args.vol_seconds not in intervals:
+        intervals = sorted([*intervals, args.vol_seconds])
+    signature = volatility_signature(day, intervals)
+    write_csv(args.out / "signature.csv", {k: [r[k] for r in signature] for k in signature[0]})
+    plot_signature(signature, args.vol_seconds, args.out / "volatility_signature.png")
+    chosen = next(r for r in signature if r["interval_seconds"] == args.vol_seconds)
+    sigma = chosen["sigma_per_sqrt_session"]
+
+    progress("AMZN: inverse calibration by gradients")
+    dt_seconds = 0.02
+    steps = depths.size * 50
+    template = mm.MarketParams(
+        S0=100.0,
+        sigma=sigma,
+        A=fit.A,
+        k=fit.k,
+        T=steps * dt_seconds / SESSION_SECONDS,
+        n_steps=steps,
+        fill_model="exponential",
+    )
+    volatility = calibrate.VolatilityEstimate(
+        sigma,
+        chosen["stderr_per_sqrt_session"],
+        chosen["n_increments"],
+        args.vol_seconds / SESSION_SECONDS,
+    )
+    targets = calibrate.moment_targets(rates, volatility)
+    inverse = calibrate.fit_market_by_gradient(
+        targets,
+        template,
+        jax.random.fold_in(key, 1),
+        n_episodes=args.inverse_episodes,
+        n_iterations=args.inverse_iterations,
+    )
+
+    progress("AMZN: closing the loop (exact optimum and A-S in the calibrated market)")
+    s0 = float(lobster.mid_path(day)[1][0])
+    loop = close_the_loop(fit, sigma, s0, args, jax.random.fold_in(key, 2))
+    return {
+        "data": {
+            "path": str(args.data),
+            "ticker": day.ticker,
+            "date": day.date,
+            "window_seconds_after_midnight": [day.start, day.end],
+            "session_seconds": session,
+            "n_events": int(day.times.size),
+            "n_executions": int(np.isin(day.event_type, lobster.EXECUTIONS).sum()),
+            "n_market_orders": int(orders.times.size),
+            "n_buy_orders": int((orders.side > 0).sum()),
+            "n_hidden_only_orders": int(orders.hidden.sum()),
+            "licence": "LOBSTER free sample terms; data not redistributed",
+        },
+        "method": {
+            "records": "tape_records: per time block and depth, the number of market orders "
+            "reaching that depth (reach = side * (worst price - prior mid)); both sides pooled, "
+            "exposure 2 x block length",
+            "depth_grid_dollars": depths,
+            "block_seconds": args.block_seconds,
+            "standard_errors": "nominal: observed Fisher information (assumes independent "
+            "records: too small, records share orders and orders cluster); robust: sandwich "
+            "over time blocks -- quote these",
+        },
+        "intensity": fit_summary(fit, session),
+        "robust_stderr_by_block_length": sensitivity,
+        "intensity_by_side": sides,
+        "goodness_of_fit": {
+            "test": "Pearson chi-square of reach bins vs the fitted exponential shape "
+            "(conditional on the number of orders; Wilson-Hilferty p-value)",
+            "statistic": gof.statistic,
+            "dof": gof.dof,
+            "p_value": gof.p_value,
+            "worst_bin_lower_edge": float(gof.edges[worst]),
+            "worst_residual": float(gof.residuals[worst]),
+            "rate_at_depth_0": {"empirical": rates.rate[0], "fitted": fit.A},
+            "by_depth_window": windows,
+        },
+        "likelihood_surface": surface,
+        "volatility": {
+            "interval_seconds": args.vol_seconds,
+            "sigma_per_sqrt_session": sigma,
+            "stderr_per_sqrt_session": chosen["stderr_per_sqrt_session"],
+            "sigma_per_sqrt_second": chosen["sigma_per_sqrt_second"],
+            "stderr_per_sqrt_second": chosen["stderr_per_sqrt_second"],
+            "signature": signature,
+        },
+        "inverse_calibration": {
+            "method": "simulated moments through the relaxed simulator (expected fills), "
+            f"dt = {dt_seconds} s, weights 1/stderr^2 of the targets",
+            "A_per_session": inverse.A,
+            "k": inverse.k,
+            "sigma_per_sqrt_session": inverse.sigma,
+            "loss": inverse.loss,
+            "dof": depths.size + 1 - 3,
+            "mle": {"A_per_session": fit.A, "k": fit.k, "sigma_per_sqrt_session": sigma},
+            "seconds": inverse.seconds,
+        },
+        "closed_loop": loop,
+    }
+
+
+# ---------------------------------------------------------------------------- homework tuning
+
+
+def objective_grid(params, gammas, kappas, key, n_episodes: int) -> np.ndarray:
+    """Every objective at every ``(gamma, kappa)`` cell on the same episodes: ``[3, G, K]``."""
+    stream = market.stream_key(key)
+    episodes = jnp.arange(n_episodes, dtype=jnp.uint32)
+
+    def cell(gamma, kappa):
+        pnl = mm.rollout(params, AvellanedaStoikov(gamma=gamma, k=kappa), stream, episodes).pnl
+        return jnp.stack([calibrate.objective_value(pnl, name, ra) for name, ra, _ in OBJECTIVES])
+
+    row = jax.jit(jax.vmap(cell, in_axes=(None, 0)))
+    kappas = jnp.asarray(kappas, jnp.float32)
+    values = []
+    for index, gamma in enumerate(gammas):
+        values.append(np.asarray(row(jnp.float32(gamma), kappas), np.float64))
+        if (index + 1) % max(1, len(gammas) // 5) == 0:
+            progress(f"  grid: {index + 1}/{len(gammas)} gamma rows")
+    return np.moveaxis(np.stack(values), -1, 0)
+
+
+def plot_heatmaps(gammas, kappas, grid, tuned, best_cells, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(OBJECTIVES), figsize=(6 * len(OBJECTIVES), 5))
+    for ax, values, (name, _, label) in zip(axes, grid, OBJECTIVES, strict=True):
+        top = values.max()
+        floor = np.quantile(values, 0.25)
+        mesh = ax.pcolormesh(kappas, gammas, np.clip(values, floor, None), shading="nearest")
+        fig.colorbar(mesh, ax=ax, label=label)
+        result = tuned[name]
+        ax.plot(result.kappas, result.gammas, color="white", lw=1, alpha=0.9, label="Adam path")
+        ax.plot(result.kappas[0], result.gammas[0], "o", color="white", mec="black", label="start")
+        ax.plot(
+            result.kappa,
+            result.gamma,
+            "X",
+            color="tab:red",
+            ms=10,
+            mec="white",
+            label="tuned (averaged)",
+        )
+        g_best, k_best = best_cells[name]
+        ax.plot(
+            k_best,
+            g_best,
+            "*",
+            color="gold",
+            ms=13,
+            mec="black",
+            label=f"grid best ({top:.3g} on grid episodes)",
+        )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="kappa (A-S assumed k), per price unit",
+            ylabel="gamma",
+            title=f"{label}: gradient path over the grid",
+        )
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Homework market: A-S (gamma, kappa) by gradients through the relaxed simulator")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def inverse_on_simulation(args, key) -> dict[str, Any]:
+    """Inverse calibration of ``(A, k, sigma)`` on a simulated dataset, against the MLE."""
+    truth = mm.presets.homework().replace(A=140.0, n_steps=240, fill_model="exponential")
+    depths = np.linspace(0.0, 2.2, 12)
+    design = calibrate.DepthCycle(jnp.asarray(depths, jnp.float32))
+    observed = mm.simulate(truth, design, key, 400, paths=True)
+    records = calibrate.records_from_paths(observed, truth)
+    mle = calibrate.fit_intensity(*records, fill_model=truth.fill_model, dt=truth.dt)
+    volatility = calibrate.realized_volatility(observed.paths.mid, truth.dt)
+    fills = np.asarray(observed.paths.bid_fill + observed.paths.ask_fill, np.float64)
+    slot = np.arange(truth.n_steps) % depths.size
+    filled = np.array([fills[:, slot == i].sum() for i in range(depths.size)])
+    trials = np.array([2.0 * fills.shape[0] * (slot == i).sum() for i in range(depths.size)])
+    frequency = filled / trials
+    rates = calibrate.ExceedanceRates(
+        depths,
+        frequency / truth.dt,
+        np.sqrt(frequency * (1 - frequency) / trials) / truth.dt,
+        filled,
+        trials * truth.dt,
+    )
+    inverse = calibrate.fit_market_by_gradient(
+        calibrate.moment_targets(rates, volatility),
+        truth,
+        jax.random.fold_in(key, 1),
+        n_episodes=args.inverse_episodes,
+        n_iterations=args.inverse_iterations,
+    )
+    return {
+        "truth": {"A": 140.0, "k": 1.5, "sigma": 2.0, "fill_model": "exponential"},
+        "data": "400 episodes x 240 steps of the exact simulator, quotes cycling 12 depths",
+        "mle": {
+            "A": mle.A,
+            "stderr_A": mle.stderr_A,
+            "k": mle.k,
+            "stderr_k": mle.stderr_k,
+            "sigma": volatility.sigma,
+            "stderr_sigma": volatility.stderr,
+        },
+        "gradient": {
+            "A": inverse.A,
+            "k": inverse.k,
+            "sigma": inverse.sigma,
+            "loss": inverse.loss,
+            "dof": depths.size + 1 - 3,
+            "seconds": inverse.seconds,
+        },
+    }
+
+
+def homework_study(args, key) -> tuple[dict[str, Any], dict]:
+    params = mm.presets.homework()
+    gammas = np.geomspace(0.005, 1.0, args.grid_size)
+    kappas = np.geomspace(0.5, 5.0, args.grid_size)
+    progress(f"homework: grid {args.grid_size}x{args.grid_size}, {args.grid_episodes:,} episodes")
+    with Timer() as grid_timer:
+        grid = objective_grid(
+            params, gammas, kappas, jax.random.fold_in(key, 10), args.grid_episodes
+        )
+    write_csv(
+        args.out / "grid.csv",
+        {
+            "gamma": np.repeat(gammas, kappas.size),
+            "kappa": np.tile(kappas, gammas.size),
+            **{name: values.ravel() for values, (name, _, _) in zip(grid, OBJECTIVES, strict=True)},
+        },
+    )
+    eval_key = jax.random.fold_in(key, 11)  # fresh episodes: no winner's curse from the grid
+    tuned, best_cells, rows, trajectories = {}, {}, {}, {}
+    for index, (name, risk_aversion, label) in enumerate(OBJECTIVES):
+        progress(f"homework: tuning for {label}")
+        result = calibrate.tune_as(
+            params,
+            jax.random.fold_in(key, 20 + index),
+            objective=name,
+            risk_aversion=risk_aversion,
+            gamma=0.1,
+            kappa=1.5,
+            n_iterations=args.tune_iterations,
+            n_episodes=args.tune_episodes,
+            temperature=args.temperature,
+            progress=lambda i, g, k, v: progress(
+                f"  iter {i}: gamma {g:.4f} kappa {k:.3f} relaxed objective {v:.4g}"
+            ),
+        )
+        tuned[name] = result
+        cell = np.unravel_index(np.argmax(grid[index]), grid[index].shape)
+        best_cells[name] = (float(gammas[cell[0]]), float(kappas[cell[1]]))
+        pnl = {}
+        for which, (g, k) in (
+            ("tuned", (result.gamma, result.kappa)),
+            ("grid_best", best_cells[name]),
+        ):
+            rollout = mm.simulate(
+                params, mm.policies.avellaneda_stoikov(g, k=k), eval_key, args.eval_episodes
+            )
+            pnl[which] = np.asarray(rollout.pnl, np.float64)
+        value_t, se_t = calibrate.objective_estimate(pnl["tuned"], name, risk_aversion)
+        value_g, se_g = calibrate.objective_estimate(pnl["grid_best"], name, risk_aversion)
+        gap, gap_se = calibrate.objective_estimate(
+            pnl["tuned"], name, risk_aversion, baseline=pnl["grid_best"]
+        )
+        rows[name] = {
+            "label": label,
+            "risk_aversion": risk_aversion,
+            "tuned": {
+                "gamma": result.gamma,
+                "kappa": result.kappa,
+                "objective": value_t,
+                "stderr": se_t,
+            },
+            "grid_best": {
+                "gamma": best_cells[name][0],
+                "kappa": best_cells[name][1],
+                "objective": value_g,
+                "stderr": se_g,
+                "objective_on_grid_episodes": float(grid[index].max()),
+            },
+            "tuned_minus_grid_best": {
+                "value": gap,
+                "stderr_paired": gap_se,
+                "relative": gap / abs(value_g),
+            },
+            "relaxed_objective_last_iterations": float(result.relaxed_objective[-20:].mean()),
+            "tuning_seconds": result.seconds,
+        }
+        trajectories[f"{name}_gamma"] = result.gammas
+        trajectories[f"{name}_kappa"] = result.kappas
+    write_csv(args.out / "tuning.csv", trajectories)
+    plot_heatmaps(gammas, kappas, grid, tuned, best_cells, args.out / "tuning_heatmap.png")
+    progress("homework: inverse calibration on simulated data")
+    inverse = inverse_on_simulation(args, jax.random.fold_in(key, 30))
+    return {
+        "market": params,
+        "grid": {
+            "gammas": gammas,
+            "kappas": kappas,
+            "n_episodes": args.grid_episodes,
+            "seconds": grid_timer.seconds,
+        },
+        "evaluation": f"exact simulator, {args.eval_episodes:,} fresh episodes shared by the "
+        "tuned point and the grid-best cell (paired standard errors)",
+        "tuning": {
+            "optimizer": "Adam on (log gamma, log kappa), fresh episodes per iteration, "
+            "answer = geometric mean of the last 25% of iterates",
+            "temperature": args.temperature,
+            "iterations": args.tune_iterations,
+            "episodes_per_iteration": args.tune_episodes,
+        },
+        "objectives": rows,
+        "inverse_calibration_simulated": inverse,
+    }, tuned
+
+
+def print_report(payload: dict[str, Any]) -> None:
+    amzn = payload["amzn"]
+    if "skipped" in amzn:
+        print(f"AMZN part skipped: {amzn['skipped']}")
+    else:
+        fit, vol = amzn["intensity"], amzn["volatility"]
+        s, sec, k = fit["per_session"], fit["per_second"], fit["k_per_dollar"]
+        print("AMZN 2012-06-21 (LOBSTER level-1 sample), both sides pooled, per side of the book:")
+        print(
+            f"  A = {s['A']:.0f} per session  (robust s.e. {s['stderr_A_robust']:.0f}, nominal "
+            f"{s['stderr_A']:.0f}; robust 95% profile CI {s['ci_A_robust'][0]:.0f}-"
+            f"{s['ci_A_robust'][1]:.0f}) = {sec['A']:.4f} per second (robust s.e. "
+            f"{sec['stderr_A_robust']:.4f})"
+        )
+        print(
+            f"  k = {k['k']:.2f} per dollar (robust s.e. {k['stderr_k_robust']:.2f}, nominal "
+            f"{k['stderr_k']:.2f}; robust 95% profile CI {k['ci_k_robust'][0]:.2f}-"
+            f"{k['ci_k_robust'][1]:.2f}, nominal {k['ci_k'][0]:.2f}-{k['ci_k'][1]:.2f})"
+        )
+        blocks = ", ".join(
+            f"{name} blocks: {row['stderr_A_robust']:.0f} / {row['stderr_k_robust']:.2f}"
+            for name, row in amzn["robust_stderr_by_block_length"].items()
+        )
+        print(
+            f"  robust s.e. of A / k by block length: {blocks} (growth = dependence beyond a block)"
+        )
+        print(
+            f"  sigma = {vol['sigma_per_sqrt_session']:.3f} $/sqrt(session) +- "
+            f"{vol['stderr_per_sqrt_session']:.3f} = {vol['sigma_per_sqrt_second']:.5f} "
+            f"$/sqrt(s) ({vol['interval_seconds']:g} s increments)"
+        )
+        gof = amzn["goodness_of_fit"]
+        print(
+            f"  fit of A exp(-k delta): chi2 = {gof['statistic']:.0f} on {gof['dof']} dof, "
+            f"p = {gof['p_value']:.2g}; worst bin at {gof['worst_bin_lower_edge']:.3f} $ "
+            f"(residual {gof['worst_residual']:.1f})"
+        )
+        for row in gof["by_depth_window"]:
+            print(
+                f"    fit on depths >= {row['lowest_depth']:.2f} $: A = {row['A_per_session']:.0f}"
+                f" +- {row['stderr_A_robust']:.0f}, k = {row['k']:.1f} +- "
+                f"{row['stderr_k_robust']:.1f}; chi2 = {row['chi2']:.1f} on {row['dof']} dof, "
+                f"p = {row['p_value']:.2g}"
+            )
+        inv = amzn["inverse_calibration"]
+        print(
+            f"  gradient inverse calibration: A = {inv['A_per_session']:.0f}, k = {inv['k']:.2f},"
+            f" sigma = {inv['sigma_per_sqrt_session']:.3f} (loss {inv['loss']:.1f} on "
+            f"{inv['dof']} dof)"
+        )
+        loop = amzn["closed_loop"]
+        print(f"  calibrated market, gamma = {loop['gamma_per_dollar']}, per session:")
+        for name, row in loop["strategies"].items():
+            print(
+                f"    {name:20s} reward {row['mean_reward']:8.2f} +- {row['stderr_reward']:.2f}"
+                f"  PnL {row['mean_pnl']:8.2f} (std {row['std_pnl']:.2f})  "
+                f"mean |q_T| {row['mean_abs_q']:.2f}  fills {row['n_fills']:.0f}"
+            )
+    print("Homework market, A-S tuned by gradients vs the best grid cell (exact simulator):")
+    print(
+        f"  {'objective':22s} {'tuned (gamma, kappa)':>22s} {'value':>16s} "
+        f"{'grid best':>18s} {'value':>16s} {'tuned - best':>18s}"
+    )
+    for row in payload["homework"]["objectives"].values():
+        t, g, d = row["tuned"], row["grid_best"], row["tuned_minus_grid_best"]
+        print(
+            f"  {row['label']:22s} ({t['gamma']:.4f}, {t['kappa']:.3f}){'':5s}"
+            f"{t['objective']:8.3f} +- {t['stderr']:.3f}  ({g['gamma']:.4f}, {g['kappa']:.3f}) "
+            f"{g['objective']:8.3f} +- {g['stderr']:.3f}  {d['value']:+.3f} +- "
+            f"{d['stderr_paired']:.3f} ({100 * d['relative']:+.2f}%)"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(args.seed)
+    with Timer() as total:
+        try:
+            lobster.find_files(args.data)
+            available = True
+        except FileNotFoundError as error:
+            available, reason = False, str(error)
+        if available:
+            progress(f"AMZN: reading {args.data}")
+            amzn = amzn_study(args, jax.random.fold_in(key, 1))
+        else:
+            progress(f"AMZN part skipped: {reason}")
+            amzn = {"skipped": reason}
+        homework, _ = homework_study(args, jax.random.fold_in(key, 2))
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload = {
+        "study": "calibration",
+        "config": {**config, "objectives": OBJECTIVES, "session_seconds": SESSION_SECONDS},
+        "amzn": amzn,
+        "homework": homework,
+        "notes": {
+            "units": "time unit = one session (6.5 h = 23,400 s); A per session and per second, "
+            "k per dollar, sigma dollars per sqrt(session) and per sqrt(second)",
+            "sharpe": "per episode: mean / std of terminal PnL across episodes",
+        },
+        "seconds": total.seconds,
+        "environment": environment(),
+    }
+    write_json(args.out / "summary.json", payload)
+    print_report(payload)
+    progress(f"wrote {args.out}/ in {total.seconds:.0f} s")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
