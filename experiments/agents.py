@@ -15,14 +15,16 @@ from typing import Any
 AGENTS_DIR = Path("results/agents")
 
 
-def trained_run(name: str, *, out_dir: Path = AGENTS_DIR, **overrides: Any) -> Path:
-    """Folder of a finished training run of ``PPOConfig(name=name, **overrides)``."""
+def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> Path:
+    """Folder of a finished training run of ``PPOConfig(name=name, **overrides)`` under
+    ``out_dir`` (default: the module's ``AGENTS_DIR``, which ``experiments.all`` may move)."""
     from train.checkpoint import load_config
     from train.config import PPOConfig
     from train.ppo import train_run
 
+    out_dir = Path(AGENTS_DIR if out_dir is None else out_dir)
     config = PPOConfig(name=name, out_dir=str(out_dir), **overrides)
-    run = Path(out_dir) / name
+    run = out_dir / name
     if (run / "metrics.json").is_file():
         try:
             if load_config(run) == config:

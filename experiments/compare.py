@@ -1,0 +1,204 @@
+"""Three strategies and the ceiling: naive, the best A-S cell, PPO and the exact optimum.
+
+``python -m experiments.compare`` runs, on the same 1,000 paths of the homework market:
+
+- ``naive``: symmetric quotes, spread 1.0;
+- ``avellaneda_stoikov``: the best (gamma, kappa) cell of the sigma = 2 heatmap
+  (``results/heatmap/summary.json`` if present, else the sweep is run here);
+- ``ppo``: the better, by per-episode Sharpe on validation keys disjoint from the test paths,
+  of the agents trained with phi = 0.01 and phi = 0.1 (``experiments.agents``);
+- ``optimal``: the Bellman optimum for phi = 0.01.
+
+Table: mean PnL, per-episode Sharpe, max drawdown, mean |q_T|, % profitable, expected reward
+under phi = 0.01 and the optimality gap ``1 - reward / optimal reward`` (paired standard
+errors). Figures: equity curves of 10 representative paths (the deciles of the optimum's PnL)
+and box plots of terminal PnL. Writes ``results/compare/`` (``table.csv``, ``summary.json``,
+``equity_curves.png``, ``pnl_boxplot.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import jax
+import matplotlib
+import numpy as np
+
+import jaxmm as mm
+from experiments import agents, heatmap
+from experiments.common import Timer, environment, write_json
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+PHI = 0.01
+STATS = (
+    "mean_pnl",
+    "sharpe",
+    "max_drawdown",
+    "mean_abs_q",
+    "pct_profitable",
+    "mean_reward",
+    "optimality_gap",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.compare", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--n-episodes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=99, help="test paths' key")
+    parser.add_argument("--validation-episodes", type=int, default=2000)
+    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
+    parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agent out")
+    parser.add_argument("--heatmap", type=Path, default=Path("results/heatmap/summary.json"))
+    parser.add_argument("--out", type=Path, default=Path("results/compare"))
+    args = parser.parse_args(argv)
+    if args.n_episodes < 10 or args.validation_episodes < 10:
+        parser.error("--n-episodes and --validation-episodes must be >= 10")
+    return args
+
+
+def best_as_cell(path: Path) -> dict:
+    """(gamma, kappa) of the best sigma = 2 heatmap cell, from the study's file or a new run."""
+    if path.is_file():
+        best = json.loads(path.read_text())["best"]["2.0"]["best"]
+    else:
+        best = heatmap.best_region(heatmap.sweep(2.0, argparse.Namespace(n_episodes=500, seed=0)))[
+            "best"
+        ]
+    return {"gamma": float(best["gamma"]), "kappa": float(best["kappa"])}
+
+
+def choose_ppo(args, params: mm.MarketParams) -> tuple[str, object, dict]:
+    """The better PPO agent by per-episode Sharpe on validation keys (not the test paths)."""
+    candidates = {}
+    for phi in (0.01, 0.1):
+        run = agents.trained_run(
+            f"ppo_phi{phi:g}", phi=phi, total_timesteps=args.ppo_timesteps, seed=0
+        )
+        candidates[f"ppo(phi={phi:g})"] = agents.load_policy(run)
+    validation_key = jax.random.key(args.seed + 10_000)
+    scores = {
+        name: mm.metrics.summarize(
+            mm.simulate(params, policy, validation_key, args.validation_episodes)
+        )["sharpe"]
+        for name, policy in candidates.items()
+    }
+    chosen = max(scores, key=scores.get)
+    return chosen, candidates[chosen], scores
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from train import evaluate
+
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = mm.env.MarketMakingEnv()
+    env_params = env.default_params.replace(phi=PHI)
+    params = env_params.market
+    cell = best_as_cell(args.heatmap)
+    rules = {
+        "naive": mm.policies.symmetric(0.5),
+        "avellaneda_stoikov": mm.policies.avellaneda_stoikov(cell["gamma"], cell["kappa"]),
+    }
+    choice = {}
+    if not args.no_ppo:
+        name, policy, scores = choose_ppo(args, params)
+        rules["ppo"] = policy
+        choice = {"chosen": name, "validation_sharpe": scores}
+    key = jax.random.key(args.seed)
+    with Timer() as timer:
+        solution = evaluate.optimal_solution(env_params)
+        result = evaluate.compare(env_params, rules, key, args.n_episodes, solution)
+        rules["optimal"] = mm.policies.table(solution)
+        paths = {
+            name: mm.simulate(params, rule, key, args.n_episodes, paths=True)
+            for name, rule in rules.items()
+        }
+    rows = []
+    for name, stats in result["eval"].items():
+        row = {"strategy": name, **{stat: stats[stat] for stat in STATS}}
+        row["mean_pnl_se"], row["sharpe_se"] = stats["mean_pnl_se"], stats["sharpe_se"]
+        row["optimality_gap_se"] = stats["optimality_gap_stderr"]
+        rows.append(row)
+    with open(args.out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_equity(paths, float(params.dt), args.out / "equity_curves.png")
+    plot_box(paths, args.out / "pnl_boxplot.png")
+    payload = {
+        "config": {
+            **vars(args),
+            "out": str(args.out),
+            "heatmap": str(args.heatmap),
+            "phi": PHI,
+            "as_cell": cell,
+            "market": params,
+        },
+        "ppo_choice": choice,
+        "optimal_reward": result["optimal_reward"],
+        "table": rows,
+        "eval": result["eval"],
+        "seconds": timer.seconds,
+        "environment": environment(),
+    }
+    write_json(args.out / "summary.json", payload)
+    print(format_table(rows))
+    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
+    return payload
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| strategy | mean PnL | Sharpe | max drawdown | mean abs q_T | % profitable |"
+        " reward (phi 0.01) | optimality gap |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {r['mean_pnl']:.2f} ± {r['mean_pnl_se']:.2f} | "
+            f"{r['sharpe']:.2f} ± {r['sharpe_se']:.2f} | {r['max_drawdown']:.2f} | "
+            f"{r['mean_abs_q']:.2f} | {r['pct_profitable']:.1f} | {r['mean_reward']:.2f} | "
+            f"{100 * r['optimality_gap']:.2f}% ± {100 * r['optimality_gap_se']:.2f}% |"
+        )
+    return "\n".join(lines)
+
+
+def plot_equity(rollouts: dict, dt: float, path: Path) -> None:
+    reference = np.asarray(rollouts["optimal"].pnl)
+    order = np.argsort(reference)
+    picks = order[np.linspace(0, reference.size - 1, 10).astype(int)]
+    fig, axes = plt.subplots(2, 5, figsize=(18, 6.5), sharex=True)
+    for ax, episode in zip(axes.flat, picks, strict=True):
+        for name, rollout in rollouts.items():
+            pnl = np.asarray(rollout.paths.pnl[episode])
+            ax.plot(np.arange(pnl.size) * dt, pnl, label=name, linewidth=1)
+        ax.set_title(f"episode {episode}", fontsize=9)
+        ax.set_xlabel("time (session units)")
+        ax.set_ylabel("PnL (price units)")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Equity curves of 10 paths (deciles of the optimum's terminal PnL), same paths")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_box(rollouts: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = list(rollouts)
+    ax.boxplot([np.asarray(rollouts[name].pnl) for name in names], showfliers=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set(ylabel="terminal PnL (price units)", title="Terminal PnL on the same paths")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

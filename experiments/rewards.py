@@ -1,0 +1,149 @@
+"""Reward design: PPO trained with phi = 0.01 against phi = 0.1.
+
+``python -m experiments.rewards`` trains (or reuses, ``experiments.agents``) the two agents and
+reports: their training curves (deterministic-policy reward on fixed evaluation keys against
+environment steps, as a fraction of each reward's exact optimum), which converges faster (the
+first evaluation reaching 95% of its final fraction of the optimum), and which is more
+conservative on the same 1,000 test paths (mean quoted spread, mean |q| over the session, mean
+|q_T|, std of terminal PnL). Writes ``results/rewards/`` (``summary.json``, ``table.csv``,
+``training_curves.png``, ``behaviour.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import jax
+import matplotlib
+import numpy as np
+
+import jaxmm as mm
+from experiments import agents
+from experiments.common import Timer, environment, write_json
+from jaxmm import optimal
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+PHIS = (0.01, 0.1)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.rewards", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--n-episodes", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
+    parser.add_argument("--out", type=Path, default=Path("results/rewards"))
+    args = parser.parse_args(argv)
+    if args.n_episodes < 10:
+        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
+    return args
+
+
+def convergence_step(steps: np.ndarray, fraction: np.ndarray, level: float = 0.95) -> int:
+    """First evaluation step at which the curve reaches ``level`` of its final value."""
+    target = level * fraction[-1] if fraction[-1] > 0 else fraction[-1]
+    reached = np.nonzero(fraction >= target)[0]
+    return int(steps[reached[0]]) if reached.size else int(steps[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    params = mm.presets.homework()
+    key = jax.random.key(args.seed)
+    rows, curves = [], {}
+    with Timer() as timer:
+        for phi in PHIS:
+            run = agents.trained_run(
+                f"ppo_phi{phi:g}", phi=phi, total_timesteps=args.ppo_timesteps, seed=0
+            )
+            metrics = json.loads((run / "metrics.json").read_text())
+            optimum = optimal.bellman(params, phi).value_at()
+            steps = np.array([e["env_steps"] for e in metrics["progress_evals"]])
+            fraction = np.array(
+                [np.max(e["mean_reward"]) / optimum for e in metrics["progress_evals"]]
+            )
+            curves[phi] = (steps, fraction)
+            rollout = mm.simulate(params, agents.load_policy(run), key, args.n_episodes, paths=True)
+            spread = np.asarray(rollout.paths.ask - rollout.paths.bid, np.float64)
+            reward = np.asarray(rollout.reward(phi), np.float64)
+            rows.append(
+                {
+                    "phi": phi,
+                    "final_fraction_of_optimum": float(fraction[-1]),
+                    "steps_to_95pct_of_final": convergence_step(steps, fraction),
+                    "test_reward": float(reward.mean()),
+                    "test_fraction_of_optimum": float(reward.mean() / optimum),
+                    "mean_spread": float(np.nanmean(np.where(np.isfinite(spread), spread, np.nan))),
+                    "mean_abs_q_session": float(np.abs(np.asarray(rollout.paths.inventory)).mean()),
+                    "mean_abs_q_T": float(np.abs(np.asarray(rollout.inventory)).mean()),
+                    "mean_pnl": float(np.asarray(rollout.pnl).mean()),
+                    "std_pnl": float(np.asarray(rollout.pnl).std(ddof=1)),
+                    "wall_seconds": metrics.get("wall_seconds"),
+                }
+            )
+    with open(args.out / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(curves, rows, args.out)
+    faster = min(rows, key=lambda r: r["steps_to_95pct_of_final"])["phi"]
+    conservative = min(rows, key=lambda r: r["mean_abs_q_session"])["phi"]
+    payload = {
+        "config": {**vars(args), "out": str(args.out), "market": params},
+        "table": rows,
+        "faster_convergence_phi": faster,
+        "more_conservative_phi": conservative,
+        "seconds": timer.seconds,
+        "environment": environment(),
+    }
+    write_json(args.out / "summary.json", payload)
+    for r in rows:
+        print(
+            f"phi = {r['phi']:g}: {100 * r['test_fraction_of_optimum']:.1f}% of the optimum, "
+            f"95% of final after {r['steps_to_95pct_of_final']:,} steps, mean spread "
+            f"{r['mean_spread']:.2f}, mean |q| {r['mean_abs_q_session']:.2f}, "
+            f"std PnL {r['std_pnl']:.2f}"
+        )
+    print(f"results in {args.out}/")
+    return payload
+
+
+def plot(curves: dict, rows: list[dict], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for phi, (steps, fraction) in curves.items():
+        ax.plot(steps, 100 * fraction, "o-", label=f"phi = {phi:g}")
+    ax.set(
+        xlabel="environment steps",
+        ylabel="% of the exact optimum (deterministic policy)",
+        title="PPO training curves by reward",
+        ylim=(0, 105),
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    labels = [f"phi = {r['phi']:g}" for r in rows]
+    for ax, stat, title in zip(
+        axes,
+        ("mean_spread", "mean_abs_q_session", "std_pnl"),
+        ("mean quoted spread", "mean |q| over the session", "std of terminal PnL"),
+        strict=True,
+    ):
+        ax.bar(labels, [r[stat] for r in rows], color=["tab:blue", "tab:orange"])
+        ax.set(title=title, ylabel=title)
+    fig.suptitle("Which reward makes the agent more conservative (same 1,000 test paths)")
+    fig.tight_layout()
+    fig.savefig(out / "behaviour.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
