@@ -61,7 +61,13 @@ def test_benchmark_cli(tmp_path):
         "--sizes", "500", "--repeats", "1", "--loop-episodes", "5", "--out", str(tmp_path),
     )  # fmt: skip
     result = json.loads((tmp_path / "benchmark.json").read_text())
-    impls = {row["implementation"] for row in result["rows"]}
+    simulate = result["simulate"]
+    impls = {row["implementation"] for row in simulate["rows"]}
     assert {"numpy vectorised", "python loop (per episode)", "jaxmm (1 device)"} <= impls
-    assert all(r["vs_numpy_vectorised"] > 0 for r in result["ratios"])
-    assert "| jaxmm" in (tmp_path / "benchmark.md").read_text()
+    assert all(r["vs_numpy_vectorised"] > 0 for r in simulate["ratios"])
+    solvers = result["solvers"]
+    assert solvers["bellman_seconds"] > 0 and solvers["evaluate_seconds"] > 0
+    ok = [r for r in solvers["rows"] if r["status"] == "ok"]
+    assert ok and all(r["error_h00"] < 0.05 for r in ok)  # explicit Euler vs the exact solution
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "| jaxmm" in text and "Bellman optimum" in text
