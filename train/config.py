@@ -1,0 +1,262 @@
+"""The training configuration, and the environment and agent it describes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxmm import market
+from jaxmm.env import EnvParams, MarketMakingEnv
+from jaxmm.policies import AvellanedaStoikov
+from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
+
+REWARDS = ("inventory_penalty", "pnl", "variance")
+FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
+ACTION_MODES = ("depths", "as_skew")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Everything that defines a training run (saved beside every checkpoint).
+
+    The defaults train the homework agent (``python -m train.ppo``); they were chosen by
+    measured final reward on the homework market at phi = 0.01 and 0.1 (see README).
+
+    Environment (``jaxmm.env.MarketMakingEnv`` on the homework market):
+        phi: penalty coefficient of the reward (``reward`` decides its form), >= 0.
+        reward: ``"inventory_penalty"`` (dPnL - phi q'^2), ``"pnl"`` or ``"variance"``.
+        features: observation set of the environment. action_mode: ``"depths"`` or ``"as_skew"``.
+    Budget:
+        total_timesteps: environment steps per seed (all parallel environments together).
+        num_envs: parallel environments per seed. num_steps: rollout length per update.
+        stagger_envs: before training, advance environment ``i`` by a random number of steps
+            (uniform in ``[0, max_steps_in_episode)``, random actions, not used for learning)
+            so that the parallel episodes are spread over the session: without it every
+            rollout of a fixed-length task sees one time window of all episodes at once.
+    PPO:
+        update_epochs, num_minibatches: passes over each rollout and minibatches per pass.
+        learning_rate: Adam step size, linearly annealed to 0 if ``anneal_lr``.
+        gamma: discount per step (1: the undiscounted episode reward the evaluation reports).
+        gae_lambda: GAE's lambda. clip_eps: PPO ratio clip (the value loss is not clipped).
+        ent_coef, vf_coef: weights of the entropy bonus and the value loss.
+        max_grad_norm: global gradient-norm clip. reward_scale: rewards are multiplied by this
+            for learning (value targets of order 1); reported rewards are unscaled.
+        hidden_sizes, activation, init_log_std: the actor-critic MLPs (``train.networks``).
+        init_action: the mean action of the fresh policy (``None``: the A-S quote at the start
+            of the session, see ``initial_action``); strictly inside the action Box.
+        normalize_obs: standardise observations by running statistics (``ObsNorm``, updated
+            after every rollout); otherwise they pass unchanged (clipped to [-10, 10]). The
+            market's features are already O(1).
+        average_window: the deployed policy uses an exponential moving average of the
+            parameters over updates whose time constant is this fraction of the updates
+            (decay ``polyak = 1 - 1 / (average_window * num_updates)``, bias-corrected as in
+            Adam; 0: the last parameters). It averages out the random walk of the last updates.
+    Run:
+        seed: master seed; seed ``i`` of ``num_seeds`` trains from ``split(key(seed))[i]``.
+        num_seeds: independent agents trained in parallel (``vmap``).
+        name, out_dir: results go to ``out_dir/name/``.
+        num_evals: evaluations (and progress lines) during training, each of
+            ``progress_episodes`` episodes of every seed's deterministic policy on fixed keys.
+        eval_episodes: episodes of the final comparison (common random numbers).
+        eval_seed: the evaluation keys: ``key(eval_seed)`` for the final comparison,
+            ``key(eval_seed + 1)`` for the progress evaluations (the same for every run).
+        naive_half_spread: depth of the naive symmetric quoter, price units (0.5: the
+            homework's "fixed spread = 1.0", as in ``experiments.monte_carlo``).
+        as_gamma: risk aversion of the Avellaneda-Stoikov benchmark (k is the market's), of
+            the environment's A-S spread feature and of its ``as_skew`` action mode.
+    """
+
+    phi: float = 0.01
+    reward: str = "inventory_penalty"
+    features: str = "full"
+    action_mode: str = "depths"
+    total_timesteps: int = 500_000
+    num_envs: int = 64
+    num_steps: int = 8
+    stagger_envs: bool = True
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    learning_rate: float = 1e-3
+    anneal_lr: bool = True
+    gamma: float = 1.0
+    gae_lambda: float = 0.8
+    clip_eps: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    reward_scale: float = 0.1
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    init_log_std: float = 0.0
+    init_action: tuple[float, ...] | None = None
+    normalize_obs: bool = False
+    average_window: float = 0.2
+    seed: int = 0
+    num_seeds: int = 1
+    name: str = "ppo"
+    out_dir: str = "runs"
+    num_evals: int = 10
+    progress_episodes: int = 500
+    eval_episodes: int = 10_000
+    eval_seed: int = 1000
+    naive_half_spread: float = 0.5
+    as_gamma: float = 0.1
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per update and seed: ``num_envs * num_steps``."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """PPO updates per seed: ``total_timesteps // batch_size``."""
+        return self.total_timesteps // self.batch_size
+
+    @property
+    def polyak(self) -> float:
+        """Decay per update of the parameter average: ``1 - 1 / (average_window *
+        num_updates)``, 0 (no averaging) when that time constant is below one update."""
+        time_constant = self.average_window * self.num_updates
+        return 1.0 - 1.0 / time_constant if time_constant > 1 else 0.0
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    def validate(self) -> PPOConfig:
+        """Raise ``ValueError`` naming the first invalid field; return ``self``."""
+        choices = {
+            "reward": REWARDS,
+            "features": FEATURES,
+            "action_mode": ACTION_MODES,
+            "activation": tuple(ACTIVATIONS),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: one of {allowed}")
+        positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "num_seeds")
+        for name in (*positive_ints, "num_evals", "progress_episodes", "eval_episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} = {value!r}; allowed: an integer >= 1")
+        if self.eval_episodes < 2:
+            raise ValueError(f"eval_episodes = {self.eval_episodes}; allowed: an integer >= 2")
+        if self.total_timesteps < self.batch_size:
+            raise ValueError(
+                f"total_timesteps = {self.total_timesteps}; allowed: >= num_envs * num_steps "
+                f"= {self.batch_size} (one update)"
+            )
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches = {self.num_minibatches}; allowed: a divisor of "
+                f"num_envs * num_steps = {self.batch_size}"
+            )
+        ranges = (
+            ("phi", lambda x: x >= 0, ">= 0"),
+            ("learning_rate", lambda x: x > 0, "> 0"),
+            ("gamma", lambda x: 0 <= x <= 1, "in [0, 1]"),
+            ("gae_lambda", lambda x: 0 <= x <= 1, "in [0, 1]"),
+            ("clip_eps", lambda x: x > 0, "> 0"),
+            ("ent_coef", lambda x: x >= 0, ">= 0"),
+            ("vf_coef", lambda x: x > 0, "> 0"),
+            ("max_grad_norm", lambda x: x > 0, "> 0"),
+            ("reward_scale", lambda x: x > 0, "> 0"),
+            ("init_log_std", math.isfinite, "finite"),
+            ("average_window", lambda x: 0 <= x <= 1, "in [0, 1]"),
+            ("naive_half_spread", lambda x: x > 0, "> 0"),
+            ("as_gamma", lambda x: x >= 0, ">= 0"),
+        )
+        for name, ok, allowed in ranges:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes = {self.hidden_sizes!r}; allowed: widths >= 1")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name = {self.name!r}; allowed: a non-empty folder name")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"unknown PPOConfig fields: {sorted(unknown)}")
+        values = dict(values)
+        if values.get("init_action") is not None:
+            values["init_action"] = tuple(values["init_action"])
+        if "hidden_sizes" in values:
+            values["hidden_sizes"] = tuple(values["hidden_sizes"])
+        return cls(**values)
+
+
+def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
+    """The ``MarketMakingEnv`` (homework market) and the ``EnvParams`` that ``config`` describes:
+    ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and the ``as_skew`` mode)."""
+    env = MarketMakingEnv(features=config.features, action_mode=config.action_mode)
+    env_params = env.default_params.replace(
+        phi=config.phi, reward=config.reward, as_gamma=config.as_gamma
+    )
+    return env, env_params.validate()
+
+
+def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:
+    """The mean action of a fresh agent, ``f32[action_dim]``, strictly inside the Box.
+
+    ``config.init_action`` if given; else, for ``MarketMakingEnv``, the Avellaneda-Stoikov
+    quote (``as_gamma``) at the start of the session with no inventory -- in ``"depths"`` mode
+    its half-spread on both sides, in ``"as_skew"`` mode ``(0, 0)``; else the centre of the Box.
+    """
+    space = env.action_space(env_params)
+    low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).ravel()
+    high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).ravel()
+    if config.init_action is not None:
+        action = np.asarray(config.init_action, np.float64)
+    elif isinstance(env, MarketMakingEnv) and env.action_mode == "depths":
+        start = market.reset(jax.random.key(0), env_params.market)
+        half_spread = 0.5 * float(
+            AvellanedaStoikov(env_params.as_gamma).spread(start, env_params.market)
+        )
+        action = np.full(low.shape, half_spread)
+    elif isinstance(env, MarketMakingEnv):
+        action = np.zeros(low.shape)
+    else:
+        action = 0.5 * (low + high)
+    if action.shape != low.shape or not np.all((low < action) & (action < high)):
+        raise ValueError(
+            f"init_action = {tuple(action.tolist())}; allowed: {low.size} values strictly "
+            f"between the action bounds {tuple(low.tolist())} and {tuple(high.tolist())}"
+        )
+    return action
+
+
+def agent_spec(config: PPOConfig, env: Any, env_params: Any) -> AgentSpec:
+    """The agent's architecture for ``env`` (call outside ``jit``): the ``ActorCritic`` of
+    ``config`` whose fresh mean action is ``initial_action`` (the last layer's bias is its
+    logit), and the action Box of ``env.action_space(env_params)``, which must be bounded."""
+    space = env.action_space(env_params)
+    low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).ravel()
+    high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).ravel()
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
+        raise ValueError(f"the action space must be a bounded Box, got low={low}, high={high}")
+    fraction = (initial_action(config, env, env_params) - low) / (high - low)
+    network = ActorCritic(
+        action_dim=low.size,
+        hidden_sizes=tuple(config.hidden_sizes),
+        activation=config.activation,
+        init_log_std=config.init_log_std,
+        init_raw_mean=tuple(float(x) for x in np.log(fraction / (1.0 - fraction))),
+    )
+    return AgentSpec(
+        network=network,
+        obs_dim=int(np.prod(env.observation_space(env_params).shape)),
+        action_low=tuple(float(x) for x in low),
+        action_high=tuple(float(x) for x in high),
+    )

@@ -1,0 +1,647 @@
+"""PPO in the style of PureJaxRL: the whole training run is one pure, jit-able function.
+
+``make_train(config)`` returns ``train(key) -> (TrainState, metrics)``: rollouts over
+``num_envs`` parallel environments, GAE, ``update_epochs`` passes of ``num_minibatches``
+minibatches -- every loop a ``lax.scan`` -- so ``jax.vmap(train)(keys)`` trains many seeds at
+once. ``python -m train.ppo`` runs the same updates in chunks (progress, steps per second,
+periodic evaluation), then evaluates the agent beside the naive, Avellaneda-Stoikov and exact
+optimal strategies on common random numbers, and writes ``runs/<name>/``: ``config.json``,
+``checkpoint.msgpack``, ``metrics.json`` and ``training_curve.png``.
+
+Environments follow the gymnax 1.0 API (six-value ``step`` with auto-reset and
+``info["final_observation"]``), with a ``Box`` action space. GAE keeps termination and
+truncation apart: a terminated transition has no successor value, a truncated one bootstraps
+from the value of its final observation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from train import checkpoint, evaluate
+from train.config import PPOConfig, agent_spec, market_env
+from train.networks import Agent, AgentSpec, ObsNorm, gaussian_entropy, gaussian_log_prob, squash
+
+# ----------------------------------------------------------------------------------------------
+# GAE
+
+
+def generalized_advantages(
+    rewards: jax.Array,
+    values: jax.Array,
+    next_values: jax.Array,
+    terminated: jax.Array,
+    truncated: jax.Array,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[jax.Array, jax.Array]:
+    """GAE (Schulman et al. 2016) over a rollout, keeping termination and truncation apart.
+
+    All inputs are ``f[num_steps, ...]`` in time order. ``next_values[t]`` is the value of the
+    observation that step ``t`` really led to (before any auto-reset: gymnax's
+    ``info["final_observation"]``). With ``done = terminated | truncated``::
+
+        delta_t = r_t + gamma (1 - terminated_t) next_values_t - values_t
+        A_t     = delta_t + gamma lambda (1 - done_t) A_{t+1},   A_{num_steps} = 0
+
+    so a terminated step has no successor value, a truncated one bootstraps from its final
+    observation, and neither lets the advantage run into the next episode. The last step of the
+    rollout bootstraps through ``next_values`` too.
+
+    Returns:
+        ``(advantages, returns)``, both shaped like ``rewards``; ``returns = advantages +
+        values`` are the value targets.
+    """
+    not_terminated = 1.0 - terminated.astype(rewards.dtype)
+    not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(rewards.dtype)
+    deltas = rewards + gamma * not_terminated * next_values - values
+
+    def backward(next_advantage, step):
+        delta, continues = step
+        advantage = delta + gamma * gae_lambda * continues * next_advantage
+        return advantage, advantage
+
+    _, advantages = jax.lax.scan(
+        backward, jnp.zeros_like(deltas[0]), (deltas, not_done), reverse=True
+    )
+    return advantages, advantages + values
+
+
+# ----------------------------------------------------------------------------------------------
+# Training state and one update
+
+
+@struct.dataclass
+class TrainState:
+    """Everything one seed's training carries from update to update.
+
+    Attributes:
+        params: network parameters. opt_state: optax state (its step count drives annealing).
+        average_params: exponential moving average of ``params`` (decay ``polyak``) without
+            bias correction, starting from zeros; ``Trainer.agent`` corrects it.
+        obs_norm: running observation statistics (frozen during a rollout, updated after it).
+        env_state, obs: the ``num_envs`` environments and their current observations.
+        episode_return: unscaled reward accumulated in each environment's current episode (NaN
+            for an episode that began before training, see ``stagger_envs``).
+        key: PRNG key. update: number of updates done (int32).
+    """
+
+    params: Any
+    average_params: Any
+    opt_state: Any
+    obs_norm: ObsNorm
+    env_state: Any
+    obs: jax.Array
+    episode_return: jax.Array
+    key: jax.Array
+    update: jax.Array
+
+
+@struct.dataclass
+class Transition:
+    """One step of ``num_envs`` environments (a rollout stacks ``num_steps`` of them)."""
+
+    obs: jax.Array
+    raw_action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_obs: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """The pieces of ``make_train``: ``init(key) -> TrainState``, ``update(TrainState) ->
+    (TrainState, metrics)``, the number of updates, and ``spec`` (network and action bounds)."""
+
+    init: Callable[[jax.Array], TrainState]
+    update: Callable[[TrainState], tuple[TrainState, dict[str, jax.Array]]]
+    spec: AgentSpec
+    num_updates: int
+    polyak: float
+
+    def agent(self, state: TrainState) -> Agent:
+        """The deployed agent of a ``TrainState`` (leaves stacked over seeds if it is): the
+        bias-corrected moving average of the parameters, ``average / (1 - polyak^updates)``
+        (the last parameters when ``polyak = 0`` or before the first update)."""
+        weight = 1.0 - self.polyak ** state.update.astype(jnp.float32)
+        safe = jnp.where(weight > 0, weight, 1.0)
+
+        def corrected(average: jax.Array, current: jax.Array) -> jax.Array:
+            scale = safe.reshape(safe.shape + (1,) * (average.ndim - safe.ndim))
+            valid = (weight > 0).reshape(scale.shape)
+            return jnp.where(valid, average / scale, current)
+
+        params = jax.tree.map(corrected, state.average_params, state.params)
+        return self.spec.agent(params, state.obs_norm)
+
+
+def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> Trainer:
+    """Build ``init`` and ``update`` for ``config``.
+
+    Args:
+        config: the run (validated here).
+        env: a gymnax-1.0 environment with a bounded Box action space (default:
+            ``market_env(config)``); env_params: its parameters (default: its defaults).
+    """
+    config.validate()
+    if env is None:
+        env, env_params = market_env(config)
+    elif env_params is None:
+        env_params = env.default_params
+    spec = agent_spec(config, env, env_params)
+    network = spec.network
+    action_low = np.asarray(spec.action_low, np.float32)
+    action_high = np.asarray(spec.action_high, np.float32)
+    action_shape = env.action_space(env_params).shape
+    obs_dim = spec.obs_dim
+    num_updates = config.num_updates
+    steps_per_update = config.update_epochs * config.num_minibatches
+
+    def learning_rate(count: jax.Array) -> jax.Array:
+        if not config.anneal_lr:
+            return jnp.asarray(config.learning_rate, jnp.float32)
+        done = (count // steps_per_update) / num_updates
+        return config.learning_rate * (1.0 - done)
+
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.adam(learning_rate, eps=1e-5),
+    )
+    reset = jax.vmap(env.reset, in_axes=(0, None))
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+
+    def stagger(key: jax.Array, obs: jax.Array, env_state: Any) -> tuple[jax.Array, Any, jax.Array]:
+        """Advance environment ``i`` by ``offset_i ~ U{0, .., L - 1}`` steps of uniformly random
+        actions (``L = env_params.max_steps_in_episode``), so that the parallel episodes are at
+        different times and every rollout covers the whole episode, not one time window.
+        Returns the observations, states and ``offsets`` (``i32[num_envs]``)."""
+        horizon = int(env_params.max_steps_in_episode)
+        offset_key, key = jax.random.split(key)
+        offsets = jax.random.randint(offset_key, (config.num_envs,), 0, horizon)
+
+        def warm_step(carry, index):
+            obs, env_state, key = carry
+            key, action_key, step_key = jax.random.split(key, 3)
+            shape = (config.num_envs, action_low.size)
+            action = jax.random.uniform(action_key, shape, minval=action_low, maxval=action_high)
+            action = action.reshape((config.num_envs, *action_shape))
+            next_obs, next_state, *_ = step(
+                jax.random.split(step_key, config.num_envs), env_state, action, env_params
+            )
+            advance = index < offsets
+
+            def select(new: jax.Array, old: jax.Array) -> jax.Array:
+                return jnp.where(advance.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+            env_state = jax.tree.map(select, next_state, env_state)
+            obs = select(next_obs.reshape(obs.shape).astype(obs.dtype), obs)
+            return (obs, env_state, key), None
+
+        (obs, env_state, _), _ = jax.lax.scan(
+            warm_step, (obs, env_state, key), jnp.arange(horizon - 1)
+        )
+        return obs, env_state, offsets
+
+    def init(key: jax.Array) -> TrainState:
+        key, init_key, reset_key = jax.random.split(key, 3)
+        agent = spec.init(init_key)
+        obs, env_state = reset(jax.random.split(reset_key, config.num_envs), env_params)
+        obs = obs.reshape(config.num_envs, obs_dim)
+        # NaN marks an episode that began before training: its return is not reported.
+        episode_return = jnp.zeros((config.num_envs,), jnp.float32)
+        if config.stagger_envs:
+            key, stagger_key = jax.random.split(key)
+            obs, env_state, offsets = stagger(stagger_key, obs, env_state)
+            episode_return = jnp.where(offsets > 0, jnp.nan, episode_return)
+        return TrainState(
+            params=agent.params,
+            average_params=jax.tree.map(jnp.zeros_like, agent.params),
+            opt_state=optimizer.init(agent.params),
+            obs_norm=agent.obs_norm,
+            env_state=env_state,
+            obs=obs.astype(jnp.float32),
+            episode_return=episode_return,
+            key=key,
+            update=jnp.zeros((), jnp.int32),
+        )
+
+    def rollout(state: TrainState) -> tuple[TrainState, Transition, dict[str, jax.Array]]:
+        def env_step(carry, _):
+            env_state, obs, episode_return, finished_sum, finished_count, key = carry
+            key, action_key, step_key = jax.random.split(key, 3)
+            mean, log_std, value = network.apply(state.params, state.obs_norm.normalize(obs))
+            noise = jax.random.normal(action_key, mean.shape)
+            raw_action = mean + jnp.exp(log_std) * noise
+            log_prob = gaussian_log_prob(raw_action, mean, log_std)
+            action = squash(raw_action, action_low, action_high).reshape(
+                (config.num_envs, *action_shape)
+            )
+            next_obs, env_state, reward, terminated, truncated, info = step(
+                jax.random.split(step_key, config.num_envs), env_state, action, env_params
+            )
+            reward = reward.astype(jnp.float32)
+            done = jnp.logical_or(terminated, truncated)
+            episode_return = episode_return + reward
+            counted = done & jnp.isfinite(episode_return)
+            finished_sum = finished_sum + jnp.sum(jnp.where(counted, episode_return, 0.0))
+            finished_count = finished_count + jnp.sum(counted)
+            episode_return = jnp.where(done, 0.0, episode_return)
+            transition = Transition(
+                obs=obs,
+                raw_action=raw_action,
+                log_prob=log_prob,
+                value=value,
+                reward=reward,
+                terminated=terminated,
+                truncated=truncated,
+                final_obs=info["final_observation"].reshape(obs.shape).astype(jnp.float32),
+            )
+            next_obs = next_obs.reshape(obs.shape).astype(jnp.float32)
+            carry = (env_state, next_obs, episode_return, finished_sum, finished_count, key)
+            return carry, transition
+
+        zero = jnp.zeros((), jnp.float32)
+        start = (state.env_state, state.obs, state.episode_return, zero, zero, state.key)
+        (env_state, obs, episode_return, finished_sum, finished_count, key), batch = jax.lax.scan(
+            env_step, start, None, length=config.num_steps
+        )
+        state = state.replace(env_state=env_state, obs=obs, episode_return=episode_return, key=key)
+        stats = {
+            "episode_return": jnp.where(
+                finished_count > 0, finished_sum / jnp.maximum(finished_count, 1.0), jnp.nan
+            ),
+            "episodes": finished_count,
+        }
+        return state, batch, stats
+
+    def loss_fn(params, batch: Transition, obs_norm: ObsNorm, advantages, targets):
+        mean, log_std, value = network.apply(params, obs_norm.normalize(batch.obs))
+        log_prob = gaussian_log_prob(batch.raw_action, mean, log_std)
+        ratio = jnp.exp(log_prob - batch.log_prob)
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+        actor_loss = -jnp.mean(jnp.minimum(ratio * advantages, clipped_ratio * advantages))
+        value_loss = 0.5 * jnp.mean((value - targets) ** 2)
+        entropy = gaussian_entropy(log_std)
+        total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+        approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
+        return total, {
+            "actor_loss": actor_loss,
+            "value_loss": value_loss,
+            "entropy": entropy,
+            "approx_kl": approx_kl,
+        }
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def update(state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        state, batch, stats = rollout(state)
+        obs_norm = state.obs_norm
+        _, _, next_values = network.apply(state.params, obs_norm.normalize(batch.final_obs))
+        advantages, targets = generalized_advantages(
+            batch.reward * config.reward_scale,
+            batch.value,
+            next_values,
+            batch.terminated,
+            batch.truncated,
+            config.gamma,
+            config.gae_lambda,
+        )
+        flat = jax.tree.map(
+            lambda x: x.reshape((config.batch_size, *x.shape[2:])),
+            (batch, advantages, targets),
+        )
+
+        def epoch(carry, _):
+            params, opt_state, key = carry
+            key, perm_key = jax.random.split(key)
+            order = jax.random.permutation(perm_key, config.batch_size)
+            minibatches = jax.tree.map(
+                lambda x: x[order].reshape(
+                    (config.num_minibatches, config.minibatch_size, *x.shape[1:])
+                ),
+                flat,
+            )
+
+            def minibatch_step(carry, minibatch):
+                params, opt_state = carry
+                mb_batch, mb_advantages, mb_targets = minibatch
+                grads, losses = grad_fn(params, mb_batch, obs_norm, mb_advantages, mb_targets)
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), losses
+
+            (params, opt_state), losses = jax.lax.scan(
+                minibatch_step, (params, opt_state), minibatches
+            )
+            return (params, opt_state, key), losses
+
+        (params, opt_state, key), losses = jax.lax.scan(
+            epoch, (state.params, state.opt_state, state.key), None, length=config.update_epochs
+        )
+        state = state.replace(
+            params=params,
+            average_params=jax.tree.map(
+                lambda avg, new: config.polyak * avg + (1 - config.polyak) * new,
+                state.average_params,
+                params,
+            ),
+            opt_state=opt_state,
+            obs_norm=(
+                obs_norm.update(batch.obs.reshape(config.batch_size, obs_dim))
+                if config.normalize_obs
+                else obs_norm
+            ),
+            key=key,
+            update=state.update + 1,
+        )
+        metrics = {**stats, **jax.tree.map(jnp.mean, losses)}
+        return state, metrics
+
+    return Trainer(
+        init=init,
+        update=update,
+        spec=spec,
+        num_updates=num_updates,
+        polyak=config.polyak,
+    )
+
+
+def make_train(
+    config: PPOConfig, env: Any = None, env_params: Any = None
+) -> Callable[[jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """A pure ``train(key) -> (final TrainState, metrics)`` running ``config.num_updates``
+    updates in one ``lax.scan``; ``metrics[name]`` is ``f[num_updates]``.
+
+    ``jax.jit(jax.vmap(train))(keys)`` trains ``len(keys)`` seeds at once. The environment
+    defaults to ``market_env(config)``; any gymnax-1.0 environment with a Box action space works.
+    """
+    trainer = make_trainer(config, env, env_params)
+
+    def train(key: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        def body(state, _):
+            return trainer.update(state)
+
+        return jax.lax.scan(body, trainer.init(key), None, length=trainer.num_updates)
+
+    return train
+
+
+def seed_keys(config: PPOConfig) -> jax.Array:
+    """The ``num_seeds`` training keys of a run: ``split(key(seed), num_seeds)``."""
+    return jax.random.split(jax.random.key(config.seed), config.num_seeds)
+
+
+def make_chunk_runner(trainer: Trainer, max_updates: int) -> Callable:
+    """``run(states, n) -> (states, metrics)``: ``n <= max_updates`` updates of every seed
+    (``states`` batched over seeds), jitted once. ``metrics[name]`` is
+    ``f[num_seeds, max_updates]``; entries past ``n`` are NaN. ``n`` is a traced argument, so
+    chunks of different lengths share one compiled program."""
+
+    def run_one(state: TrainState, n_updates: jax.Array):
+        _, metric_shapes = jax.eval_shape(trainer.update, state)
+        buffers = jax.tree.map(
+            lambda s: jnp.full((max_updates, *s.shape), jnp.nan, jnp.float32), metric_shapes
+        )
+
+        def body(i, carry):
+            state, buffers = carry
+            state, metrics = trainer.update(state)
+            buffers = jax.tree.map(
+                lambda buffer, value: buffer.at[i].set(value.astype(jnp.float32)), buffers, metrics
+            )
+            return state, buffers
+
+        return jax.lax.fori_loop(0, n_updates, body, (state, buffers))
+
+    return jax.jit(jax.vmap(run_one, in_axes=(0, None)), donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _progress_line(done: int, total: int, steps_per_second: float, extra: str) -> str:
+    width = 30
+    filled = round(width * done / total)
+    bar = "#" * filled + "." * (width - filled)
+    return f"[{bar}] {done:>12,}/{total:,} steps  {steps_per_second:>9,.0f} steps/s  {extra}"
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Namespace]:
+    """Every ``PPOConfig`` field as ``--field-name`` (defaults from the dataclass)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m train.ppo",
+        description="Train PPO market makers on the homework market (PureJaxRL style). "
+        "Every option is a field of train.config.PPOConfig (documented there).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = PPOConfig()
+    for field in dataclasses.fields(PPOConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if field.name == "init_action":
+            parser.add_argument(
+                flag, type=float, nargs="+", default=None, help="default: the A-S quote"
+            )
+        elif isinstance(default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=" "
+            )
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=" ")
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=" ")
+    parser.add_argument(
+        "--bench",
+        type=int,
+        nargs="*",
+        metavar="NUM_SEEDS",
+        help="instead of training, measure training steps/s for these numbers of parallel "
+        "seeds (default 1 8 64); writes OUT_DIR/NAME/benchmark.json",
+    )
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)}
+    values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    if values["init_action"] is not None:
+        values["init_action"] = tuple(values["init_action"])
+    try:
+        config = PPOConfig(**values).validate()
+    except ValueError as error:
+        parser.error(str(error))
+    return config, args
+
+
+def train_run(config: PPOConfig) -> dict[str, Any]:
+    """Train ``config.num_seeds`` seeds on the market in chunks, evaluate, and write
+    ``out_dir/name/``: ``config.json``, ``checkpoint.msgpack``, ``metrics.json``,
+    ``training_curve.png``. Returns the ``metrics.json`` payload.
+    """
+    wall_start = time.perf_counter()
+    env, env_params = market_env(config)
+    trainer = make_trainer(config, env, env_params)
+    run_dir = Path(config.out_dir) / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    evaluate.write_json(run_dir / "config.json", config.to_dict())
+
+    num_updates = trainer.num_updates
+    chunk = math.ceil(num_updates / config.num_evals)
+    run_chunk = make_chunk_runner(trainer, chunk)
+    states = jax.jit(jax.vmap(trainer.init))(seed_keys(config))
+    progress_eval = evaluate.make_progress_evaluator(config, trainer, env, env_params)
+
+    steps_per_update = config.batch_size
+    total_steps = num_updates * steps_per_update
+    history: dict[str, list] = {}
+    evals: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    compile_seconds = None
+    done = 0
+    print(
+        f"PPO: {config.num_seeds} seed(s) x {total_steps:,} steps, {num_updates} updates of "
+        f"{steps_per_update:,} steps; phi={config.phi}, reward={config.reward}",
+        file=sys.stderr,
+    )
+    while done < num_updates:
+        n = min(chunk, num_updates - done)
+        start = time.perf_counter()
+        states, metrics = run_chunk(states, jnp.int32(n))
+        metrics = jax.tree.map(lambda x, n=n: np.asarray(x)[:, :n], jax.device_get(metrics))
+        seconds = time.perf_counter() - start
+        if compile_seconds is None:
+            compile_seconds = seconds  # first chunk: compilation plus its updates
+        else:
+            train_seconds += seconds
+        for name, values in metrics.items():
+            history.setdefault(name, []).append(values)
+        done += n
+        rewards = progress_eval(states)
+        evals.append({"env_steps": done * steps_per_update, "mean_reward": rewards.tolist()})
+        rate = n * steps_per_update * config.num_seeds / seconds
+        extra = f"eval reward {np.mean(rewards):.3f}"
+        print(_progress_line(done * steps_per_update, total_steps, rate, extra), file=sys.stderr)
+
+    history = {name: np.concatenate(parts, axis=1) for name, parts in history.items()}
+    timed_updates = num_updates - min(chunk, num_updates)
+    steps_per_second = (
+        timed_updates * steps_per_update * config.num_seeds / train_seconds
+        if timed_updates
+        else math.nan
+    )
+    training_wall = time.perf_counter() - wall_start
+    selected = int(np.argmax(evals[-1]["mean_reward"]))
+    checkpoint.save(run_dir, config, states.params, states.obs_norm, selected_seed=selected)
+
+    comparison = evaluate.evaluate_run(run_dir)
+    payload = {
+        "config": config.to_dict(),
+        **comparison,
+        "steps_per_second": steps_per_second,
+        "compile_and_first_chunk_seconds": compile_seconds,
+        "training_wall_seconds": training_wall,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "selected_seed": selected,
+        "progress_evals": evals,
+        "training_history": {name: values.tolist() for name, values in history.items()},
+        "notes": {
+            "steps_per_second": "environment steps over all seeds per second of training, "
+            "after compilation (chunks after the first)",
+            "sharpe": "per episode: mean / std of terminal PnL across episodes",
+            "selected_seed": "the seed with the best deterministic reward on the progress-"
+            "evaluation keys (disjoint from the final evaluation keys)",
+        },
+    }
+    evaluate.write_json(run_dir / "metrics.json", payload)
+    evaluate.plot_training_curve(run_dir / "training_curve.png", payload)
+    return payload
+
+
+def benchmark(
+    config: PPOConfig, seed_counts: tuple[int, ...] = (1, 8, 64), min_steps: int = 200_000
+) -> list[dict[str, Any]]:
+    """Training throughput of ``config`` on the market for several numbers of parallel seeds.
+
+    For each count: compile the chunk runner and run one update (``compile_seconds``), then
+    time ``n`` updates of every seed, ``n`` the smallest count with ``n * batch_size *
+    num_seeds >= min_steps`` (best of two runs). Returns rows with ``num_seeds``,
+    ``num_updates``, ``env_steps``, ``compile_seconds``, ``seconds`` and ``steps_per_second``
+    (environment steps over all seeds per second, after compilation).
+    """
+    env, env_params = market_env(config)
+    rows = []
+    for num_seeds in seed_counts:
+        seeded = dataclasses.replace(config, num_seeds=num_seeds)
+        trainer = make_trainer(seeded, env, env_params)
+        num_updates = max(1, math.ceil(min_steps / (seeded.batch_size * num_seeds)))
+        run_chunk = make_chunk_runner(trainer, num_updates)
+        states = jax.jit(jax.vmap(trainer.init))(seed_keys(seeded))
+        start = time.perf_counter()
+        states, _ = jax.block_until_ready(run_chunk(states, jnp.int32(1)))
+        compile_seconds = time.perf_counter() - start
+        best = math.inf
+        for _ in range(2):
+            start = time.perf_counter()
+            states, _ = jax.block_until_ready(run_chunk(states, jnp.int32(num_updates)))
+            best = min(best, time.perf_counter() - start)
+        steps = num_updates * seeded.batch_size * num_seeds
+        rows.append(
+            {
+                "num_seeds": num_seeds,
+                "num_updates": num_updates,
+                "env_steps": steps,
+                "compile_seconds": compile_seconds,
+                "seconds": best,
+                "steps_per_second": steps / best,
+            }
+        )
+        print(
+            f"bench: {num_seeds:>3} seed(s)  {steps / best:>12,.0f} steps/s  "
+            f"(compile and one update {compile_seconds:.1f} s)",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861,
+    # seen here about once in 20 runs); the CLI blocks on every chunk anyway. Set before the
+    # backend starts.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    config, args = parse_args(argv)
+    if args.bench is not None:
+        seed_counts = tuple(args.bench) or (1, 8, 64)
+        rows = benchmark(config, seed_counts)
+        out = Path(config.out_dir) / config.name
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "config": config.to_dict(),
+            "benchmark": rows,
+            "notes": "environment steps over all seeds per second of training, after "
+            "compilation; best of two timed runs",
+        }
+        evaluate.write_json(out / "benchmark.json", payload)
+        print(f"wrote {out / 'benchmark.json'}", file=sys.stderr)
+        return payload
+    payload = train_run(config)
+    print(evaluate.format_comparison(payload))
+    print(f"wrote {Path(config.out_dir) / config.name}/", file=sys.stderr)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
