@@ -12,6 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
+
+# Training runs XLA while loops; the CPU runtime can deadlock on them under async dispatch
+# (jax-ml/jax#25861, seen in about one run in ten). Studies block on every result anyway.
+jax.config.update("jax_cpu_enable_async_dispatch", False)
+
 AGENTS_DIR = Path("results/agents")
 
 

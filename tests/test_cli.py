@@ -59,6 +59,7 @@ def test_benchmark_cli(tmp_path):
     run(
         "experiments.benchmark",
         "--sizes", "500", "--repeats", "1", "--loop-episodes", "5", "--out", str(tmp_path),
+        "--parts", "simulate", "solvers",
     )  # fmt: skip
     result = json.loads((tmp_path / "benchmark.json").read_text())
     simulate = result["simulate"]

@@ -312,10 +312,11 @@ def test_init_action_outside_the_box_is_rejected():
 
 @pytest.mark.slow
 def test_ppo_at_phi_01_beats_the_benchmarks_and_nears_the_optimum(tmp_path):
-    """The default agent (one seed, 500k steps) at phi = 0.1 on the homework market, scored on
-    4,000 common-random-number episodes. Measured over 7 seeds: 94.6-97.7% of the exact
-    optimum (this seed: 94.6%); A-S with gamma = 0.1 reaches 20%, the naive quoter loses
-    about 680 per episode."""
+    """The default agent (best of four vmapped seeds, chosen on keys disjoint from the final
+    evaluation; 500k steps each) at phi = 0.1 on the homework market, scored on 4,000
+    common-random-number episodes. Single seeds measured 94.6-97.7% of the exact optimum; the
+    default best-of-four measured 97.05%; A-S with gamma = 0.1 reaches 20%, the naive quoter
+    loses about 680 per episode."""
     config = dataclasses.replace(
         PPOConfig(), phi=0.1, eval_episodes=4_000, out_dir=str(tmp_path), name="slow"
     )
@@ -324,5 +325,5 @@ def test_ppo_at_phi_01_beats_the_benchmarks_and_nears_the_optimum(tmp_path):
     for name in ("naive", "avellaneda_stoikov"):
         margin = ppo["mean_reward"] - scores[name]["mean_reward"]
         assert margin > 4 * np.hypot(ppo["stderr_reward"], scores[name]["stderr_reward"])
-    # at least 92% of the optimum, with 4 standard errors to spare
-    assert metrics["optimality_gap"] + 4 * metrics["optimality_gap_stderr"] < 0.08
+    # at least 95% of the optimum, with 4 standard errors to spare
+    assert metrics["optimality_gap"] + 4 * metrics["optimality_gap_stderr"] < 0.05

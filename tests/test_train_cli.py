@@ -52,7 +52,8 @@ def run_dir(tmp_path_factory) -> Path:
         "train.ppo",
         "--total-timesteps", "512", "--num-envs", "16", "--num-steps", "8",
         "--num-seeds", "2", "--num-evals", "2", "--progress-episodes", "20",
-        "--eval-episodes", "300", "--seed", "3", "--name", "smoke", "--out-dir", str(out),
+        "--eval-episodes", "300", "--seed", "3", "--no-stagger-envs",
+        "--name", "smoke", "--out-dir", str(out),
     )  # fmt: skip
     assert "optimality gap" in result.stdout and "steps/s" in result.stderr
     return out / "smoke"
@@ -125,14 +126,26 @@ def test_checkpoint_round_trip_gives_the_same_quotes(tmp_path):
     agents = agents.replace(obs_norm=obs_norm)
     checkpoint.save(tmp_path, config, agents.params, agents.obs_norm, selected_seed=1)
 
-    key = jax.random.key(7)
-    second = env.as_policy(jax.tree.map(lambda x: x[1], agents), env_params)
-    expected = mm.simulate(env_params.market, second, key, 64)
-    loaded = mm.simulate(env_params.market, checkpoint.load_policy(tmp_path), key, 64)
-    np.testing.assert_array_equal(loaded.pnl, expected.pnl)
-    np.testing.assert_array_equal(loaded.mean_spread, expected.mean_spread)
-    first = mm.simulate(env_params.market, checkpoint.load_policy(tmp_path, seed_index=0), key, 64)
-    assert not np.array_equal(first.mean_spread, expected.mean_spread)
+    # 64 states with varied time, mid, inventory and history
+    rng = np.random.default_rng(0)
+    n, window = 64, env_params.market.history_window
+    states = mm.MarketState(
+        t=jnp.asarray(rng.integers(0, 200, n), jnp.int32),
+        mid=jnp.asarray(100 + rng.normal(0, 2, n), jnp.float32),
+        inventory=jnp.asarray(rng.integers(-5, 6, n), jnp.float32),
+        pnl=jnp.asarray(rng.normal(20, 5, n), jnp.float32),
+        spread_pnl=jnp.zeros(n),
+        inventory_pnl=jnp.zeros(n),
+        recent_returns=jnp.asarray(rng.normal(0, 0.14, (n, window)), jnp.float32),
+        recent_fills=jnp.asarray(rng.integers(0, 3, (n, window)), jnp.float32),
+    )
+    quote = jax.jit(jax.vmap(lambda policy, s: policy(s, env_params.market), in_axes=(None, 0)))
+    expected = quote(env.as_policy(jax.tree.map(lambda x: x[1], agents), env_params), states)
+    loaded = quote(checkpoint.load_policy(tmp_path), states)
+    np.testing.assert_array_equal(loaded.bid_depth, expected.bid_depth)
+    np.testing.assert_array_equal(loaded.ask_depth, expected.ask_depth)
+    first = quote(checkpoint.load_policy(tmp_path, seed_index=0), states)
+    assert not np.array_equal(first.bid_depth, expected.bid_depth)
 
 
 def test_checkpoint_that_does_not_match_its_config_is_rejected(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxmm import market
 from jaxmm.env import EnvParams, MarketMakingEnv
+from jaxmm.params import NEVER
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 
@@ -66,6 +67,8 @@ class PPOConfig:
             ``key(eval_seed + 1)`` for the progress evaluations (the same for every run).
         naive_half_spread: depth of the naive symmetric quoter, price units (0.5: the
             homework's "fixed spread = 1.0", as in ``experiments.monte_carlo``).
+        vol_switch_step, vol_switch_factor: the market's volatility regime switch (sigma times
+            the factor from that step on; default: none), for agents trained on a switch.
         as_gamma: risk aversion of the Avellaneda-Stoikov benchmark (k is the market's), of
             the environment's A-S spread feature and of its ``as_skew`` action mode.
     """
@@ -96,7 +99,7 @@ class PPOConfig:
     normalize_obs: bool = False
     average_window: float = 0.2
     seed: int = 0
-    num_seeds: int = 1
+    num_seeds: int = 4
     name: str = "ppo"
     out_dir: str = "runs"
     num_evals: int = 10
@@ -105,6 +108,8 @@ class PPOConfig:
     eval_seed: int = 1000
     naive_half_spread: float = 0.5
     as_gamma: float = 0.1
+    vol_switch_step: int = NEVER
+    vol_switch_factor: float = 1.0
 
     @property
     def batch_size(self) -> int:
@@ -198,11 +203,18 @@ class PPOConfig:
 
 
 def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
-    """The ``MarketMakingEnv`` (homework market) and the ``EnvParams`` that ``config`` describes:
-    ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and the ``as_skew`` mode)."""
+    """The ``MarketMakingEnv`` (homework market, with the volatility switch of
+    ``vol_switch_step``/``vol_switch_factor`` if set) and the ``EnvParams`` that ``config``
+    describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``)."""
     env = MarketMakingEnv(features=config.features, action_mode=config.action_mode)
+    market_params = env.default_params.market.replace(
+        vol_switch_step=config.vol_switch_step, vol_switch_factor=config.vol_switch_factor
+    )
     env_params = env.default_params.replace(
-        phi=config.phi, reward=config.reward, as_gamma=config.as_gamma
+        market=market_params.validate(),
+        phi=config.phi,
+        reward=config.reward,
+        as_gamma=config.as_gamma,
     )
     return env, env_params.validate()
 

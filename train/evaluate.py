@@ -17,6 +17,14 @@ the standard error of either mean.
 
 from __future__ import annotations
 
+import jax
+
+if __name__ == "__main__":
+    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861;
+    # seen here in about one run in ten). The command line blocks on every chunk anyway, so
+    # it runs synchronously. Set before anything starts the backend (importing gymnax does).
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+
 import argparse
 import json
 import math
@@ -24,7 +32,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import matplotlib
 
@@ -44,32 +51,43 @@ STRATEGIES = ("ppo", "naive", "avellaneda_stoikov", "optimal")
 
 def check_reward(env_params: EnvParams) -> None:
     """Raise ``ValueError`` unless ``episode_reward`` can compute this reward from a rollout
-    (the variance reward needs a constant, additive volatility)."""
-    market_params = env_params.market
-    switches = market_params.vol_switch_step < market_params.n_steps
-    if env_params.reward == "variance" and (
-        market_params.price_model == "geometric"
-        or (switches and market_params.vol_switch_factor != 1.0)
-    ):
+    (the variance reward needs an additive mid)."""
+    if env_params.reward == "variance" and env_params.market.price_model == "geometric":
         raise ValueError(
-            "reward = 'variance' is evaluated from the rollout only for a constant volatility "
-            "and an additive mid (no volatility switch, price_model != 'geometric')"
+            "reward = 'variance' is evaluated from rollouts only for an additive mid "
+            "(price_model != 'geometric')"
         )
+
+
+def needs_paths(env_params: EnvParams) -> bool:
+    """Whether ``episode_reward`` needs the inventory path (variance reward, volatility switch)."""
+    market_params = env_params.market
+    switches = int(market_params.vol_switch_step) < market_params.n_steps
+    return env_params.reward == "variance" and switches
 
 
 def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
     """The environment's undiscounted episode reward of every episode, ``f[n]``, price units.
 
     ``"inventory_penalty"``: ``pnl - phi sum_t q_{t+1}^2``; ``"pnl"``: ``pnl``; ``"variance"``:
-    ``pnl - phi sigma^2 dt sum_t q_{t+1}^2`` (see ``check_reward``).
+    ``pnl - phi dt sum_t sigma_t^2 q_{t+1}^2`` (from the inventory path when the volatility
+    switches: simulate with ``paths=needs_paths(env_params)``).
     """
     if env_params.reward == "pnl":
         return rollout.pnl
     if env_params.reward == "inventory_penalty":
         return rollout.reward(env_params.phi)
     market_params = env_params.market
-    weight = env_params.phi * market_params.sigma**2 * market_params.dt
-    return rollout.pnl - weight * rollout.sum_sq_inventory
+    if rollout.paths is None:
+        if needs_paths(env_params):
+            raise ValueError("the variance reward under a volatility switch needs paths=True")
+        weight = env_params.phi * market_params.sigma**2 * market_params.dt
+        return rollout.pnl - weight * rollout.sum_sq_inventory
+    steps = jnp.arange(market_params.n_steps)
+    sigma_t = market.sigma_at(steps, market_params)
+    weights = env_params.phi * sigma_t**2 * market_params.dt
+    after_fills = rollout.paths.inventory[:, 1:]
+    return rollout.pnl - jnp.sum(weights * after_fills**2, axis=1)
 
 
 def optimal_solution(env_params: EnvParams) -> optimal.QuoteTable:
@@ -120,7 +138,7 @@ def compare(
     rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
-        rollout = mm.simulate(market_params, policy, key, n_episodes)
+        rollout = mm.simulate(market_params, policy, key, n_episodes, paths=needs_paths(env_params))
         rewards[name] = np.asarray(episode_reward(rollout, env_params), np.float64)
         results[name] = strategy_stats(rollout, rewards[name])
     for name, stats in results.items():
@@ -200,7 +218,8 @@ def make_progress_evaluator(config: PPOConfig, trainer: Any, env: Any, env_param
     episodes = jnp.arange(config.progress_episodes, dtype=jnp.uint32)
 
     def mean_reward(agent: Agent) -> jax.Array:
-        rollout = mm.rollout(market_params, env.as_policy(agent, env_params), stream, episodes)
+        policy = env.as_policy(agent, env_params)
+        rollout = mm.rollout(market_params, policy, stream, episodes, paths=needs_paths(env_params))
         return jnp.mean(episode_reward(rollout, env_params))
 
     run = jax.jit(jax.vmap(mean_reward))
@@ -274,9 +293,12 @@ def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
     eval_rewards = np.asarray([entry["mean_reward"] for entry in payload["progress_evals"]])
     ax.plot(eval_steps, eval_rewards.mean(axis=1), "o-", color="tab:green", label="eval (mean)")
     shown = [history[np.isfinite(history)], eval_rewards.ravel()]
-    colours = {"optimal": "black", "avellaneda_stoikov": "tab:orange", "naive": "tab:red"}
-    for name, colour in colours.items():
-        reward = payload["eval"][name]["mean_reward"]
+    lines = {
+        "optimal (exact)": (payload["optimal_reward"], "black"),
+        "avellaneda_stoikov": (payload["eval"]["avellaneda_stoikov"]["mean_reward"], "tab:orange"),
+        "naive": (payload["eval"]["naive"]["mean_reward"], "tab:red"),
+    }
+    for name, (reward, colour) in lines.items():
         ax.axhline(reward, color=colour, ls="--", lw=1.2, label=f"{name} {reward:.2f}")
         shown.append(np.asarray([reward]))
     values = np.concatenate(shown)
@@ -297,10 +319,6 @@ def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861,
-    # seen here about once in 20 runs); the CLI blocks on every chunk anyway. Set before the
-    # backend starts.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     parser = argparse.ArgumentParser(
         prog="python -m train.evaluate",
         description="Reload a PPO run and compare it with naive, A-S and the exact optimum.",

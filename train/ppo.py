@@ -16,6 +16,14 @@ from the value of its final observation.
 
 from __future__ import annotations
 
+import jax
+
+if __name__ == "__main__":
+    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861;
+    # seen here in about one run in ten). The command line blocks on every chunk anyway, so
+    # it runs synchronously. Set before anything starts the backend (importing gymnax does).
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+
 import argparse
 import dataclasses
 import math
@@ -25,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -618,10 +625,6 @@ def benchmark(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861,
-    # seen here about once in 20 runs); the CLI blocks on every chunk anyway. Set before the
-    # backend starts.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
     config, args = parse_args(argv)
     if args.bench is not None:
         seed_counts = tuple(args.bench) or (1, 8, 64)
