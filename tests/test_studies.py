@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxmm as mm
-from experiments import heatmap, optimal_quotes, stress
+from experiments import compare, heatmap, optimal_quotes, regime, regime_conditional, stress
 
 
 def _rows(path):
@@ -71,3 +71,49 @@ def test_optimal_quotes_study(tmp_path):
         bounded = [r for r in rows if r["phi"] == phi and r["strategy"].startswith("avellaneda")]
         assert all(r["exact_reward"] <= best["exact_reward"] for r in bounded)
     assert all(abs(check["z"]) < 4 for check in payload["bellman_monte_carlo_check"].values())
+
+
+def test_compare_without_ppo_matches_direct_simulation(tmp_path):
+    out = tmp_path / "compare"
+    payload = compare.main(["--no-ppo", "--n-episodes", "40", "--seed", "5", "--out", str(out)])
+    for name in ("table.csv", "summary.json", "equity_curves.png", "pnl_boxplot.png"):
+        assert (out / name).stat().st_size > 0, name
+    cell = payload["config"]["as_cell"]
+    direct = mm.simulate(
+        mm.presets.homework(),
+        mm.policies.avellaneda_stoikov(cell["gamma"], cell["kappa"]),
+        jax.random.key(5),
+        40,
+    )
+    as_row = next(r for r in payload["table"] if r["strategy"] == "avellaneda_stoikov")
+    assert as_row["mean_pnl"] == pytest.approx(float(np.mean(direct.pnl)), rel=1e-6)
+    optimal_row = next(r for r in payload["table"] if r["strategy"] == "optimal")
+    assert optimal_row["optimality_gap"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_regime_studies_without_ppo(tmp_path):
+    payload = regime.main(["--no-ppo", "--n-episodes", "30", "--out", str(tmp_path / "r")])
+    rows = {r["strategy"]: r for r in payload["table"]}
+    assert set(rows) == {"naive", "avellaneda_stoikov", "bellman_penalty", "bellman_variance"}
+    assert all(np.isfinite(r["second_half_sharpe"]) for r in rows.values())
+    # the variance-aware optimum widens its spread after the switch; A-S cannot know about it
+    variance = rows["bellman_variance"]
+    assert variance["mean_spread_after"] > variance["mean_spread_before"]
+    conditional = regime_conditional.main(
+        ["--no-ppo", "--n-episodes", "80", "--out", str(tmp_path / "rc")]
+    )
+    sizes = conditional["regime_sizes"]
+    assert sizes["all"] == 80 and 15 <= sizes["low_vol"] <= 25 and 15 <= sizes["high_vol"] <= 25
+    assert (tmp_path / "rc" / "sharpe_by_regime.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_all_studies_quick_run_writes_the_report(tmp_path):
+    from experiments import all as run_all
+
+    result = run_all.main(["--quick", "--out", str(tmp_path)])
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "When should a market maker use analytics vs. ML?" in report
+    assert set(result["timings"]) == set(run_all.MODULES)
+    for study in ("compare", "rewards", "regime", "ablation"):
+        assert (tmp_path / study / "summary.json").is_file(), study
