@@ -149,7 +149,7 @@ def test_checkpoint_round_trip_gives_the_same_quotes(tmp_path):
 
 
 def test_checkpoint_that_does_not_match_its_config_is_rejected(tmp_path):
-    config = PPOConfig(hidden_sizes=(16, 16))
+    config = PPOConfig(hidden_sizes=(16, 16), num_seeds=1)
     env, env_params = market_env(config)
     agent = jax.vmap(agent_spec(config, env, env_params).init)(
         jax.random.split(jax.random.key(0), 1)
