@@ -8,6 +8,7 @@ Every study that needs an agent goes through here, so ``experiments.all`` trains
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,21 @@ AGENTS_DIR = Path("results/agents")
 def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> Path:
     """Folder of a finished training run of ``PPOConfig(name=name, **overrides)`` under
     ``out_dir`` (default: the module's ``AGENTS_DIR``, which ``experiments.all`` may move)."""
-    from train.checkpoint import load_config
     from train.config import PPOConfig
     from train.ppo import train_run
 
     out_dir = Path(AGENTS_DIR if out_dir is None else out_dir)
     config = PPOConfig(name=name, out_dir=str(out_dir), **overrides)
     run = out_dir / name
-    if (run / "metrics.json").is_file():
+    metrics = run / "metrics.json"  # written last: a finished run of exactly this config
+    if metrics.is_file():
         try:
-            if load_config(run) == config:
-                print(f"agent {name}: reusing {run}", file=sys.stderr)
-                return run
-        except (FileNotFoundError, ValueError, TypeError):
-            pass
+            finished = json.loads(metrics.read_text())["config"]
+        except (ValueError, KeyError):
+            finished = None
+        if finished == json.loads(json.dumps(config.to_dict())):
+            print(f"agent {name}: reusing {run}", file=sys.stderr)
+            return run
     print(f"agent {name}: training {config.total_timesteps:,} steps", file=sys.stderr)
     train_run(config)
     return run

@@ -105,15 +105,3 @@ def test_regime_studies_without_ppo(tmp_path):
     sizes = conditional["regime_sizes"]
     assert sizes["all"] == 80 and 15 <= sizes["low_vol"] <= 25 and 15 <= sizes["high_vol"] <= 25
     assert (tmp_path / "rc" / "sharpe_by_regime.png").stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_all_studies_quick_run_writes_the_report(tmp_path):
-    from experiments import all as run_all
-
-    result = run_all.main(["--quick", "--out", str(tmp_path)])
-    report = (tmp_path / "REPORT.md").read_text()
-    assert "When should a market maker use analytics vs. ML?" in report
-    assert set(result["timings"]) == set(run_all.MODULES)
-    for study in ("compare", "rewards", "regime", "ablation"):
-        assert (tmp_path / study / "summary.json").is_file(), study
