@@ -17,7 +17,6 @@ lacks just the time to go.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 from jaxmm import optimal
 
 matplotlib.use("Agg")
@@ -90,10 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "mean_abs_q": summary["mean_abs_q"],
                 }
             )
-    with open(args.out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "table.csv", rows)
     plot(rows, args.out / "ablation.png")
     payload = {
         "config": {**vars(args), "out": str(args.out), "phi": PHI, "market": params},

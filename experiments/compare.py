@@ -19,7 +19,6 @@ and box plots of terminal PnL. Writes ``results/compare/`` (``table.csv``, ``sum
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 
 import jaxmm as mm
 from experiments import agents, heatmap
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -126,10 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["mean_pnl_se"], row["sharpe_se"] = stats["mean_pnl_se"], stats["sharpe_se"]
         row["optimality_gap_se"] = stats["optimality_gap_stderr"]
         rows.append(row)
-    with open(args.out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "table.csv", rows)
     plot_equity(paths, float(params.dt), args.out / "equity_curves.png")
     plot_box(paths, args.out / "pnl_boxplot.png")
     payload = {

@@ -17,7 +17,6 @@ Per-episode Sharpe = mean / std of terminal PnL across episodes (Mertens standar
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import matplotlib
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -137,10 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         seconds[sigma] = timer.seconds
         regions[sigma] = best_region(results[sigma])
     rows = [row for sigma in SIGMAS for row in results[sigma]]
-    with open(args.out / "cells.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "cells.csv", rows)
     plot(results, regions, args.out / "sharpe_heatmap.png")
     best_gammas = {sigma: regions[sigma]["best"]["gamma"] for sigma in SIGMAS}
     payload = {

@@ -22,7 +22,6 @@ with ``(gamma / 2) sigma^2 q^2 = phi / dt`` has ``gamma = 2 phi / (sigma^2 dt)``
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import matplotlib
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_csv, write_json
+from experiments.common import Timer, environment, write_csv, write_json, write_rows_csv
 from jaxmm import optimal
 
 matplotlib.use("Agg")
@@ -261,10 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             for stat in ("mean_pnl", "std_pnl", "var_95", "cvar_95", "var_99", "cvar_99")
         }
     write_csv(out / "risk.csv", risk_table(params))
-    with open(out / "exact_rewards.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["phi", "strategy", "exact_reward", "fraction"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(out / "exact_rewards.csv", rows)
     payload = {
         "config": {**vars(args), "out": str(out), "params": params, "phis": PHIS},
         "exact_rewards": rows,

@@ -21,7 +21,6 @@ behaviour at step 100). Writes ``results/regime/``: ``table.csv``, ``summary.jso
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 from jaxmm import optimal
 
 matplotlib.use("Agg")
@@ -129,10 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                 np.nanmean(spread, axis=0),
                 np.abs(np.asarray(rollout.paths.inventory)).mean(axis=0),
             )
-    with open(args.out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "table.csv", rows)
     plot(curves, float(market.dt), args.out / "regime.png")
     payload = {
         "config": {

@@ -20,7 +20,6 @@ sizes), ``sharpe_by_regime.png`` (grouped bars with 1-SE error bars).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 from jaxmm import optimal
 from jaxmm.simulate import Paths
 
@@ -115,10 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append(
                     {"regime": regime, "strategy": name, **stats(pnl[mask], drawdown[mask])}
                 )
-    with open(args.out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "table.csv", rows)
     plot(rows, args.out / "sharpe_by_regime.png")
     payload = {
         "config": {**vars(args), "out": str(args.out), "phi": PHI, "market": params},

@@ -12,7 +12,6 @@ conservative on the same 1,000 test paths (mean quoted spread, mean |q| over the
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 from jaxmm import optimal
 
 matplotlib.use("Agg")
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "wall_seconds": metrics.get("wall_seconds"),
                 }
             )
-    with open(args.out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "table.csv", rows)
     plot(curves, rows, args.out)
     faster = min(rows, key=lambda r: r["steps_to_95pct_of_final"])["phi"]
     conservative = min(rows, key=lambda r: r["mean_abs_q_session"])["phi"]

@@ -20,7 +20,6 @@ mean |q_T|, % profitable, with standard errors), ``summary.json`` (config, seed,
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import matplotlib
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, environment, write_json, write_rows_csv
 from jaxmm import optimal
 
 matplotlib.use("Agg")
@@ -86,10 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                     row[stat] = summary[stat]
                     row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
                 rows.append(row)
-    with open(args.out / "table.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows_csv(args.out / "table.csv", rows)
     plot(rows, args.out / "stress.png")
     payload = {
         "config": {**vars(args), "out": str(args.out), "phi": PHI, "scenarios": scenarios()},
