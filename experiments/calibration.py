@@ -334,31 +334,27 @@ def amzn_study(args, key) -> dict[str, Any]:
     orders = lobster.market_orders(day)
     session = day.end - day.start
     depths = np.round(np.arange(0.0, args.max_depth + 1e-9, args.depth_step), 6)
-    records = calibrate.tape_records(
-        orders.times,
-        orders.price,
-        orders.mid,
-        orders.side,
-        depths,
-        start=day.start,
-        end=day.end,
-        block_length=args.block_seconds,
-        time_unit=session,
-    )
-    fit = calibrate.fit_intensity(*records)
-    sensitivity = {}
-    for block in (60.0, 300.0, 1800.0):
-        blocked = calibrate.tape_records(
+
+    def tape(grid: np.ndarray, block: float = args.block_seconds, side: str = "both"):
+        """The tape's records on a depth grid (one call site for every fit below)."""
+        return calibrate.tape_records(
             orders.times,
             orders.price,
             orders.mid,
             orders.side,
-            depths,
+            grid,
             start=day.start,
             end=day.end,
             block_length=block,
             time_unit=session,
+            side=side,
         )
+
+    records = tape(depths)
+    fit = calibrate.fit_intensity(*records)
+    sensitivity = {}
+    for block in (60.0, 300.0, 1800.0):
+        blocked = tape(depths, block=block)
         other = calibrate.fit_intensity(*blocked)
         sensitivity[f"{block:g}s"] = {
             "stderr_A_robust": other.stderr_A_robust,
@@ -367,18 +363,7 @@ def amzn_study(args, key) -> dict[str, Any]:
         }
     sides = {}
     for side in ("bid", "ask"):
-        one = calibrate.tape_records(
-            orders.times,
-            orders.price,
-            orders.mid,
-            orders.side,
-            depths,
-            start=day.start,
-            end=day.end,
-            block_length=args.block_seconds,
-            time_unit=session,
-            side=side,
-        )
+        one = tape(depths, side=side)
         side_fit = calibrate.fit_intensity(*one)
         sides[side] = {
             "A_per_session": side_fit.A,
@@ -389,17 +374,7 @@ def amzn_study(args, key) -> dict[str, Any]:
     windows = []  # where does the exponential hold? fits on depth grids starting further out
     for lowest in (0.0, 0.03, 0.05, 0.08):
         grid = depths[depths >= lowest - 1e-9]
-        window = calibrate.tape_records(
-            orders.times,
-            orders.price,
-            orders.mid,
-            orders.side,
-            grid,
-            start=day.start,
-            end=day.end,
-            block_length=args.block_seconds,
-            time_unit=session,
-        )
+        window = tape(grid)
         window_fit = calibrate.fit_intensity(*window)
         window_gof = calibrate.reach_goodness_of_fit(orders.reach, grid, window_fit.k)
         windows.append(
