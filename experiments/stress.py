@@ -12,9 +12,18 @@ scenario; an upper reference, not a fair competitor) under:
 - ``volatility_spike``: sigma doubles from step 100 of 200;
 - and the sweep ``adverse_selection`` in {0, 0.01, 0.05}.
 
+Then A-S alone (gamma 0.1, k 1.5; same keys) under each extension of the market step (issue 8),
+one at a time on the homework market: ``heston`` (stochastic variance with the baseline's mean,
+vol-of-variance 1.5, correlation -0.5), ``jumps`` (10 normal jumps of std 1 per session),
+``tick=0.1``, ``fees`` (maker 0.02, taker 0.1 per unit), ``latency=5`` (quotes act 5 steps after
+they were computed, at their stale prices), ``order_sizes`` (geometric, mean 2) and
+``risk_controls`` (q_max 10, spread floor 1.6, loss limit 5). The exact optimum does not model
+these (``optimal.bellman`` refuses them), so only A-S runs there.
+
 Writes ``results/stress/``: ``table.csv`` (scenario x strategy: mean PnL, Sharpe, max drawdown,
-mean |q_T|, % profitable, with standard errors), ``summary.json`` (config, seed, the table) and
-``stress.png`` (Sharpe and mean PnL by scenario).
+mean |q_T|, % profitable, with standard errors), ``summary.json`` (config, seed, the table),
+``stress.png`` (Sharpe and mean PnL by scenario) and ``extensions.png`` (A-S under each
+extension against the baseline).
 """
 
 from __future__ import annotations
@@ -47,6 +56,24 @@ def scenarios() -> dict[str, mm.MarketParams]:
         "volatility_spike": base.replace(vol_switch_step=100, vol_switch_factor=2.0),
         "adverse_selection=0.01": base.replace(adverse_selection=0.01),
         "adverse_selection=0.05": base.replace(adverse_selection=0.05),
+    }
+
+
+def extension_scenarios() -> dict[str, mm.MarketParams]:
+    """One market per extension of the step (issue 8), everything else as in the baseline."""
+    base = mm.presets.homework()
+    return {
+        "heston": base.replace(
+            vol_model="heston", v0=1.0, theta_v=1.0, kappa_v=5.0, xi_v=1.5, rho_v=-0.5
+        ),
+        "jumps": base.replace(
+            jump_model="compound_poisson", jump_intensity=10.0, jump_mean=0.0, jump_std=1.0
+        ),
+        "tick=0.1": base.replace(tick=0.1),
+        "fees": base.replace(maker_fee=0.02, taker_fee=0.1),
+        "latency=5": base.replace(latency=5),
+        "order_sizes": base.replace(order_size="geometric", order_size_mean=2.0),
+        "risk_controls": base.replace(q_max=10.0, spread_floor=1.6, loss_limit=5.0),
     }
 
 
@@ -85,10 +112,27 @@ def main(argv: list[str] | None = None) -> dict:
                     row[stat] = summary[stat]
                     row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
                 rows.append(row)
+        for name, params in extension_scenarios().items():
+            print(f"stress: {name}", file=sys.stderr)
+            rule = mm.policies.avellaneda_stoikov(0.1, 1.5)
+            summary = mm.metrics.summarize(mm.simulate(params, rule, key, args.n_episodes))
+            row = {"scenario": name, "strategy": "avellaneda_stoikov"}
+            for stat in STATS:
+                row[stat] = summary[stat]
+                row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
+            rows.append(row)
     write_rows_csv(args.out / "table.csv", rows)
-    plot(rows, args.out / "stress.png")
+    original = [row for row in rows if row["scenario"] in scenarios()]
+    plot(original, args.out / "stress.png")
+    plot_extensions(rows, args.out / "extensions.png")
     payload = {
-        "config": {**vars(args), "out": str(args.out), "phi": PHI, "scenarios": scenarios()},
+        "config": {
+            **vars(args),
+            "out": str(args.out),
+            "phi": PHI,
+            "scenarios": scenarios(),
+            "extension_scenarios": extension_scenarios(),
+        },
         "table": rows,
         "seconds": timer.seconds,
         "environment": environment(),
@@ -132,6 +176,43 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set(ylabel=label, title=f"{label} by scenario (1 SE bars)")
         ax.axhline(0, color="k", linewidth=0.5)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_extensions(rows: list[dict], path: Path) -> None:
+    """A-S's Sharpe and mean PnL in the baseline and under each extension (1 SE bars)."""
+    names = ["baseline", *extension_scenarios()]
+    lookup = {
+        row["scenario"]: row
+        for row in rows
+        if row["strategy"] == "avellaneda_stoikov" and row["scenario"] in names
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    x = np.arange(len(names))
+    for ax, stat, label in (
+        (axes[0], "sharpe", "per-episode Sharpe"),
+        (axes[1], "mean_pnl", "mean terminal PnL"),
+    ):
+        values = [lookup[name][stat] for name in names]
+        errors = [lookup[name][f"{stat}_se"] for name in names]
+        ax.bar(x[:1], values[:1], 0.7, yerr=errors[:1], color="tab:gray", label="baseline market")
+        ax.bar(x[1:], values[1:], 0.7, yerr=errors[1:], color="tab:blue", label="one extension on")
+        ax.axhline(
+            lookup["baseline"][stat],
+            color="k",
+            linewidth=0.8,
+            linestyle="--",
+            label="baseline level",
+        )
+        ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+        ax.set(
+            xlabel="market extension",
+            ylabel=label,
+            title=f"A-S (gamma 0.1, k 1.5): {label} by extension (1 SE bars)",
+        )
+    axes[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -54,6 +54,7 @@ from jaxmm.market import (
     Noise,
     Quotes,
     StepInfo,
+    acting_quotes,
     apply_fills,
     counter_noise,
     float_dtype,
@@ -932,6 +933,7 @@ def relaxed_step_with_noise(
     function of the uniforms. The inventory limits stay hard masks.
     """
     dtype = float_dtype()
+    state, quotes = acting_quotes(state, quotes, params)
     bid_depth, ask_depth, bid_prob, ask_prob = quote_fill_probabilities(state, quotes, params)
     bid_open, ask_open = limits_open(state, params)
     bid_fill = relaxed_fill(bid_prob, noise.u_bid, temperature, expected_fills) * bid_open.astype(

@@ -3,24 +3,63 @@
 One step, in this order (DESIGN.md):
 
 1. observe ``(t, S_t, q_t)`` (the policy has already turned this into ``Quotes``);
-2. fills are drawn for quotes at ``S_t - delta_b`` and ``S_t + delta_a``: a side is filled with
+2. the desk's controls turn the policy's quotes into the quotes that act (``acting_quotes``; all
+   off by default): spread floor, tick grid, latency queue, loss-limit halt (see below);
+3. fills are drawn for quotes at ``S_t - delta_b`` and ``S_t + delta_a``: a side is filled with
    the per-step probability of ``lambda(delta) = A exp(-k delta)`` under ``params.fill_model``,
    independently of the other side; at ``q_t >= q_max`` the bid is not filled, at
    ``q_t <= -q_max`` the ask is not filled;
-3. inventory and spread capture update: ``q_{t+1} = q_t + bid_fill - ask_fill``,
-   spread capture ``+= bid_fill * delta_b + ask_fill * delta_a``;
-4. adverse selection: the mid jumps ``adverse_selection * (ask_fill - bid_fill)``;
-5. the mid moves to ``S_{t+1}`` (``params.price_model``);
-6. mark to market: inventory PnL ``+= q_{t+1} * (S_{t+1} - S_t)``.
+4. inventory and spread capture update: ``q_{t+1} = q_t + bid_fill - ask_fill``,
+   spread capture ``+= bid_fill * delta_b + ask_fill * delta_a``, fees ``-=`` (if any);
+5. adverse selection: the mid jumps ``adverse_selection * (ask_fill - bid_fill)``;
+6. the mid moves to ``S_{t+1}`` (``params.price_model``, with the Heston volatility and the
+   compound-Poisson jumps when on); the Heston variance moves to ``v_{t+1}``;
+7. mark to market: inventory PnL ``+= q_{t+1} * (S_{t+1} - S_t)``.
 
-PnL is carried as increments (spread capture plus inventory PnL), never as ``cash + q S``, so it
-stays exact in float32 whatever the price level.
+PnL is carried as increments (spread capture plus inventory PnL minus fees), never as
+``cash + q S``, so it stays exact in float32 whatever the price level.
 
-Randomness: a step consumes one ``Noise`` (three uniforms in (0, 1)): ``u_bid`` and ``u_ask``
-decide the fills, ``u_mid`` drives the mid (a normal ``sqrt(2) erfinv(2 u_mid - 1)``, or the sign of
-``u_mid - 1/2`` for the binary model). The layout does not depend on the quotes, so for the same
-noise every policy sees the same mid path (common random numbers). ``step(state, quotes, key,
-params)`` draws the noise from ``key``; ``step_with_noise`` takes it explicitly.
+Randomness: a step consumes one ``Noise``: three uniforms in (0, 1) from one 64-bit Threefry
+block: ``u_bid`` and ``u_ask`` decide the fills, ``u_mid`` drives the mid (a normal
+``sqrt(2) erfinv(2 u_mid - 1)``, or the sign of ``u_mid - 1/2`` for the binary model). The layout
+does not depend on the quotes, so for the same noise every policy sees the same mid path
+(common random numbers). ``step(state, quotes, key, params)`` draws the noise from ``key``;
+``step_with_noise`` takes it explicitly.
+
+Extensions (issue 8; each is an option of ``MarketParams`` and off by default, in which case the
+step is the same program as without them):
+
+- Heston variance (``vol_model="heston"``): ``sigma_t = sigma_at(t) sqrt(v_t^+)`` drives the mid;
+  ``v_{t+1} = v_t + kappa_v (theta_v - v_t^+) dt + xi_v sqrt(v_t^+ dt) Z_v`` with
+  ``Z_v = rho_v Z + sqrt(1 - rho_v^2) Z'`` where ``Z`` is the mid's normal (full truncation,
+  Lord, Koekkoek & van Dijk 2010: ``v`` itself may go negative, ``v^+ = max(v, 0)`` acts).
+- Jumps (``jump_model="compound_poisson"``): in each step ``N ~ Poisson(jump_intensity dt)``
+  jumps (the exact count, from a uniform by inverse CDF, resolved up to 16 per step), with sizes
+  ``N(jump_mean, jump_std^2)``; their sum ``N m + s sqrt(N) Z_J`` is added to the mid's increment
+  (to the log-return for the geometric model).
+- Order sizes (``order_size``): an incoming market order has a size (``"fixed"`` or
+  ``"geometric"``, one per side and step); a fill moves the inventory by the size, clipped so that
+  ``|q| <= q_max``; spread capture, fees and the adverse-selection jump scale with it, and
+  ``StepInfo.bid_fill``/``ask_fill`` are then quantities (units), not 0/1.
+- Fees: ``maker_fee`` per unit on a fill of a passive quote, ``taker_fee`` per unit when the quote
+  that filled was marketable (acting depth < 0, through the mid). ``pnl = spread_pnl +
+  inventory_pnl - fees``; ``MarketState.fees`` and ``StepInfo.fees`` carry them.
+- Desk controls, applied to the policy's quotes in this order: the spread floor widens both
+  depths by half the shortfall; the tick rounds the prices away from the mid onto the grid (the
+  mid stays continuous; fill probability and spread capture use the rounded depth); latency
+  queues the quote as a price (a depth and the mid it was computed at) and the quote acting at
+  step ``t`` is the one computed at ``t - latency`` (none in the first ``latency`` steps), so its
+  acting depth is ``depth + (S_t - S_{t-latency})`` on the bid and ``depth - (S_t -
+  S_{t-latency})`` on the ask: a stale price; the loss-limit halt (once ``pnl < -loss_limit``,
+  set after the step) cancels both quotes at once for the rest of the episode.
+
+Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes) comes from extra
+Threefry blocks at the counters ``(episode, t + j 2^28)`` (``j = 1, 2, 3``) of the same stream,
+disjoint from the base block ``(episode, t)``; they are drawn only when the option is on and do
+not depend on the quotes (common random numbers hold). ``Noise`` carries its counter
+(``stream``, ``episode``, ``t``) for this; a hand-built ``Noise`` may give the extra uniforms
+explicitly instead (``u_vol``, ``u_jump_count``, ``u_jump_size``, ``u_bid_size``,
+``u_ask_size``).
 """
 
 from __future__ import annotations
@@ -51,11 +90,26 @@ class Quotes:
 
 @struct.dataclass
 class Noise:
-    """Uniforms in the open interval (0, 1) driving one step of one episode."""
+    """Uniforms in the open interval (0, 1) driving one step of one episode.
+
+    ``u_bid``, ``u_ask``, ``u_mid``: the base block (fills and mid). The rest is optional:
+    ``stream`` (``uint32[2]``), ``episode`` and ``t`` (``uint32``) are the counter the noise was
+    drawn at (``counter_noise`` fills them), from which a step draws the extra noise of the
+    extensions it has switched on; ``u_vol`` (Heston ``Z'``), ``u_jump_count``, ``u_jump_size``,
+    ``u_bid_size`` and ``u_ask_size`` give that extra noise explicitly (they take precedence).
+    """
 
     u_bid: jax.Array
     u_ask: jax.Array
     u_mid: jax.Array
+    stream: jax.Array | None = None
+    episode: jax.Array | None = None
+    t: jax.Array | None = None
+    u_vol: jax.Array | None = None
+    u_jump_count: jax.Array | None = None
+    u_jump_size: jax.Array | None = None
+    u_bid_size: jax.Array | None = None
+    u_ask_size: jax.Array | None = None
 
 
 @struct.dataclass
@@ -71,7 +125,18 @@ class MarketState:
         inventory_pnl: cumulative mark-to-market of the inventory, price units.
         recent_returns: ``f[history_window]`` ring buffer of the last mid changes; the change of
             step ``i`` is stored at ``i % history_window``.
-        recent_fills: ``f[history_window]`` ring buffer of the number of fills (0, 1 or 2).
+        recent_fills: ``f[history_window]`` ring buffer of the number of fills (0, 1 or 2;
+            units filled with order sizes).
+
+    Fields of the extensions, ``None`` when their option is off:
+        variance: Heston ``v_t`` (``vol_model="heston"``); may be negative under full
+            truncation, ``max(v, 0)`` acts.
+        fees: cumulative fees paid, price units (``maker_fee``/``taker_fee`` set); then
+            ``pnl = spread_pnl + inventory_pnl - fees``.
+        halted: bool, the loss limit was hit: no more quotes this episode (``loss_limit`` set).
+        pending_bid, pending_ask, pending_mid: ``f[latency]`` ring buffers of the quotes waiting
+            to act (depths and the mid they were computed at); the quote computed at step ``i``
+            is stored at ``i % latency`` and acts at step ``i + latency`` (``latency > 0``).
     """
 
     t: jax.Array
@@ -82,11 +147,23 @@ class MarketState:
     inventory_pnl: jax.Array
     recent_returns: jax.Array
     recent_fills: jax.Array
+    variance: jax.Array | None = None
+    fees: jax.Array | None = None
+    halted: jax.Array | None = None
+    pending_bid: jax.Array | None = None
+    pending_ask: jax.Array | None = None
+    pending_mid: jax.Array | None = None
 
 
 @struct.dataclass
 class StepInfo:
-    """What happened in one step (all per episode; increments, not cumulative values)."""
+    """What happened in one step (all per episode; increments, not cumulative values).
+
+    ``bid_fill``/``ask_fill`` are the quantities filled (0 or 1 unless order sizes are on);
+    ``bid_depth``/``ask_depth`` the depths that acted (after the desk's controls, the tick and
+    the latency; the policy's own when those are off); ``fees`` the fees of the step (``None``
+    when the market has none); ``pnl = spread_pnl + inventory_pnl - fees``.
+    """
 
     bid_fill: jax.Array
     ask_fill: jax.Array
@@ -96,10 +173,16 @@ class StepInfo:
     inventory_pnl: jax.Array
     pnl: jax.Array
     mid_change: jax.Array
+    bid_depth: jax.Array
+    ask_depth: jax.Array
+    fees: jax.Array | None = None
 
 
 def reset(key: jax.Array, params: MarketParams) -> MarketState:
     """The state at the start of a session: ``t = 0``, ``S = S0``, no inventory, no PnL.
+
+    With the extensions: ``v = v0`` (Heston), no fees, not halted, and an empty latency queue
+    (depth ``+inf``: no quote acts during the first ``latency`` steps).
 
     ``key`` is accepted for a uniform interface (random initial conditions are a natural
     extension); the current initial state is deterministic.
@@ -108,6 +191,18 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
     dtype = float_dtype()
     zero = jnp.zeros((), dtype)
     window = jnp.zeros((params.history_window,), dtype)
+    extensions = {}
+    if params.vol_model == "heston":
+        extensions["variance"] = jnp.asarray(params.v0, dtype)
+    if params.has_fees:
+        extensions["fees"] = zero
+    if params.loss_limit is not None:
+        extensions["halted"] = jnp.zeros((), jnp.bool_)
+    if params.latency > 0:
+        empty = jnp.full((params.latency,), jnp.inf, dtype)
+        extensions["pending_bid"] = empty
+        extensions["pending_ask"] = empty
+        extensions["pending_mid"] = jnp.full((params.latency,), params.S0, dtype)
     return MarketState(
         t=jnp.zeros((), jnp.int32),
         mid=jnp.asarray(params.S0, dtype),
@@ -117,6 +212,7 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         inventory_pnl=zero,
         recent_returns=window,
         recent_fills=window,
+        **extensions,
     )
 
 
@@ -130,11 +226,12 @@ def threefry2x32(key: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[jax.Arra
     lets XLA fuse it into the step: on a CPU it is several times faster than ``jax.random.bits``.
 
     Args:
-        key: ``uint32[2]``. x0, x1: ``uint32`` counters of any (common) shape.
+        key: ``uint32[..., 2]`` (one key, or one per counter). x0, x1: ``uint32`` counters of any
+            (common) shape.
     Returns:
         Two ``uint32`` arrays of random words with the shape of the counters.
     """
-    k0, k1 = key[0], key[1]
+    k0, k1 = key[..., 0], key[..., 1]
     k2 = k0 ^ k1 ^ jnp.uint32(0x1BD11BDA)
     schedule = (k0, k1, k2)
     x0 = x0 + k0
@@ -164,6 +261,10 @@ def counter_noise(stream: jax.Array, episode: jax.Array, t: jax.Array) -> Noise:
     in float32). The noise is a pure function of (key, episode, step), so a simulation gives
     every episode the same numbers however it is chunked or sharded. ``episode`` and ``t`` are
     broadcast against each other.
+
+    The returned ``Noise`` also records its counter (``stream`` broadcast to ``[..., 2]``,
+    ``episode``, ``t``): a step whose extensions need extra noise draws it from there
+    (``extension_noise``); the default step does not read it, and it compiles away.
     """
     episode = jnp.asarray(episode).astype(jnp.uint32)
     counter = jnp.asarray(t).astype(jnp.uint32)
@@ -175,7 +276,57 @@ def counter_noise(stream: jax.Array, episode: jax.Array, t: jax.Array) -> Noise:
         u_bid=_uniform(w0 >> jnp.uint32(11), 21),
         u_ask=_uniform(w1 >> jnp.uint32(11), 21),
         u_mid=_uniform(mid_bits, 22),
+        stream=jnp.broadcast_to(stream, (*episode.shape, 2)),
+        episode=episode,
+        t=counter,
     )
+
+
+EXTRA_BLOCK_STRIDE = 2**28  # extra block j of step t sits at the step counter t + j * 2**28
+VOL_BLOCK, JUMP_BLOCK, SIZE_BLOCK = 1, 2, 3
+
+
+def _extra_words(noise: Noise, block: int, what: str) -> tuple[jax.Array, jax.Array]:
+    """The two 32-bit words of extra block ``block`` at the noise's counter."""
+    if noise.stream is None or noise.episode is None or noise.t is None:
+        raise ValueError(
+            f"{what} needs extra noise: build the Noise with market.counter_noise (it records "
+            "its counter) or give the extra uniforms explicitly"
+        )
+    counter = noise.t + jnp.uint32(block * EXTRA_BLOCK_STRIDE)
+    return threefry2x32(noise.stream, noise.episode, counter)
+
+
+def _extra_uniform(word: jax.Array) -> jax.Array:
+    """A uniform in (0, 1) from the top 23 bits of a word: exact in float32 and float64."""
+    return _uniform(word >> jnp.uint32(9), 23)
+
+
+def extension_noise(noise: Noise, params: MarketParams) -> Noise:
+    """``noise`` with the extra uniforms that ``params``' extensions need filled in.
+
+    Uniforms already present are kept; missing ones are drawn from the counter-mode blocks
+    ``(episode, t + j 2^28)`` of the noise's stream: ``j = 1``: ``u_vol`` (first word);
+    ``j = 2``: ``u_jump_count``, ``u_jump_size``; ``j = 3``: ``u_bid_size``, ``u_ask_size``.
+    Each is the top 23 bits of its word. Nothing is drawn for options that are off.
+    """
+    updates = {}
+    if params.vol_model == "heston" and noise.u_vol is None:
+        word, _ = _extra_words(noise, VOL_BLOCK, "vol_model='heston'")
+        updates["u_vol"] = _extra_uniform(word)
+    if params.jump_model != "none" and (noise.u_jump_count is None or noise.u_jump_size is None):
+        count_word, size_word = _extra_words(noise, JUMP_BLOCK, f"jump_model={params.jump_model!r}")
+        if noise.u_jump_count is None:
+            updates["u_jump_count"] = _extra_uniform(count_word)
+        if noise.u_jump_size is None:
+            updates["u_jump_size"] = _extra_uniform(size_word)
+    if params.order_size == "geometric" and (noise.u_bid_size is None or noise.u_ask_size is None):
+        bid_word, ask_word = _extra_words(noise, SIZE_BLOCK, "order_size='geometric'")
+        if noise.u_bid_size is None:
+            updates["u_bid_size"] = _extra_uniform(bid_word)
+        if noise.u_ask_size is None:
+            updates["u_ask_size"] = _extra_uniform(ask_word)
+    return noise.replace(**updates) if updates else noise
 
 
 def _uniform(bits: jax.Array, n_bits: int) -> jax.Array:
@@ -204,9 +355,153 @@ def fill_probability(intensity_dt: jax.Array, fill_model: str) -> jax.Array:
 
 
 def sigma_at(t: jax.Array, params: MarketParams) -> jax.Array:
-    """Volatility in force during step ``t`` (the volatility schedule)."""
+    """Volatility in force during step ``t`` (the volatility schedule).
+
+    Under ``vol_model="heston"`` this is the scale that ``sqrt(v_t^+)`` multiplies; see
+    ``volatility``.
+    """
     switched = t >= params.vol_switch_step
     return params.sigma * jnp.where(switched, params.vol_switch_factor, 1.0)
+
+
+def volatility(state: MarketState, params: MarketParams) -> jax.Array:
+    """Volatility driving the mid in the step from ``state``: ``sigma_at(t)``, times
+    ``sqrt(max(v_t, 0))`` under ``vol_model="heston"`` (price units per sqrt(time unit);
+    relative for the geometric model)."""
+    sigma = sigma_at(state.t, params)
+    if params.vol_model == "heston":
+        sigma = sigma * jnp.sqrt(jnp.maximum(state.variance, 0.0))
+    return sigma
+
+
+def _desk_controls_on(params: MarketParams) -> bool:
+    return (
+        params.spread_floor is not None
+        or params.tick is not None
+        or params.latency > 0
+        or params.loss_limit is not None
+    )
+
+
+def _round_down(ticks: jax.Array) -> jax.Array:
+    """``floor``, except that a value within a few ulps of an integer is that integer."""
+    nearest = jnp.round(ticks)
+    tolerance = 4.0 * jnp.finfo(ticks.dtype).eps * jnp.maximum(jnp.abs(ticks), 1.0)
+    return jnp.where(jnp.abs(ticks - nearest) <= tolerance, nearest, jnp.floor(ticks))
+
+
+def round_to_tick(
+    mid: jax.Array, bid_depth: jax.Array, ask_depth: jax.Array, tick: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Depths of the quotes once their prices are rounded away from ``mid`` onto the grid.
+
+    The bid price ``mid - bid_depth`` is rounded down and the ask price ``mid + ask_depth`` up to
+    multiples of ``tick`` (price units); a price within a few ulps of a grid point counts as on
+    it. ``tick = 0`` leaves the depths unchanged; so do infinite depths (an unquoted side).
+    """
+    dtype = mid.dtype
+    tick = jnp.asarray(tick, dtype)
+    on_grid = tick > 0
+    safe_tick = jnp.where(on_grid, tick, 1.0)
+    bid_price = _round_down((mid - bid_depth) / safe_tick) * safe_tick
+    ask_price = -_round_down(-(mid + ask_depth) / safe_tick) * safe_tick
+    bid = jnp.where(on_grid & jnp.isfinite(bid_depth), mid - bid_price, bid_depth)
+    ask = jnp.where(on_grid & jnp.isfinite(ask_depth), ask_price - mid, ask_depth)
+    return bid, ask
+
+
+def acting_quotes(
+    state: MarketState, quotes: Quotes, params: MarketParams
+) -> tuple[MarketState, Quotes]:
+    """The quotes that act in this step, and the state with the latency queue advanced.
+
+    The desk's controls, in order (each only when set in ``params``): ``spread_floor`` widens
+    both depths by half of ``spread_floor - (bid_depth + ask_depth)`` when positive; ``tick``
+    rounds the prices away from the mid onto the grid (``round_to_tick``); with ``latency = k``
+    the quote is queued and the one computed ``k`` steps ago acts, at its price (its depth
+    shifted by the mid's change since), none during the first ``k`` steps; once ``halted`` (the
+    loss limit was hit) neither side is quoted. With all of them off this returns its inputs.
+    """
+    if not _desk_controls_on(params):
+        return state, quotes
+    dtype = float_dtype()
+    bid = jnp.asarray(quotes.bid_depth, dtype)
+    ask = jnp.asarray(quotes.ask_depth, dtype)
+    if params.spread_floor is not None:
+        shortfall = jnp.maximum(params.spread_floor - (bid + ask), 0.0)
+        bid = bid + 0.5 * shortfall
+        ask = ask + 0.5 * shortfall
+    if params.tick is not None:
+        bid, ask = round_to_tick(state.mid, bid, ask, params.tick)
+    if params.latency > 0:
+        slot = state.t % params.latency
+        moved = state.mid - state.pending_mid[slot]
+        queued_bid = state.pending_bid[slot] + moved
+        queued_ask = state.pending_ask[slot] - moved
+        state = state.replace(
+            pending_bid=state.pending_bid.at[slot].set(bid),
+            pending_ask=state.pending_ask.at[slot].set(ask),
+            pending_mid=state.pending_mid.at[slot].set(state.mid),
+        )
+        bid, ask = queued_bid, queued_ask
+    if params.loss_limit is not None:
+        bid = jnp.where(state.halted, jnp.inf, bid)
+        ask = jnp.where(state.halted, jnp.inf, ask)
+    return state, Quotes(bid_depth=bid, ask_depth=ask)
+
+
+def order_sizes(noise: Noise, params: MarketParams) -> tuple[jax.Array, jax.Array]:
+    """Sizes of this step's incoming sell (hits the bid) and buy (lifts the ask) market orders.
+
+    ``"fixed"``: ``order_size_mean``. ``"geometric"``: ``1 + floor(log(u) / log(1 - 1/m))`` with
+    ``m = order_size_mean``, so ``P(size > j) = (1 - 1/m)^j`` on ``{1, 2, ...}``, mean ``m``
+    (``u = u_bid_size``, ``u_ask_size``). Needs ``extension_noise`` for the geometric sizes.
+    """
+    dtype = float_dtype()
+    mean = jnp.asarray(params.order_size_mean, dtype)
+    if params.order_size == "fixed":
+        return mean, mean
+    log_keep = jnp.log1p(-1.0 / mean)  # -inf at mean 1: every size is 1
+
+    def draw(u: jax.Array) -> jax.Array:
+        return 1.0 + jnp.floor(jnp.log(u) / log_keep)
+
+    return draw(noise.u_bid_size), draw(noise.u_ask_size)
+
+
+MAX_JUMPS_PER_STEP = 16
+
+
+def jump_sum(noise: Noise, params: MarketParams) -> jax.Array:
+    """Sum of this step's compound-Poisson jumps: ``N m + s sqrt(N) Z_J``.
+
+    ``N = #{j in 0..15 : u_jump_count > F(j)}`` with ``F`` the Poisson(``jump_intensity dt``)
+    CDF: the inverse CDF of the exact count, capped at ``MAX_JUMPS_PER_STEP`` (the validation
+    keeps ``jump_intensity dt <= 1``, where ``P(N > 16) < 1e-14``). ``Z_J`` is the normal of
+    ``u_jump_size``; given ``N`` the sum of ``N`` normal jumps is exactly ``N(N m, N s^2)``.
+    """
+    dtype = float_dtype()
+    rate = jnp.asarray(params.jump_intensity * params.dt, dtype)
+    u = noise.u_jump_count
+    probability = jnp.exp(-rate)
+    cdf = probability
+    count = (u > cdf).astype(dtype)
+    for j in range(1, MAX_JUMPS_PER_STEP):
+        probability = probability * rate / j
+        cdf = cdf + probability
+        count = count + (u > cdf).astype(dtype)
+    size = normal_from_uniform(noise.u_jump_size)
+    return count * params.jump_mean + params.jump_std * jnp.sqrt(count) * size
+
+
+def fee_rates(
+    bid_depth: jax.Array, ask_depth: jax.Array, params: MarketParams
+) -> tuple[jax.Array, jax.Array]:
+    """Fee per unit filled on each side: ``taker_fee`` where the acting depth is negative (the
+    quote was through the mid: it took liquidity), else ``maker_fee`` (``None`` counts as 0)."""
+    maker = 0.0 if params.maker_fee is None else params.maker_fee
+    taker = 0.0 if params.taker_fee is None else params.taker_fee
+    return jnp.where(bid_depth < 0, taker, maker), jnp.where(ask_depth < 0, taker, maker)
 
 
 def quote_fill_probabilities(
@@ -235,8 +530,12 @@ def limits_open(state: MarketState, params: MarketParams) -> tuple[jax.Array, ja
 def step_with_noise(
     state: MarketState, quotes: Quotes, noise: Noise, params: MarketParams
 ) -> tuple[MarketState, StepInfo]:
-    """Advance one episode by one step with explicit noise; see the module docstring."""
+    """Advance one episode by one step with explicit noise; see the module docstring.
+
+    ``quotes`` are the policy's; ``acting_quotes`` applies the desk's controls (if any).
+    """
     dtype = float_dtype()
+    state, quotes = acting_quotes(state, quotes, params)
     bid_depth, ask_depth, bid_prob, ask_prob = quote_fill_probabilities(state, quotes, params)
     bid_open, ask_open = limits_open(state, params)
     bid_fill = ((noise.u_bid < bid_prob) & bid_open).astype(dtype)
@@ -257,15 +556,22 @@ def apply_fills(
     noise: Noise,
     params: MarketParams,
 ) -> tuple[MarketState, StepInfo]:
-    """The rest of a step once the fills are known: inventory and cash, adverse-selection jump,
-    mid move (from ``noise.u_mid``), mark-to-market and history.
+    """The rest of a step once the fills are known: inventory and cash, fees, adverse-selection
+    jump, mid move (from ``noise.u_mid``), Heston variance, mark-to-market, history, halt.
 
     ``bid_fill``/``ask_fill`` are 0/1 in the simulator; a differentiable relaxation
-    (``jaxmm.calibrate``) passes fractional fills in [0, 1] through the same code.
+    (``jaxmm.calibrate``) passes fractional fills in [0, 1] through the same code. With order
+    sizes they are multiplied here by the incoming order's size, clipped to the room left under
+    ``q_max``; ``state`` and the depths are those after ``acting_quotes``.
     """
     dtype = float_dtype()
     dt = params.dt
+    noise = extension_noise(noise, params)
     mid, inventory = state.mid, state.inventory
+    if params.order_size != "unit":
+        bid_size, ask_size = order_sizes(noise, params)
+        bid_fill = bid_fill * jnp.minimum(bid_size, params.q_max - inventory)
+        ask_fill = ask_fill * jnp.minimum(ask_size, params.q_max + inventory)
     next_inventory = inventory + bid_fill - ask_fill
     # where(), not fill * depth alone: an unquoted side has depth +inf and 0 * inf is NaN.
     spread_inc = jnp.where(bid_fill > 0, bid_fill * bid_depth, 0.0) + jnp.where(
@@ -273,7 +579,7 @@ def apply_fills(
     )
 
     jump = params.adverse_selection * (ask_fill - bid_fill)
-    sigma = sigma_at(state.t, params)
+    sigma = volatility(state, params)
     sqrt_dt = jnp.sqrt(jnp.asarray(dt, dtype))
     if params.price_model == "binary":
         shock = jnp.where(noise.u_mid < 0.5, -1.0, 1.0).astype(dtype)
@@ -281,23 +587,50 @@ def apply_fills(
         shock = normal_from_uniform(noise.u_mid)
     if params.price_model == "geometric":
         log_return = (params.mu - 0.5 * sigma**2) * dt + sigma * sqrt_dt * shock
+        if params.jump_model != "none":
+            log_return = log_return + jump_sum(noise, params)
         next_mid = (mid + jump) * jnp.exp(log_return)
     else:
-        next_mid = mid + (jump + params.mu * dt + sigma * sqrt_dt * shock)
+        move = jump + params.mu * dt + sigma * sqrt_dt * shock
+        if params.jump_model != "none":
+            move = move + jump_sum(noise, params)
+        next_mid = mid + move
     mid_change = next_mid - mid  # the rounded change: mid path and PnL stay consistent
     inventory_inc = next_inventory * mid_change
     pnl_inc = spread_inc + inventory_inc
 
+    extensions = {}
+    fee_inc = None
+    if params.has_fees:
+        bid_rate, ask_rate = fee_rates(bid_depth, ask_depth, params)
+        fee_inc = bid_fill * bid_rate + ask_fill * ask_rate
+        pnl_inc = pnl_inc - fee_inc
+        extensions["fees"] = state.fees + fee_inc
+    if params.vol_model == "heston":
+        variance = state.variance
+        positive = jnp.maximum(variance, 0.0)
+        rho = jnp.asarray(params.rho_v, dtype)
+        z_vol = rho * shock + jnp.sqrt(1.0 - rho * rho) * normal_from_uniform(noise.u_vol)
+        extensions["variance"] = (
+            variance
+            + params.kappa_v * (params.theta_v - positive) * dt
+            + params.xi_v * jnp.sqrt(positive * dt) * z_vol
+        )
+    next_pnl = state.pnl + pnl_inc
+    if params.loss_limit is not None:
+        extensions["halted"] = state.halted | (next_pnl < -params.loss_limit)
+
     slot = state.t % params.history_window
-    next_state = MarketState(
+    next_state = state.replace(
         t=state.t + 1,
         mid=next_mid,
         inventory=next_inventory,
-        pnl=state.pnl + pnl_inc,
+        pnl=next_pnl,
         spread_pnl=state.spread_pnl + spread_inc,
         inventory_pnl=state.inventory_pnl + inventory_inc,
         recent_returns=state.recent_returns.at[slot].set(mid_change),
         recent_fills=state.recent_fills.at[slot].set(bid_fill + ask_fill),
+        **extensions,
     )
     info = StepInfo(
         bid_fill=bid_fill,
@@ -308,6 +641,9 @@ def apply_fills(
         inventory_pnl=inventory_inc,
         pnl=pnl_inc,
         mid_change=mid_change,
+        bid_depth=bid_depth,
+        ask_depth=ask_depth,
+        fees=fee_inc,
     )
     return next_state, info
 

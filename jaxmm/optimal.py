@@ -382,6 +382,13 @@ def _penalties(params: MarketParams, phi: float, reward: str) -> np.ndarray:
 
 def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: Any, bounds):
     params.validate()
+    unmodelled = params.extensions_in_use()  # issue-8 options the (t, q) MDP does not model
+    if unmodelled:
+        name = unmodelled[0]
+        raise ValueError(
+            f"params.{name} = {getattr(params, name)!r} is not modelled by the exact solvers; "
+            "allowed: its default (see MarketParams.extensions_in_use)"
+        )
     for name in ("S0", "sigma", "T", "A", "k", "mu", "adverse_selection", "q_max"):
         if np.ndim(getattr(params, name)) != 0:
             raise ValueError(f"params.{name} must be a scalar for the exact solvers (no sweeps)")

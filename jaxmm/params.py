@@ -13,7 +13,22 @@ Units (the conventions every module of jaxmm follows):
 
 Numeric fields are pytree leaves, so a sweep can ``vmap`` over any of them (``sigma``, ``A``,
 ``adverse_selection``, ...). Sizes and model choices (``n_steps``, ``fill_model``, ``price_model``,
-``history_window``) are static: changing them recompiles.
+``history_window``, ``vol_model``, ``jump_model``, ``order_size``, ``latency``) are static:
+changing them recompiles.
+
+Extensions (issue 8) are options of the same market step, all off by default:
+
+- mid-price: ``vol_model="heston"`` (stochastic variance, full truncation) and
+  ``jump_model="compound_poisson"`` (normal jumps at Poisson times);
+- desk realism: ``tick`` (quotes rounded away from the mid onto the price grid), ``maker_fee`` /
+  ``taker_fee``, ``latency`` (a quote acts ``latency`` steps after it was computed) and
+  ``order_size`` (the size of each incoming market order);
+- risk controls (with ``q_max``): ``spread_floor`` and ``loss_limit``.
+
+The desk fields ``tick``, ``maker_fee``, ``taker_fee``, ``spread_floor`` and ``loss_limit`` are
+``None`` by default: off, and absent from the pytree, so the default market compiles to exactly
+the program it had before the extensions existed. Given a number they become leaves (sweepable,
+e.g. ``tick=jnp.array([0.0, 0.01, 0.05])``). The static switches draw extra noise only when on.
 """
 
 from __future__ import annotations
@@ -27,7 +42,12 @@ from flax import struct
 
 FILL_MODELS = ("linear", "exponential")
 PRICE_MODELS = ("arithmetic", "binary", "geometric")
+VOL_MODELS = ("constant", "heston")
+JUMP_MODELS = ("none", "compound_poisson")
+ORDER_SIZES = ("unit", "fixed", "geometric")
 NEVER = 2**30  # a step index no session reaches: the default "no volatility switch"
+MAX_JUMP_RATE_PER_STEP = 1.0  # jump_intensity * dt; the Poisson count is resolved up to 16
+MAX_STEPS_WITH_EXTRA_NOISE = 2**28 - 1  # extra noise blocks use step counters t + j * 2**28
 
 
 @struct.dataclass
@@ -48,7 +68,34 @@ class MarketParams:
         vol_switch_step: from this step on, the volatility is ``sigma * vol_switch_factor``.
         vol_switch_factor: volatility multiplier after ``vol_switch_step``.
         q_max: inventory limit (``inf``: none). At ``q >= q_max`` the bid is not filled, at
-            ``q <= -q_max`` the ask is not filled.
+            ``q <= -q_max`` the ask is not filled; with order sizes a fill is clipped so that
+            ``|q| <= q_max``.
+        v0, kappa_v, theta_v, xi_v, rho_v: the Heston variance (``vol_model="heston"``; unused
+            otherwise). ``v`` is a dimensionless multiplier of ``sigma^2``: the volatility in
+            force in step ``t`` is ``sigma_at(t) * sqrt(v_t^+)`` (the volatility switch multiplies
+            it). ``dv = kappa_v (theta_v - v) dt + xi_v sqrt(v) dZ_v`` with
+            ``corr(dZ_v, dW) = rho_v``; ``v0`` is the initial value. ``kappa_v`` per time unit,
+            ``xi_v`` per sqrt(time unit). With ``sigma = 1`` ``v`` is the variance itself (price
+            units^2 per time unit). The Feller condition ``2 kappa_v theta_v >= xi_v^2`` is NOT
+            required: the full-truncation scheme stays well defined when ``v`` goes negative.
+        jump_intensity, jump_mean, jump_std: compound-Poisson jumps of the mid
+            (``jump_model="compound_poisson"``): jumps per time unit, and the mean and standard
+            deviation of one jump (price units; log-price units for the geometric model).
+        tick: price grid (price units) or ``None``. Quote prices are rounded away from the mid
+            onto multiples of ``tick`` (bid down, ask up); the mid itself stays continuous.
+            ``0`` means no grid (useful in sweeps).
+        maker_fee: fee per unit filled on a passive fill, price units (negative: a rebate), or
+            ``None`` (no fees).
+        taker_fee: fee per unit filled when the quote that filled was marketable (negative
+            acting depth: through the mid), price units, or ``None`` (taken as 0 when only
+            ``maker_fee`` is set).
+        spread_floor: minimum quoted spread ``bid_depth + ask_depth``, price units, or ``None``.
+            Narrower quotes are widened symmetrically (each side by half the shortfall).
+        loss_limit: daily loss limit, price units, or ``None``. Once the PnL (net of fees)
+            falls below ``-loss_limit`` the desk stops quoting for the rest of the episode
+            (the inventory is kept and still marked to market).
+        order_size_mean: mean size of an incoming market order (``order_size`` ``"fixed"``:
+            the size itself, an integer; ``"geometric"``: the mean, >= 1).
         n_steps: number of decision steps in the session (static).
         fill_model: per-step fill probability, ``"linear"``: ``min(1, lambda dt)`` (Avellaneda &
             Stoikov 2008) or ``"exponential"``: ``1 - exp(-lambda dt)`` (exact Poisson clock).
@@ -56,6 +103,13 @@ class MarketParams:
             with probability 1/2 each, the 2008 paper's simulation), or ``"geometric"``.
         history_window: number of past steps kept in the state for trailing statistics
             (realised volatility, recent fill rate), static.
+        vol_model: ``"constant"`` (``sigma`` with its switch) or ``"heston"`` (static).
+        jump_model: ``"none"`` or ``"compound_poisson"`` (static).
+        order_size: size of each incoming market order (static): ``"unit"`` (1),
+            ``"fixed"`` (``order_size_mean``) or ``"geometric"`` (on ``{1, 2, ...}`` with mean
+            ``order_size_mean``, drawn independently for each side and step).
+        latency: a quote computed at step ``t`` acts at step ``t + latency`` (static integer
+            >= 0); during the first ``latency`` steps the desk has no quote in the market.
     """
 
     S0: float = 100.0
@@ -70,10 +124,28 @@ class MarketParams:
     vol_switch_step: int = NEVER
     vol_switch_factor: float = 1.0
     q_max: float = math.inf
+    v0: float = 1.0
+    kappa_v: float = 5.0
+    theta_v: float = 1.0
+    xi_v: float = 1.0
+    rho_v: float = 0.0
+    jump_intensity: float = 0.0
+    jump_mean: float = 0.0
+    jump_std: float = 1.0
+    order_size_mean: float = 1.0
+    tick: float | None = None
+    maker_fee: float | None = None
+    taker_fee: float | None = None
+    spread_floor: float | None = None
+    loss_limit: float | None = None
     n_steps: int = struct.field(pytree_node=False, default=200)
     fill_model: str = struct.field(pytree_node=False, default="linear")
     price_model: str = struct.field(pytree_node=False, default="arithmetic")
     history_window: int = struct.field(pytree_node=False, default=20)
+    vol_model: str = struct.field(pytree_node=False, default="constant")
+    jump_model: str = struct.field(pytree_node=False, default="none")
+    order_size: str = struct.field(pytree_node=False, default="unit")
+    latency: int = struct.field(pytree_node=False, default=0)
 
     @property
     def dt(self) -> Any:
@@ -88,6 +160,30 @@ class MarketParams:
         """
         validate(self)
         return self
+
+    @property
+    def has_fees(self) -> bool:
+        """Whether fees are charged (``maker_fee`` or ``taker_fee`` set): static."""
+        return self.maker_fee is not None or self.taker_fee is not None
+
+    @property
+    def needs_extra_noise(self) -> bool:
+        """Whether a step draws noise beyond its base block (Heston, jumps, random sizes)."""
+        return (
+            self.vol_model != "constant"
+            or self.jump_model != "none"
+            or self.order_size == "geometric"
+        )
+
+    def extensions_in_use(self) -> tuple[str, ...]:
+        """Names of the extension options (issue 8) that are switched on, in field order.
+
+        Static switches count when not at their default; the ``None``-default desk fields when
+        set (even to a neutral value such as ``tick=0``: they are then part of the pytree).
+        """
+        used = [name for name in _OPTIONAL_FIELDS if getattr(self, name) is not None]
+        used += [name for name, default in _STATIC_SWITCHES if getattr(self, name) != default]
+        return tuple(used)
 
 
 # (field, predicate on a float64 array, allowed-range text)
@@ -104,6 +200,30 @@ _RULES = (
     ("vol_switch_step", lambda x: (x >= 0) & (x == np.round(x)), "an integer >= 0"),
     ("vol_switch_factor", lambda x: x >= 0, ">= 0"),
     ("q_max", lambda x: (x >= 1) & ((x == np.round(x)) | np.isinf(x)), "an integer >= 1 or inf"),
+    ("v0", lambda x: x >= 0, ">= 0"),
+    ("kappa_v", lambda x: x >= 0, ">= 0"),
+    ("theta_v", lambda x: x >= 0, ">= 0"),
+    ("xi_v", lambda x: x >= 0, ">= 0 (the Feller condition is not required: full truncation)"),
+    ("rho_v", lambda x: (x >= -1) & (x <= 1), "in [-1, 1]"),
+    ("jump_intensity", lambda x: x >= 0, ">= 0"),
+    ("jump_mean", lambda x: np.isfinite(x), "finite"),
+    ("jump_std", lambda x: x >= 0, ">= 0"),
+    ("order_size_mean", lambda x: x >= 1, ">= 1"),
+    ("tick", lambda x: x >= 0, ">= 0 (0: no grid) or None"),
+    ("maker_fee", lambda x: np.isfinite(x), "finite (negative: a rebate) or None"),
+    ("taker_fee", lambda x: np.isfinite(x), "finite (negative: a rebate) or None"),
+    ("spread_floor", lambda x: x >= 0, ">= 0 or None"),
+    ("loss_limit", lambda x: x >= 0, ">= 0, inf or None"),
+)
+_MAY_BE_INFINITE = ("q_max", "loss_limit")
+# desk fields that are None (off, not in the pytree) by default
+_OPTIONAL_FIELDS = ("tick", "maker_fee", "taker_fee", "spread_floor", "loss_limit")
+# static switches and their defaults
+_STATIC_SWITCHES = (
+    ("vol_model", "constant"),
+    ("jump_model", "none"),
+    ("order_size", "unit"),
+    ("latency", 0),
 )
 
 
@@ -118,12 +238,14 @@ def validate(params: MarketParams) -> None:
     if not isinstance(params, MarketParams):
         raise TypeError(f"expected MarketParams, got {type(params).__name__}")
     for name, ok, allowed in _RULES:
+        if getattr(params, name) is None:
+            continue  # an optional desk field that is off
         value = _concrete(getattr(params, name))
         if value is None:
             continue
         if np.isnan(value).any():
             raise ValueError(f"MarketParams.{name} is NaN; allowed: {allowed}")
-        if name != "q_max" and np.isinf(value).any():
+        if name not in _MAY_BE_INFINITE and np.isinf(value).any():
             raise ValueError(f"MarketParams.{name} is infinite; allowed: finite and {allowed}")
         if not np.all(ok(value)):
             bad = value[~ok(value)] if value.ndim else value
@@ -142,3 +264,48 @@ def validate(params: MarketParams) -> None:
         raise ValueError(
             f"MarketParams.history_window = {params.history_window!r}; allowed: an integer >= 1"
         )
+    _validate_extensions(params)
+
+
+def _choice(params: MarketParams, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(params, name)
+    if value not in allowed:
+        raise ValueError(f"MarketParams.{name} = {value!r}; allowed: one of {allowed}")
+
+
+def _validate_extensions(params: MarketParams) -> None:
+    """The static switches of the extensions and the constraints that couple fields."""
+    _choice(params, "vol_model", VOL_MODELS)
+    _choice(params, "jump_model", JUMP_MODELS)
+    _choice(params, "order_size", ORDER_SIZES)
+    latency = params.latency
+    if isinstance(latency, bool) or not isinstance(latency, int | np.integer) or latency < 0:
+        raise ValueError(f"MarketParams.latency = {latency!r}; allowed: an integer >= 0 (steps)")
+    if params.vol_model == "heston" and params.price_model == "binary":
+        raise ValueError(
+            "MarketParams.vol_model = 'heston' needs price_model 'arithmetic' or 'geometric' "
+            "(the binary mid has no normal shock to correlate with the variance)"
+        )
+    if params.needs_extra_noise and params.n_steps > MAX_STEPS_WITH_EXTRA_NOISE:
+        raise ValueError(
+            f"MarketParams.n_steps = {params.n_steps}; allowed with vol_model / jump_model / "
+            f"order_size='geometric': at most {MAX_STEPS_WITH_EXTRA_NOISE}"
+        )
+    if params.jump_model != "none":
+        rate = _concrete(params.jump_intensity)
+        step = _concrete(params.T)
+        if rate is not None and step is not None:
+            per_step = rate * step / params.n_steps
+            if np.any(per_step > MAX_JUMP_RATE_PER_STEP):
+                raise ValueError(
+                    f"MarketParams.jump_intensity = {rate} gives {np.max(per_step):.3g} jumps per "
+                    f"step; allowed: jump_intensity * dt <= {MAX_JUMP_RATE_PER_STEP} (the Poisson "
+                    "count of a step is resolved up to 16 jumps)"
+                )
+    if params.order_size == "fixed":
+        size = _concrete(params.order_size_mean)
+        if size is not None and not np.all(size == np.round(size)):
+            raise ValueError(
+                f"MarketParams.order_size_mean = {size} with order_size='fixed'; allowed: an "
+                "integer >= 1 (inventories stay integers)"
+            )

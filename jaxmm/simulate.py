@@ -65,6 +65,8 @@ class Rollout:
         sum_sq_inventory: ``sum_t q_{t+1}^2``, so the episode reward under ``dPnL - phi q^2`` is
             ``pnl - phi * sum_sq_inventory``.
         final_mid: ``S_N``.
+        fees: total fees paid (``pnl = spread_pnl + inventory_pnl - fees``); None when the
+            market has no fees (``maker_fee``/``taker_fee`` unset).
         paths: ``Paths`` when simulated with ``paths=True``, else None.
         n_steps: steps per episode (static).
     """
@@ -79,6 +81,7 @@ class Rollout:
     mean_spread: jax.Array
     sum_sq_inventory: jax.Array
     final_mid: jax.Array
+    fees: jax.Array | None = None
     paths: Paths | None = None
     n_steps: int = struct.field(pytree_node=False, default=0)
 
@@ -114,6 +117,12 @@ _STATE_AXES = MarketState(
     inventory_pnl=0,
     recent_returns=1,
     recent_fills=1,
+    variance=0,
+    fees=0,
+    halted=0,
+    pending_bid=1,
+    pending_ask=1,
+    pending_mid=1,
 )
 
 
@@ -135,6 +144,13 @@ def initial_states(params: MarketParams, n_episodes: int) -> MarketState:
         inventory_pnl=batch(state.inventory_pnl),
         recent_returns=batch_last(state.recent_returns),
         recent_fills=batch_last(state.recent_fills),
+        # the extensions' fields (None when off: tree.map leaves them None)
+        variance=jax.tree.map(batch, state.variance),
+        fees=jax.tree.map(batch, state.fees),
+        halted=jax.tree.map(batch, state.halted),
+        pending_bid=jax.tree.map(batch_last, state.pending_bid),
+        pending_ask=jax.tree.map(batch_last, state.pending_ask),
+        pending_mid=jax.tree.map(batch_last, state.pending_mid),
     )
 
 
@@ -232,6 +248,7 @@ def rollout(
         mean_spread=mean_spread,
         sum_sq_inventory=running.sum_sq_inventory,
         final_mid=final.mid,
+        fees=final.fees,
         paths=path_data,
         n_steps=params.n_steps,
     )

@@ -40,7 +40,8 @@ def test_stress_table_and_consistency(tmp_path):
     out = tmp_path / "stress"
     payload = stress.main(["--n-episodes", "30", "--out", str(out)])
     rows = _rows(out / "table.csv")
-    assert len(rows) == 6 * 4 and (out / "stress.png").stat().st_size > 0
+    assert len(rows) == 6 * 4 + len(stress.extension_scenarios())
+    assert (out / "stress.png").stat().st_size > 0 and (out / "extensions.png").stat().st_size > 0
     assert all(np.isfinite(float(r["mean_pnl"])) for r in rows)
     baseline = next(r for r in payload["table"] if r["scenario"] == "baseline")
     direct = mm.metrics.summarize(
@@ -49,6 +50,14 @@ def test_stress_table_and_consistency(tmp_path):
         )
     )
     assert baseline["mean_pnl"] == pytest.approx(direct["mean_pnl"], rel=1e-6)
+    latency = next(r for r in payload["table"] if r["scenario"] == "latency=5")
+    delayed = mm.simulate(
+        stress.extension_scenarios()["latency=5"],
+        mm.policies.avellaneda_stoikov(0.1, 1.5),
+        jax.random.key(0),
+        30,
+    )
+    assert latency["mean_pnl"] == pytest.approx(float(np.mean(delayed.pnl)), rel=1e-5)
 
 
 def test_optimal_quotes_study(tmp_path):
@@ -105,3 +114,4 @@ def test_regime_studies_without_ppo(tmp_path):
     sizes = conditional["regime_sizes"]
     assert sizes["all"] == 80 and 15 <= sizes["low_vol"] <= 25 and 15 <= sizes["high_vol"] <= 25
     assert (tmp_path / "rc" / "sharpe_by_regime.png").stat().st_size > 0
+
