@@ -2,8 +2,8 @@
 
 ``python -m experiments.benchmark`` simulates the homework A-S market (gamma = 0.1) with
 
-- ``jaxmm``: ``mm.simulate`` on one device and sharded over every local CPU device (this module
-  asks XLA for one host device per core unless ``XLA_FLAGS`` is already set);
+- ``jaxmm``: ``mm.simulate`` on one device and sharded over every device of the platform (on a
+  CPU this module asks XLA for one host device per core unless ``XLA_FLAGS`` is already set);
 - ``numpy vectorised``: ``experiments.baselines.simulate_numpy_vectorised``;
 - ``python loop``: ``experiments.baselines.simulate_python_loop`` (per episode, as in the seeds);
 
@@ -11,6 +11,13 @@ and reports episode-steps per second (best of ``--repeats`` runs, compile time s
 ratios jaxmm / baseline at equal episode counts, and peak resident memory. Results go to
 ``results/benchmark/benchmark.{json,md}``. The machine is shared and noisy: compare ratios
 measured in the same run, not absolute numbers across runs.
+
+The ``scaling`` part measures scale-out: ``mm.simulate``, the streamed
+``mm.streaming.simulate_summary`` and PPO training (2 seeds, split over the devices) on 1 and on
+N devices (``--scaling-devices``), each configuration in its own process (on a CPU the host is
+split into N devices by ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be
+set before JAX starts), and reports throughput ratios N / 1. Every result records the devices
+it ran on (platform, kind, count); ``--platform``/``--device`` choose the platform.
 """
 
 from __future__ import annotations
@@ -21,18 +28,26 @@ if "XLA_FLAGS" not in os.environ:  # one CPU device per core, before jax initial
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
 
 import argparse
+import json
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
 import jax
 
+if __name__ == "__main__":
+    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861), as
+    # in train.ppo: the benchmark blocks on every timed call anyway.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+
 import jaxmm as mm
 from experiments import baselines
 from experiments.common import Timer, environment, write_json
-from jaxmm import optimal
+from jaxmm import devices as device_lib
+from jaxmm import optimal, streaming
 
-PARTS = ("simulate", "solvers", "ppo")
+PARTS = ("simulate", "solvers", "ppo", "scaling")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,10 +64,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(PARTS),
         help="which benchmarks to run (default: all)",
     )
+    parser.add_argument(
+        "--scaling-devices",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="device counts of the scaling part, each in its own process (default 1 2)",
+    )
+    parser.add_argument(
+        "--scaling-episodes", type=int, default=262_144, help="episodes per scaling run"
+    )
+    parser.add_argument(
+        "--scaling-ppo",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include PPO training throughput in the scaling part",
+    )
+    parser.add_argument(
+        "--platform",
+        "--device",
+        dest="platform",
+        choices=device_lib.PLATFORMS,
+        default=None,
+        help="JAX platform (default: JAX's default backend)",
+    )
+    parser.add_argument("--scaling-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
         parser.error("--sizes, --repeats and --loop-episodes must be >= 1")
+    if min(args.scaling_devices) < 1 or args.scaling_episodes < 1:
+        parser.error("--scaling-devices and --scaling-episodes must be >= 1")
+    try:
+        device_lib.select(args.platform, 1)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -74,7 +120,7 @@ def simulate_part(args: argparse.Namespace) -> dict:
     params = mm.presets.homework()
     policy = mm.policies.avellaneda_stoikov(0.1)
     steps = params.n_steps
-    devices = jax.local_devices()
+    devices = device_lib.select(args.platform)
     rows = []
 
     def record(impl: str, n: int, seconds: float, compile_seconds: float | None = None) -> dict:
@@ -95,7 +141,7 @@ def simulate_part(args: argparse.Namespace) -> dict:
         )
         return row
 
-    jax_variants = {"jaxmm (1 device)": None}
+    jax_variants = {"jaxmm (1 device)": None if args.platform is None else devices[:1]}
     if len(devices) > 1:
         jax_variants[f"jaxmm ({len(devices)} devices)"] = devices
     for n in args.sizes:
@@ -218,8 +264,121 @@ def ppo_part(args: argparse.Namespace) -> dict:
     return {"rows": rows, "markdown": "\n".join(lines)}
 
 
+SCALING_ROWS = (
+    ("simulate", "mm.simulate", "episode-steps/s"),
+    ("simulate_summary", "mm.streaming.simulate_summary", "episode-steps/s"),
+    ("ppo", "PPO training, 2 seeds", "env steps/s"),
+)
+
+
+def scaling_worker(args: argparse.Namespace) -> dict:
+    """One configuration of the scaling part, run in its own process: throughput on
+    ``args.scaling_worker`` devices of ``args.platform``."""
+    count = args.scaling_worker
+    devices = device_lib.select(args.platform, count)
+    split = devices if count > 1 or args.platform is not None else None
+    params = mm.presets.homework()
+    policy = mm.policies.avellaneda_stoikov(0.1)
+    n = args.scaling_episodes
+    result = {"devices": device_lib.describe(devices), "xla_flags": os.environ.get("XLA_FLAGS")}
+
+    def simulate(seed: int) -> None:
+        jax.block_until_ready(
+            mm.simulate(params, policy, jax.random.key(seed), n, devices=split).pnl
+        )
+
+    def summary(seed: int) -> None:
+        streaming.simulate_summary(params, policy, jax.random.key(seed), n, devices=split)
+
+    for name, fn in (("simulate", simulate), ("simulate_summary", summary)):
+        with Timer() as first:
+            fn(0)
+        seconds = time_best(lambda fn=fn: fn(1), args.repeats)
+        result[name] = {
+            "episodes": n,
+            "seconds": seconds,
+            "compile_seconds": max(first.seconds - seconds, 0.0),
+            "rate": n * params.n_steps / seconds,
+        }
+    if args.scaling_ppo:
+        from train.config import PPOConfig
+        from train.ppo import benchmark
+
+        config = PPOConfig(num_seeds=2, devices=count, platform=args.platform)
+        row = benchmark(config, (2,), min_steps=100_000)[0]
+        result["ppo"] = {**row, "rate": row["steps_per_second"]}
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def scaling_part(args: argparse.Namespace) -> dict:
+    """Throughput on 1 and on N devices, each device count in a fresh process."""
+    configurations = []
+    for count in args.scaling_devices:
+        env = dict(os.environ)
+        if args.platform in (None, "cpu"):
+            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={count}"
+        command = [
+            sys.executable, "-m", "experiments.benchmark", "--scaling-worker", str(count),
+            "--scaling-episodes", str(args.scaling_episodes), "--repeats", str(args.repeats),
+            "--scaling-ppo" if args.scaling_ppo else "--no-scaling-ppo",
+        ]  # fmt: skip
+        if args.platform is not None:
+            command += ["--platform", args.platform]
+        print(f"scaling: {count} device(s)", file=sys.stderr, flush=True)
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"scaling worker ({count} devices) failed:\n{out.stderr[-3000:]}")
+        configurations.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    base = configurations[0]
+    rows = []
+    for key, label, unit in SCALING_ROWS:
+        if key not in base:
+            continue
+        for config in configurations:
+            rows.append(
+                {
+                    "measurement": label,
+                    "unit": unit,
+                    "devices": config["devices"]["devices_used"],
+                    "rate": config[key]["rate"],
+                    "compile_seconds": config[key]["compile_seconds"],
+                    "ratio_to_first": config[key]["rate"] / base[key]["rate"],
+                }
+            )
+    first = base["devices"]
+    lines = [
+        f"Scale-out on {first['platform']} ({first['device_kind']}), each device count in its "
+        f"own process ({os.cpu_count()} CPU cores on this machine); {args.scaling_episodes:,} "
+        "episodes of the homework A-S market per simulation run:",
+        "",
+        f"| measurement | devices | rate | compile s | x {first['devices_used']} device(s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['measurement']} ({r['unit']}) | {r['devices']} | {r['rate'] / 1e6:.2f} M | "
+            f"{r['compile_seconds']:.1f} | {r['ratio_to_first']:.2f} |"
+        )
+    return {
+        "config": {
+            "scaling_devices": args.scaling_devices,
+            "scaling_episodes": args.scaling_episodes,
+            "repeats": args.repeats,
+            "ppo": args.scaling_ppo,
+        },
+        "configurations": configurations,
+        "rows": rows,
+        "markdown": "\n".join(lines),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.scaling_worker is not None:
+        result = scaling_worker(args)
+        print(json.dumps(result))
+        return result
     parts = {}
     if "simulate" in args.parts:
         parts["simulate"] = simulate_part(args)
@@ -227,7 +386,14 @@ def main(argv: list[str] | None = None) -> dict:
         parts["solvers"] = solvers_part(args)
     if "ppo" in args.parts:
         parts["ppo"] = ppo_part(args)
-    table = "\n\n".join(part["markdown"] for part in parts.values())
+    if "scaling" in args.parts:
+        parts["scaling"] = scaling_part(args)
+    devices = device_lib.describe(device_lib.select(args.platform))
+    header = (
+        f"Devices: {devices['devices_used']} x {devices['platform']} ({devices['device_kind']}), "
+        f"{devices['process_count']} process(es); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}"
+    )
+    table = "\n\n".join([header, *(part["markdown"] for part in parts.values())])
     print(table)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -236,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
         "study": "benchmark",
         "config": {"parts": args.parts, "xla_flags": os.environ.get("XLA_FLAGS", "")},
         **parts,
+        "devices": devices,
         "environment": environment(),
     }
     write_json(out / "benchmark.json", payload)

@@ -12,12 +12,18 @@ assumes; the market's true ``k`` stays 1.5. Writes ``results/heatmap/``:
 - ``sharpe_heatmap.png``: one panel per sigma, the optimal region outlined.
 
 Per-episode Sharpe = mean / std of terminal PnL across episodes (Mertens standard error).
+
+Scale-out: ``--devices N`` (and ``--platform``/``--device``) splits the sweep's cell axis over
+N devices (a ``Mesh`` and ``shard_map``: every device runs its share of the cells on all the
+episodes); the cells are identical to the single-device run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -27,6 +33,8 @@ import numpy as np
 
 import jaxmm as mm
 from experiments.common import Timer, environment, write_json, write_rows_csv
+from jaxmm import devices as device_lib
+from jaxmm.simulate import to_host
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -43,15 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-episodes", type=int, default=500, help="episodes per cell")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/heatmap"))
+    device_lib.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.n_episodes < 10:
         parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
+    args.device_list = device_lib.from_arguments(parser, args)
     return args
 
 
-@jax.jit
-def grid_pnl(params: mm.MarketParams, gammas, kappas, stream, episodes):
-    """Terminal PnL and inventory of every (gamma, kappa) cell: ``f[n_gamma, n_kappa, n]``."""
+def cell_rollout(params: mm.MarketParams, gammas, kappas, stream, episodes):
+    """Terminal PnL and inventory of the cells ``(gammas[c], kappas[c])`` on the same episodes:
+    ``f[n_cells, n]`` (pure: one program, ``vmap`` over the strategy's parameters)."""
 
     def cell(gamma, kappa):
         result = mm.rollout(
@@ -59,15 +69,78 @@ def grid_pnl(params: mm.MarketParams, gammas, kappas, stream, episodes):
         )
         return result.pnl, result.inventory
 
-    by_kappa = jax.vmap(cell, in_axes=(None, 0))
-    return jax.vmap(by_kappa, in_axes=(0, None))(gammas, kappas)
+    return jax.vmap(cell)(gammas, kappas)
 
 
-def sweep(sigma: float, args) -> list[dict]:
+@functools.cache
+def _cells_program(mesh: jax.sharding.Mesh | None):
+    if mesh is None:
+        return jax.jit(cell_rollout)
+    spec = device_lib.batch_spec(mesh)
+    replicated = jax.sharding.PartitionSpec()
+    return jax.jit(
+        jax.shard_map(
+            cell_rollout,
+            mesh=mesh,
+            in_specs=(replicated, spec, spec, replicated, replicated),
+            out_specs=(spec, spec),
+            check_vma=False,  # cells are independent: no collectives
+        )
+    )
+
+
+def sweep_cells(
+    params: mm.MarketParams,
+    gammas: Sequence[float],
+    kappas: Sequence[float],
+    key: jax.Array,
+    n_episodes: int,
+    devices: Sequence[jax.Device] | jax.sharding.Mesh | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``cell_rollout`` of the cells ``(gammas[c], kappas[c])`` on episodes ``0 ..
+    n_episodes - 1`` of ``key``, the cell axis split over ``devices`` (a list or a ``Mesh``):
+    every device runs its cells on all the episodes. The cells are padded to a multiple of the
+    number of devices (repeating the last one); returns ``(pnl, inventory)``,
+    ``f[n_padded_cells, n_episodes]``, still split over the devices."""
+    mesh = device_lib.mesh(devices, "cells")
+    gammas = np.asarray(gammas, mm.market.float_dtype())
+    kappas = np.asarray(kappas, mm.market.float_dtype())
+    if mesh is not None:
+        padding = -gammas.size % mesh.size
+        gammas, kappas = (np.concatenate([x, np.repeat(x[-1:], padding)]) for x in (gammas, kappas))
+        sharding = jax.sharding.NamedSharding(mesh, device_lib.batch_spec(mesh))
+        gammas, kappas = (
+            jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index])
+            for x in (gammas, kappas)
+        )
+    episodes = jnp.arange(n_episodes, dtype=jnp.uint32)
+    stream = mm.market.stream_key(key)
+    return _cells_program(mesh)(params, gammas, kappas, stream, episodes)
+
+
+def grid_pnl(
+    params: mm.MarketParams,
+    gammas: Sequence[float],
+    kappas: Sequence[float],
+    key: jax.Array,
+    n_episodes: int,
+    devices: Sequence[jax.Device] | jax.sharding.Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Terminal PnL and inventory of every (gamma, kappa) cell, ``f[n_gamma, n_kappa, n]``
+    (``sweep_cells`` over the grid; identical to the single-device result)."""
+    grid_gammas, grid_kappas = np.meshgrid(gammas, kappas, indexing="ij")
+    pnl, inventory = sweep_cells(
+        params, grid_gammas.ravel(), grid_kappas.ravel(), key, n_episodes, devices
+    )
+    shape = (len(gammas), len(kappas), n_episodes)
+    return tuple(to_host(x)[: grid_gammas.size].reshape(shape) for x in (pnl, inventory))
+
+
+def sweep(sigma: float, args, devices: Sequence[jax.Device] | None = None) -> list[dict]:
     params = mm.presets.homework().replace(sigma=sigma)
-    stream = mm.market.stream_key(jax.random.key(args.seed))
-    episodes = jnp.arange(args.n_episodes, dtype=jnp.uint32)
-    pnl, inventory = grid_pnl(params, jnp.asarray(GAMMAS), jnp.asarray(KAPPAS), stream, episodes)
+    pnl, inventory = grid_pnl(
+        params, GAMMAS, KAPPAS, jax.random.key(args.seed), args.n_episodes, devices
+    )
     pnl, inventory = np.asarray(pnl, np.float64), np.asarray(inventory, np.float64)
     rows = []
     for i, gamma in enumerate(GAMMAS):
@@ -132,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     for sigma in SIGMAS:
         print(f"heatmap sigma = {sigma:g}: 25 cells x {args.n_episodes} episodes", file=sys.stderr)
         with Timer() as timer:
-            results[sigma] = sweep(sigma, args)
+            results[sigma] = sweep(sigma, args, args.device_list)
         seconds[sigma] = timer.seconds
         regions[sigma] = best_region(results[sigma])
     rows = [row for sigma in SIGMAS for row in results[sigma]]
@@ -143,6 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": {
             **vars(args),
             "out": str(args.out),
+            "device_list": None,
             "gammas": GAMMAS,
             "kappas": KAPPAS,
             "sigmas": SIGMAS,
@@ -153,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         "best_gamma_moves_with_sigma": len(set(best_gammas.values())) > 1,
         "seconds": {str(sigma): s for sigma, s in seconds.items()},
         "environment": environment(),
+        "devices": device_lib.describe(args.device_list),
     }
     write_json(args.out / "summary.json", payload)
     for sigma in SIGMAS:

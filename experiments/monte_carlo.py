@@ -9,12 +9,22 @@ statistics with standard errors and writes ``results/monte_carlo/``:
 - ``pnl_hist.png``, ``inventory_hist.png``: terminal distributions;
 - ``sample_paths.png``: mid with bid/ask, inventory and PnL of 10 episodes;
 - ``quote_skew.png``: A-S depths against inventory, and the spread against time to go.
+
+``--stream`` runs in bounded memory (``jaxmm.streaming.simulate_summary``: chunks of episodes
+reduced to statistics on the device, one progress line per chunk), for runs such as
+``python -m experiments.monte_carlo --episodes 10000000 --stream``: the same statistics (the
+quantiles, VaR and CVaR from an exact histogram, to the ``quantile_resolution`` recorded), no
+``episodes.csv``; ``pnl_hist.png`` is drawn from the histogram. ``summary.json`` records the
+devices, the elapsed time and the peak resident memory of the process in either mode.
+``--devices N`` / ``--platform`` split the episodes over N devices (``jaxmm.devices``).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -23,20 +33,33 @@ import numpy as np
 
 import jaxmm as mm
 from experiments.common import Timer, environment, write_csv, write_json
-from jaxmm import market, plots
+from jaxmm import devices as device_lib
+from jaxmm import market, plots, streaming
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.monte_carlo", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--n-episodes", type=int, default=10_000, help="episodes (default 10000)")
+    parser.add_argument(
+        "--n-episodes", "--episodes", type=int, default=10_000, help="episodes (default 10000)"
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="bounded memory: stream chunks through the statistics (no per-episode outputs)",
+    )
+    parser.add_argument("--chunk-size", type=int, default=None, help="episodes per chunk")
+    parser.add_argument(
+        "--n-bins", type=int, default=streaming.DEFAULT_BINS, help="PnL histogram bins (--stream)"
+    )
     parser.add_argument("--gamma", type=float, default=0.1, help="A-S risk aversion")
     parser.add_argument("--kappa", type=float, default=1.5, help="A-S assumed k, per price unit")
     parser.add_argument("--naive-spread", type=float, default=1.0, help="naive total spread")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-paths", type=int, default=10, help="episodes in the path figure")
     parser.add_argument("--out", type=Path, default=Path("results/monte_carlo"))
+    device_lib.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.n_episodes < 2:
         parser.error(f"--n-episodes must be >= 2, got {args.n_episodes}")
@@ -44,7 +67,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--n-paths must be >= 1, got {args.n_paths}")
     if args.naive_spread <= 0:
         parser.error(f"--naive-spread must be > 0, got {args.naive_spread}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        parser.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if not 16 <= args.n_bins <= 2**22:
+        parser.error(f"--n-bins must be in [16, 2**22], got {args.n_bins}")
+    args.device_list = device_lib.from_arguments(parser, args)
     return args
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports kB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def plot_streamed_histogram(
+    histogram: streaming.Histogram, summary: dict, path: Path, *, title: str
+) -> Path:
+    """Terminal-PnL histogram of a streamed run (the exact counts, grouped for display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges, counts = histogram.display(200)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.stairs(counts, edges, fill=True, alpha=0.8, label=f"{histogram.n:,} episodes")
+    ax.axvline(summary["mean_pnl"], color="black", lw=1.5, label=f"mean {summary['mean_pnl']:.3g}")
+    ax.axvline(
+        summary["p05_pnl"],
+        color="tab:red",
+        ls="--",
+        lw=1.2,
+        label=f"5th percentile {summary['p05_pnl']:.3g}",
+    )
+    width = edges[1] - edges[0]
+    ax.set(title=title, xlabel="terminal PnL", ylabel=f"episodes per bin of {width:.3g}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def quote_skew_data(params: mm.MarketParams, policy: mm.policies.AvellanedaStoikov):
@@ -69,24 +132,34 @@ def quote_skew_data(params: mm.MarketParams, policy: mm.policies.AvellanedaStoik
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    wall_start = time.perf_counter()
     params = mm.presets.homework()
     strategies = {
         "avellaneda_stoikov": mm.policies.avellaneda_stoikov(args.gamma, k=args.kappa),
         "naive": mm.policies.symmetric(args.naive_spread / 2),
     }
     key = jax.random.key(args.seed)
+    mode = "streamed" if args.stream else "in memory"
     print(
-        f"Monte Carlo: {args.n_episodes:,} episodes x {params.n_steps} steps, seed {args.seed}",
+        f"Monte Carlo ({mode}): {args.n_episodes:,} episodes x {params.n_steps} steps, "
+        f"seed {args.seed}, {device_lib.describe(args.device_list)['devices_used']} device(s)",
         file=sys.stderr,
     )
-    rollouts, seconds = {}, {}
+    run = {"chunk_size": args.chunk_size, "devices": args.device_list}
+    rollouts, statistics, summaries, seconds = {}, {}, {}, {}
     for name, policy in strategies.items():
         with Timer() as timer:
-            rollouts[name] = jax.block_until_ready(
-                mm.simulate(params, policy, key, args.n_episodes)
-            )
+            if args.stream:
+                statistics[name] = streaming.stream_statistics(
+                    params, policy, key, args.n_episodes, progress=True, n_bins=args.n_bins, **run
+                )
+                summaries[name] = statistics[name].summary()
+            else:
+                rollouts[name] = jax.block_until_ready(
+                    mm.simulate(params, policy, key, args.n_episodes, **run)
+                )
+                summaries[name] = mm.metrics.summarize(rollouts[name])
         seconds[name] = timer.seconds
-    summaries = {name: mm.metrics.summarize(ro) for name, ro in rollouts.items()}
     print(mm.metrics.format_table(summaries))
     print("Sharpe is per episode: mean / std of terminal PnL across episodes.")
 
@@ -96,40 +169,59 @@ def main(argv: list[str] | None = None) -> dict:
     with_paths = mm.simulate(
         params, strategies["avellaneda_stoikov"], key, args.n_paths, paths=True
     )
-    ro = rollouts["avellaneda_stoikov"]
-    write_csv(
-        out / "episodes.csv",
-        {
-            "pnl": ro.pnl,
-            "inventory": ro.inventory,
-            "spread_pnl": ro.spread_pnl,
-            "inventory_pnl": ro.inventory_pnl,
-            "max_drawdown": ro.max_drawdown,
-            "n_bid_fills": ro.n_bid_fills,
-            "n_ask_fills": ro.n_ask_fills,
-        },
-    )
     label = f"A-S gamma={args.gamma}, k={args.kappa}"
-    plots.histogram(
-        ro.pnl, out / "pnl_hist.png", title=f"Terminal PnL, {label}", xlabel="terminal PnL"
-    )
-    plots.histogram(
-        ro.inventory,
-        out / "inventory_hist.png",
-        title=f"Terminal inventory, {label}",
-        xlabel="terminal inventory q_T",
-        bins=np.arange(ro.inventory.min() - 0.5, ro.inventory.max() + 1.5),
-    )
+    if args.stream:
+        plot_streamed_histogram(
+            statistics["avellaneda_stoikov"].histogram,
+            summaries["avellaneda_stoikov"],
+            out / "pnl_hist.png",
+            title=f"Terminal PnL, {label}",
+        )
+    else:
+        ro = rollouts["avellaneda_stoikov"]
+        write_csv(
+            out / "episodes.csv",
+            {
+                "pnl": ro.pnl,
+                "inventory": ro.inventory,
+                "spread_pnl": ro.spread_pnl,
+                "inventory_pnl": ro.inventory_pnl,
+                "max_drawdown": ro.max_drawdown,
+                "n_bid_fills": ro.n_bid_fills,
+                "n_ask_fills": ro.n_ask_fills,
+            },
+        )
+        plots.histogram(
+            ro.pnl, out / "pnl_hist.png", title=f"Terminal PnL, {label}", xlabel="terminal PnL"
+        )
+        plots.histogram(
+            ro.inventory,
+            out / "inventory_hist.png",
+            title=f"Terminal inventory, {label}",
+            xlabel="terminal inventory q_T",
+            bins=np.arange(ro.inventory.min() - 0.5, ro.inventory.max() + 1.5),
+        )
     plots.sample_paths(with_paths, out / "sample_paths.png", dt=params.dt, n_show=args.n_paths)
     inventories, depths, times, spread = quote_skew_data(params, strategies["avellaneda_stoikov"])
     plots.quote_skew(
         inventories, depths, times, spread, out / "quote_skew.png", title=f"Quote skew, {label}"
     )
+    notes = {"sharpe": "per episode: mean / std of terminal PnL across episodes"}
+    if args.stream:
+        notes["quantiles"] = (
+            "median, p05, p95, VaR and CVaR from an exact histogram of terminal PnL on the "
+            "minimal dyadic grid holding its range (jaxmm.streaming): within "
+            "summary[...]['quantile_resolution'] (one bin width) of the exact values; means, "
+            "standard deviations and standard errors from exactly merged per-chunk moments"
+        )
     payload = {
         "study": "monte_carlo",
         "config": {
             "seed": args.seed,
             "n_episodes": args.n_episodes,
+            "mode": "stream" if args.stream else "in_memory",
+            "chunk_size": args.chunk_size,
+            "n_bins": args.n_bins if args.stream else None,
             "market": params,
             "strategies": {
                 "avellaneda_stoikov": {"gamma": args.gamma, "k": args.kappa},
@@ -138,12 +230,22 @@ def main(argv: list[str] | None = None) -> dict:
             "noise": "common random numbers: both strategies see the same paths",
         },
         "summary": summaries,
-        "notes": {"sharpe": "per episode: mean / std of terminal PnL across episodes"},
+        "notes": notes,
         "seconds": seconds,
+        "elapsed_seconds": time.perf_counter() - wall_start,
+        "episode_steps_per_second": {
+            name: args.n_episodes * params.n_steps / s for name, s in seconds.items()
+        },
+        "peak_rss_mb": peak_rss_mb(),
+        "devices": device_lib.describe(args.device_list),
         "environment": environment(),
     }
     write_json(out / "summary.json", payload)
-    print(f"wrote {out}/", file=sys.stderr)
+    print(
+        f"wrote {out}/ ({payload['elapsed_seconds']:.1f} s, peak RSS "
+        f"{payload['peak_rss_mb']:.0f} MB)",
+        file=sys.stderr,
+    )
     return payload
 
 

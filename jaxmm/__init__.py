@@ -5,10 +5,21 @@
 
 import importlib
 
-from jaxmm import calibrate, market, metrics, optimal, policies, presets
+from jaxmm import (
+    calibrate,
+    devices,
+    market,
+    metrics,
+    multi_asset,
+    optimal,
+    policies,
+    presets,
+    streaming,
+)
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
 from jaxmm.simulate import Rollout, rollout, simulate
+from jaxmm.streaming import simulate_summary
 
 __all__ = [
     "MarketParams",
@@ -16,14 +27,18 @@ __all__ = [
     "Quotes",
     "Rollout",
     "calibrate",
+    "devices",
     "env",
     "market",
     "metrics",
+    "multi_asset",
     "optimal",
     "policies",
     "presets",
     "rollout",
     "simulate",
+    "simulate_summary",
+    "streaming",
 ]
 __version__ = "0.1.0"
 

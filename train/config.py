@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from jaxmm import market
+from jaxmm.devices import PLATFORMS
 from jaxmm.env import EnvParams, MarketMakingEnv
 from jaxmm.params import NEVER
 from jaxmm.policies import AvellanedaStoikov
@@ -59,6 +60,10 @@ class PPOConfig:
     Run:
         seed: master seed; seed ``i`` of ``num_seeds`` trains from ``split(key(seed))[i]``.
         num_seeds: independent agents trained in parallel (``vmap``).
+        devices: split the seeds over this many devices (``jax.sharding``: the seed axis of the
+            training state is sharded over a 1-D mesh; each device trains its seeds, no
+            communication); a divisor of ``num_seeds``. platform: ``"cpu"``, ``"gpu"``,
+            ``"tpu"`` or None (JAX's default backend); see ``jaxmm.devices``.
         name, out_dir: results go to ``out_dir/name/``.
         num_evals: evaluations (and progress lines) during training, each of
             ``progress_episodes`` episodes of every seed's deterministic policy on fixed keys.
@@ -100,6 +105,8 @@ class PPOConfig:
     average_window: float = 0.2
     seed: int = 0
     num_seeds: int = 4
+    devices: int = 1
+    platform: str | None = None
     name: str = "ppo"
     out_dir: str = "runs"
     num_evals: int = 10
@@ -144,6 +151,7 @@ class PPOConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: one of {allowed}")
         positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "num_seeds")
+        positive_ints += ("devices",)
         for name in (*positive_ints, "num_evals", "progress_episodes", "eval_episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -181,6 +189,12 @@ class PPOConfig:
                 raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes = {self.hidden_sizes!r}; allowed: widths >= 1")
+        if self.num_seeds % self.devices:
+            raise ValueError(
+                f"devices = {self.devices}; allowed: a divisor of num_seeds = {self.num_seeds}"
+            )
+        if self.platform not in (None, *PLATFORMS):
+            raise ValueError(f"platform = {self.platform!r}; allowed: None or one of {PLATFORMS}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name = {self.name!r}; allowed: a non-empty folder name")
         return self

@@ -40,6 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
+from jaxmm import devices as device_lib
 from jaxmm import market, optimal
 from jaxmm.env import EnvParams
 from train import checkpoint
@@ -116,6 +117,7 @@ def compare(
     key: jax.Array,
     n_episodes: int,
     solution: optimal.QuoteTable,
+    devices: list[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Simulate every policy on ``key`` (common random numbers) and compare with the optimum.
 
@@ -124,6 +126,7 @@ def compare(
         policies: name -> jaxmm policy; the optimal table's policy is added as ``"optimal"``.
         key: the evaluation key. n_episodes: episodes per strategy (>= 2).
         solution: ``optimal_solution(env_params)``.
+        devices: split the episodes over these devices (``mm.simulate``'s ``devices``).
 
     Returns:
         ``{"eval": {name: stats}, "optimal_reward": V}``; each stats dict has
@@ -138,7 +141,9 @@ def compare(
     rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
-        rollout = mm.simulate(market_params, policy, key, n_episodes, paths=needs_paths(env_params))
+        rollout = mm.simulate(
+            market_params, policy, key, n_episodes, paths=needs_paths(env_params), devices=devices
+        )
         rewards[name] = np.asarray(episode_reward(rollout, env_params), np.float64)
         results[name] = strategy_stats(rollout, rewards[name])
     for name, stats in results.items():
@@ -169,10 +174,12 @@ def evaluate_run(
     n_episodes: int | None = None,
     eval_seed: int | None = None,
     seed_index: int | None = None,
+    devices: list[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Reload ``run_dir`` and compare its agent with the benchmarks and the optimum.
 
-    Defaults come from the run's config (``eval_episodes``, ``eval_seed``, the selected seed).
+    Defaults come from the run's config (``eval_episodes``, ``eval_seed``, the selected seed);
+    ``devices`` split the evaluation episodes (``mm.simulate``).
     Returns ``{"eval", "optimal_reward", "optimality_gap", "optimality_gap_stderr",
     "evaluation"}`` where the gap is PPO's and ``evaluation`` records the settings.
     """
@@ -188,6 +195,7 @@ def evaluate_run(
         jax.random.key(eval_seed),
         n_episodes,
         optimal_solution(env_params),
+        devices,
     )
     ppo = result["eval"]["ppo"]
     return {
@@ -202,6 +210,7 @@ def evaluate_run(
             "naive": {"half_spread": config.naive_half_spread},
             "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
             "optimal": "mm.optimal.bellman with the environment's action bounds",
+            "devices": device_lib.describe(devices),
         },
     }
 
@@ -327,11 +336,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--episodes", type=int, help="episodes (default: the run's)")
     parser.add_argument("--eval-seed", type=int, help="evaluation key (default: the run's)")
     parser.add_argument("--seed-index", type=int, help="which seed (default: the selected one)")
+    device_lib.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 2:
         parser.error(f"--episodes must be >= 2, got {args.episodes}")
+    devices = device_lib.from_arguments(parser, args)
     try:
-        result = evaluate_run(args.run_dir, args.episodes, args.eval_seed, args.seed_index)
+        result = evaluate_run(
+            args.run_dir, args.episodes, args.eval_seed, args.seed_index, devices=devices
+        )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     print(format_comparison(result))

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxmm import devices as device_lib
 from train import checkpoint, evaluate
 from train.config import PPOConfig, agent_spec, market_env
 from train.networks import Agent, AgentSpec, ObsNorm, gaussian_entropy, gaussian_log_prob, squash
@@ -414,6 +415,18 @@ def seed_keys(config: PPOConfig) -> jax.Array:
     return jax.random.split(jax.random.key(config.seed), config.num_seeds)
 
 
+def init_states(trainer: Trainer, config: PPOConfig) -> TrainState:
+    """Every seed's initial ``TrainState`` (leaves stacked over seeds), split over
+    ``config.devices`` devices of ``config.platform`` along the seed axis (``NamedSharding`` on
+    a 1-D mesh ``"seeds"``). The jitted updates follow the sharding of their inputs, so every
+    device trains its own seeds with no communication between them."""
+    states = jax.jit(jax.vmap(trainer.init))(seed_keys(config))
+    if config.devices == 1 and config.platform is None:
+        return states
+    devices = device_lib.select(config.platform, config.devices)
+    return device_lib.shard_batch(states, device_lib.mesh(devices, "seeds"))
+
+
 def make_chunk_runner(trainer: Trainer, max_updates: int) -> Callable:
     """``run(states, n) -> (states, metrics)``: ``n <= max_updates`` updates of every seed
     (``states`` batched over seeds), jitted once. ``metrics[name]`` is
@@ -466,6 +479,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
             parser.add_argument(
                 flag, type=float, nargs="+", default=None, help="default: the A-S quote"
             )
+        elif field.name == "platform":
+            parser.add_argument(
+                flag,
+                "--device",
+                choices=device_lib.PLATFORMS,
+                default=None,
+                help="default: JAX's default backend",
+            )
         elif isinstance(default, bool):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=default, help=" "
@@ -489,8 +510,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
         values["init_action"] = tuple(values["init_action"])
     try:
         config = PPOConfig(**values).validate()
+        devices = device_lib.select(config.platform, config.devices)
     except ValueError as error:
         parser.error(str(error))
+    if config.platform is not None:  # arrays not split over the seeds' mesh live here
+        jax.config.update("jax_default_device", devices[0])
     return config, args
 
 
@@ -509,7 +533,7 @@ def train_run(config: PPOConfig) -> dict[str, Any]:
     num_updates = trainer.num_updates
     chunk = math.ceil(num_updates / config.num_evals)
     run_chunk = make_chunk_runner(trainer, chunk)
-    states = jax.jit(jax.vmap(trainer.init))(seed_keys(config))
+    states = init_states(trainer, config)
     progress_eval = evaluate.make_progress_evaluator(config, trainer, env, env_params)
 
     steps_per_update = config.batch_size
@@ -596,7 +620,7 @@ def benchmark(
         trainer = make_trainer(seeded, env, env_params)
         num_updates = max(1, math.ceil(min_steps / (seeded.batch_size * num_seeds)))
         run_chunk = make_chunk_runner(trainer, num_updates)
-        states = jax.jit(jax.vmap(trainer.init))(seed_keys(seeded))
+        states = init_states(trainer, seeded)
         start = time.perf_counter()
         states, _ = jax.block_until_ready(run_chunk(states, jnp.int32(1)))
         compile_seconds = time.perf_counter() - start

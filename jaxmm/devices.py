@@ -1,0 +1,162 @@
+"""Which devices a run uses: platform choice, device meshes and batch sharding.
+
+jaxmm runs on whatever JAX runs on. Nothing here (or elsewhere in jaxmm) assumes a CPU: the
+platform is a choice (``"cpu"``, ``"gpu"``, ``"tpu"``; ``None`` = JAX's default backend, the
+accelerator when there is one), and distribution is JAX's own -- a ``jax.sharding.Mesh`` of
+devices and ``NamedSharding``/``shard_map`` of a batch axis; several hosts join with
+``jax.distributed.initialize`` before anything else touches JAX, after which ``jax.devices()``
+lists the devices of every process and the same code shards over all of them.
+
+Testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set before JAX
+initialises, i.e. in a fresh process) splits the host into 8 CPU devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def available_platforms() -> list[str]:
+    """The platforms of ``PLATFORMS`` that have at least one device in this process."""
+    found = []
+    for platform in PLATFORMS:
+        try:
+            if jax.devices(platform):
+                found.append(platform)
+        except RuntimeError:
+            continue
+    return found
+
+
+def select(platform: str | None = None, count: int | None = None) -> list[jax.Device]:
+    """The first ``count`` devices of ``platform`` (global devices: every process's).
+
+    Args:
+        platform: ``"cpu"``, ``"gpu"``, ``"tpu"`` or ``None`` for JAX's default backend.
+        count: how many devices (``None``: all of them), an integer >= 1.
+
+    Raises:
+        ValueError: naming the argument, if the platform is unknown or has no devices here, or
+            if it has fewer than ``count`` devices.
+    """
+    if platform is not None and platform not in PLATFORMS:
+        raise ValueError(f"platform = {platform!r}; allowed: None or one of {PLATFORMS}")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"devices = {count!r}; allowed: None (all) or an integer >= 1")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as error:
+        raise ValueError(
+            f"platform = {platform!r} has no devices in this process; available: "
+            f"{available_platforms()} ({error})"
+        ) from None
+    if count is None:
+        return list(devices)
+    if count > len(devices):
+        name = platform or jax.default_backend()
+        raise ValueError(
+            f"devices = {count}; allowed: at most {len(devices)}, the number of {name} devices "
+            f"(on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX starts)"
+        )
+    return list(devices[:count])
+
+
+def mesh(devices: Sequence[jax.Device] | Mesh | None, axis_name: str) -> Mesh | None:
+    """A 1-D ``Mesh`` named ``axis_name`` over ``devices`` (a ``Mesh`` passes unchanged; ``None``
+    stays ``None``: the default device, no sharding)."""
+    if devices is None or isinstance(devices, Mesh):
+        return devices
+    devices = list(devices)
+    if not devices:
+        raise ValueError("devices is empty; pass None for the default device or a device list")
+    return Mesh(np.array(devices), (axis_name,))
+
+
+def batch_spec(mesh: Mesh) -> PartitionSpec:
+    """The ``PartitionSpec`` that splits a leading batch axis over every axis of ``mesh``."""
+    names = tuple(mesh.axis_names)
+    return PartitionSpec(names[0] if len(names) == 1 else names)
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+    """Place every leaf of ``tree`` with its leading axis split over ``mesh`` (``NamedSharding``).
+
+    Raises ``ValueError`` unless every leading axis is divisible by the number of devices. The
+    leaves must be addressable from this process (single host); on several hosts build global
+    arrays with ``jax.make_array_from_callback`` instead.
+    """
+    size = mesh.size
+    for leaf in jax.tree.leaves(tree):
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] % size:
+            raise ValueError(
+                f"a leaf of shape {np.shape(leaf)} cannot be split over {size} devices; allowed: "
+                f"a leading batch axis divisible by {size}"
+            )
+    return jax.device_put(tree, NamedSharding(mesh, batch_spec(mesh)))
+
+
+def describe(devices: Sequence[jax.Device] | Mesh | None = None) -> dict[str, Any]:
+    """What a run ran on: platform, device kind, device counts and processes (for results)."""
+    if isinstance(devices, Mesh):
+        devices = list(devices.devices.flat)
+    used = list(devices) if devices is not None else [jax.devices()[0]]
+    return {
+        "platform": used[0].platform,
+        "device_kind": used[0].device_kind,
+        "devices_used": len(used),
+        "devices_available": len(jax.devices(used[0].platform)),
+        "local_devices": len(jax.local_devices(backend=used[0].platform)),
+        "process_count": jax.process_count(),
+        "process_index": jax.process_index(),
+        "default_backend": jax.default_backend(),
+        "used": [str(d) for d in used],
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--platform``/``--device`` (cpu, gpu or tpu; default: JAX's default backend) and
+    ``--devices N`` (shard the batch over N devices of that platform; 0 = all)."""
+    parser.add_argument(
+        "--platform",
+        "--device",
+        dest="platform",
+        choices=PLATFORMS,
+        default=None,
+        help="JAX platform to run on (default: JAX's default backend)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="shard the batch over N devices of the platform (0: all; default 1)",
+    )
+
+
+def from_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> list[jax.Device] | None:
+    """The devices ``add_arguments``'s flags ask for, or a ``parser.error`` naming the flag.
+
+    With an explicit platform, that platform's first device becomes JAX's default device for the
+    rest of the process. Returns ``None`` (default device, nothing sharded) for the defaults.
+    """
+    if args.devices < 0:
+        parser.error(f"--devices must be >= 0 (0: all), got {args.devices}")
+    try:
+        devices = select(args.platform, args.devices or None)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.platform is not None:
+        jax.config.update("jax_default_device", devices[0])
+    if args.platform is None and len(devices) == 1:
+        return None
+    return devices
