@@ -10,7 +10,12 @@
   penalty reward before the switch and four times it after);
 - ``ppo_penalty``: PPO trained on the homework market, phi = 0.01 (never saw a switch);
 - ``ppo_variance``: PPO trained on the switching market with the variance-aware reward
-  (its observation carries trailing volatility); skip both agents with ``--no-ppo``.
+  (its observation carries trailing volatility);
+- ``ppo_variance_random``: PPO trained with the variance-aware reward on randomised regimes
+  (``PPOConfig.random_regimes``: each training episode switches with probability 1/2 at a step
+  uniform in [20, 180] by a factor log-uniform in [0.5, 3]; the draw is not observed), so it
+  has to read the regime from trailing volatility rather than memorise step 100. Skip the
+  three agents with ``--no-ppo``.
 
 Reports mean PnL and per-episode Sharpe of each half's PnL, max drawdown within the second half,
 and the mean quoted spread and |q| before and after the switch (adaptation = a change of
@@ -83,8 +88,17 @@ def strategies(args) -> dict:
             total_timesteps=args.ppo_timesteps,
             seed=0,
         )
+        randomised = agents.trained_run(
+            "ppo_variance_random",
+            phi=PHI_VARIANCE,
+            reward="variance",
+            random_regimes=True,
+            total_timesteps=args.ppo_timesteps,
+            seed=0,
+        )
         rules["ppo_penalty"] = agents.load_policy(penalty)
         rules["ppo_variance"] = agents.load_policy(variance)
+        rules["ppo_variance_random"] = agents.load_policy(randomised)
     return rules
 
 

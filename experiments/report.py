@@ -16,6 +16,33 @@ def _load(out: Path, study: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _adaptation(rows: list[dict]) -> str:
+    """Who adapts to the switch: the change of mean spread and |q| at step 100, per strategy."""
+    changes = []
+    for row in rows:
+        before, after = row.get("mean_spread_before"), row.get("mean_spread_after")
+        q_before, q_after = row.get("mean_abs_q_before"), row.get("mean_abs_q_after")
+        if None in (before, after, q_before, q_after) or not before or not q_before:
+            continue
+        changes.append(
+            f"{row['strategy']} spread {100 * (after / before - 1):+.0f}%, "
+            f"|q| {100 * (q_after / q_before - 1):+.0f}%"
+        )
+    text = (
+        "Change at the switch (after vs before): " + "; ".join(changes) + ". A strategy adapts "
+        "if it widens and holds less inventory once the volatility has doubled; quotes also "
+        "move with the time to go (A-S narrows as T - t shrinks), so read each change against "
+        "`bellman_penalty`, the optimum that ignores the switch. "
+    )
+    if any(r["strategy"] == "ppo_variance_random" for r in rows):
+        text += (
+            "`ppo_variance_random` never saw this schedule: it was trained on randomised "
+            "regimes (a switch at a random step by a random factor in half of the episodes, "
+            "not observed), so whatever it does at step 100 it infers from trailing volatility."
+        )
+    return text
+
+
 def _figures(out: Path, study: str) -> str:
     folder = out / study
     names = sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
@@ -175,7 +202,8 @@ def render(out: Path, timings: dict[str, float], *, quick: bool = False) -> str:
         ]
     parts += ["## 8. Volatility regime switch (`regime`)", ""]
     if rg:
-        parts += [regime.format_table(rg["table"]), "", _figures(out, "regime"), ""]
+        parts += [regime.format_table(rg["table"]), "", _adaptation(rg["table"]), ""]
+        parts += [_figures(out, "regime"), ""]
     parts += ["## 9. Regime-conditional performance (`regime_conditional`)", ""]
     if rc:
         parts += [

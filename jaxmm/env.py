@@ -63,6 +63,7 @@ that passes ``gymnasium.utils.env_checker.check_env``, for Stable-Baselines3.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -76,7 +77,7 @@ from gymnax.wrappers import compat, purerl
 
 from jaxmm import market, presets
 from jaxmm.market import MarketState, Quotes, StepInfo
-from jaxmm.params import MarketParams
+from jaxmm.params import NEVER, MarketParams
 from jaxmm.policies import AvellanedaStoikov
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
@@ -200,6 +201,70 @@ def step_reward(
     else:
         raise ValueError(f"EnvParams.reward = {params.reward!r}; allowed: one of {REWARDS}")
     return jnp.asarray(reward, dtype)
+
+
+@struct.dataclass
+class RegimeRandomization:
+    """A distribution of volatility regimes, one draw per episode (domain randomisation).
+
+    With probability ``switch_prob`` an episode's volatility switches at a step drawn
+    uniformly from ``{step_low, ..., step_high}`` to ``sigma * factor`` with ``factor``
+    log-uniform on ``[factor_low, factor_high]``; otherwise it keeps ``sigma`` throughout.
+    ``sample`` writes the draws into the market's ``vol_switch_step``/``vol_switch_factor``.
+    The observation never shows the draw (the ``volatility`` feature is the trailing realised
+    volatility; ``as_spread`` uses the base sigma), so an agent trained on it must infer the
+    regime from the prices it sees.
+    """
+
+    switch_prob: float = 0.5
+    step_low: int = 20
+    step_high: int = 180
+    factor_low: float = 0.5
+    factor_high: float = 3.0
+
+    def validate(self, n_steps: int) -> RegimeRandomization:
+        """Raise ``ValueError`` naming the first invalid field; return ``self``."""
+        if not 0.0 <= self.switch_prob <= 1.0:
+            raise ValueError(f"switch_prob = {self.switch_prob!r}; allowed: in [0, 1]")
+        for name in ("step_low", "step_high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name} = {value!r}; allowed: an integer in [1, {n_steps - 1}]")
+            if not 1 <= value <= n_steps - 1:
+                raise ValueError(f"{name} = {value}; allowed: an integer in [1, {n_steps - 1}]")
+        if self.step_high < self.step_low:
+            raise ValueError(f"step_high = {self.step_high}; allowed: >= step_low")
+        if not (math.isfinite(self.factor_low) and self.factor_low > 0):
+            raise ValueError(f"factor_low = {self.factor_low!r}; allowed: finite and > 0")
+        if not (math.isfinite(self.factor_high) and self.factor_high >= self.factor_low):
+            raise ValueError(f"factor_high = {self.factor_high!r}; allowed: finite, >= factor_low")
+        return self
+
+    def sample(self, key: jax.Array, params: EnvParams, n: int) -> EnvParams:
+        """``n`` environments' parameters: every leaf of ``params`` gets a leading axis of
+        length ``n`` and the market's ``vol_switch_step``/``vol_switch_factor`` are drawn.
+        Pure and jit-able; use with ``jax.vmap(env.step, in_axes=(0, 0, 0, 0))``."""
+        switch_key, step_key, factor_key = jax.random.split(key, 3)
+        switches = jax.random.bernoulli(switch_key, self.switch_prob, (n,))
+        steps = jax.random.randint(step_key, (n,), self.step_low, self.step_high + 1)
+        log_factor = jax.random.uniform(
+            factor_key, (n,), minval=np.log(self.factor_low), maxval=np.log(self.factor_high)
+        )
+
+        def batch(x: Any) -> jax.Array:
+            x = jnp.asarray(x)
+            return jnp.broadcast_to(x, (n, *x.shape))
+
+        batched = jax.tree.map(batch, params)
+        switch_step = batched.market.vol_switch_step
+        switch_factor = batched.market.vol_switch_factor
+        market_params = batched.market.replace(
+            vol_switch_step=jnp.where(switches, steps, NEVER).astype(switch_step.dtype),
+            vol_switch_factor=jnp.where(switches, jnp.exp(log_factor), 1.0).astype(
+                switch_factor.dtype
+            ),
+        )
+        return batched.replace(market=market_params)
 
 
 class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):

@@ -12,7 +12,8 @@ from flax import struct
 from gymnax.environments import environment, spaces
 from scipy import stats
 
-from jaxmm.env import MarketMakingEnv
+from jaxmm.env import MarketMakingEnv, RegimeRandomization
+from jaxmm.params import NEVER
 from train.config import PPOConfig, agent_spec, initial_action, market_env
 from train.networks import ObsNorm, gaussian_entropy, gaussian_log_prob, squash
 from train.ppo import generalized_advantages, make_train, make_trainer, train_run
@@ -284,6 +285,102 @@ def test_fresh_market_agent_quotes_the_avellaneda_stoikov_half_spread():
     np.testing.assert_allclose(agent(obs), half_spread, atol=0.05)
     skew_env = MarketMakingEnv(action_mode="as_skew")
     np.testing.assert_allclose(initial_action(config, skew_env, env_params), [0.0, 0.0])
+
+
+def test_regime_randomization_draws_match_the_stated_distribution():
+    regimes = RegimeRandomization(
+        switch_prob=0.3, step_low=50, step_high=150, factor_low=0.5, factor_high=4.0
+    ).validate(200)
+    _, env_params = market_env(PPOConfig())
+    n = 40_000
+    batched = jax.jit(regimes.sample, static_argnums=2)(jax.random.key(3), env_params, n)
+    steps = np.asarray(batched.market.vol_switch_step)
+    factors = np.asarray(batched.market.vol_switch_factor, np.float64)
+    switched = steps != NEVER
+    # P(switch) = 0.3 within 4 standard errors
+    assert abs(switched.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n)
+    np.testing.assert_array_equal(factors[~switched], 1.0)
+    # steps uniform on {50..150}: range and mean (variance (101^2 - 1) / 12) within 4 SE
+    s = steps[switched]
+    assert s.min() == 50 and s.max() == 150
+    assert abs(s.mean() - 100.0) < 4 * np.sqrt((101**2 - 1) / 12 / s.size)
+    # log-factor uniform on [log 0.5, log 4]
+    log_f = np.log(factors[switched])
+    lo, hi = np.log(0.5), np.log(4.0)
+    assert lo <= log_f.min() and log_f.max() <= hi
+    assert abs(log_f.mean() - (lo + hi) / 2) < 4 * (hi - lo) / np.sqrt(12 * log_f.size)
+    # every other leaf is the base parameter, broadcast
+    np.testing.assert_array_equal(np.asarray(batched.market.sigma), 2.0)
+    np.testing.assert_array_equal(np.asarray(batched.phi), np.float32(env_params.phi))
+
+
+def test_random_regimes_are_redrawn_exactly_when_an_episode_ends():
+    config = PPOConfig(
+        num_envs=16,
+        num_steps=8,
+        total_timesteps=16 * 8 * 4,
+        random_regimes=True,
+        regime_switch_prob=1.0,
+    ).validate()
+    trainer = make_trainer(config)
+    state = jax.jit(trainer.init)(jax.random.key(0))
+    update = jax.jit(trainer.update)
+    changed_any = False
+    for _ in range(6):
+        before_t = np.asarray(state.env_state.t)
+        before = np.asarray(state.env_params.market.vol_switch_factor)
+        state, _ = update(state)
+        after_t = np.asarray(state.env_state.t)
+        after = np.asarray(state.env_params.market.vol_switch_factor)
+        ended = after_t < before_t  # the episode reached t = 200 and was reset
+        np.testing.assert_array_equal(after[~ended], before[~ended])
+        assert np.all(after[ended] != before[ended])  # log-uniform draws: never equal
+        changed_any |= bool(ended.any())
+    assert changed_any
+
+
+def test_random_regimes_change_the_volatility_the_environments_see():
+    # every episode switches at step 1 to 3 sigma: 8-step mid changes have variance
+    # 8 (3 sigma)^2 dt = 1.44 (0.16 without the switch)
+    config = PPOConfig(
+        num_envs=16,
+        num_steps=8,
+        total_timesteps=16 * 8 * 4,
+        random_regimes=True,
+        regime_switch_prob=1.0,
+        regime_step_low=1,
+        regime_step_high=1,
+        regime_factor_low=3.0,
+        regime_factor_high=3.0,
+        stagger_envs=False,
+    ).validate()
+    trainer = make_trainer(config)
+    state = jax.jit(trainer.init)(jax.random.key(1))
+    update = jax.jit(trainer.update)
+    changes = []
+    for _ in range(30):
+        before_t, before_mid = np.asarray(state.env_state.t), np.asarray(state.env_state.mid)
+        state, _ = update(state)
+        after_t, after_mid = np.asarray(state.env_state.t), np.asarray(state.env_state.mid)
+        inside = (after_t > before_t) & (before_t >= 1)
+        changes.append((after_mid - before_mid)[inside])
+    changes = np.concatenate(changes).astype(np.float64)
+    variance, expected = np.mean(changes**2), 8 * 9 * 4.0 * 0.005
+    assert abs(variance - expected) < 4 * expected * np.sqrt(2 / changes.size)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vol_switch_step", 100),
+        ("regime_step_high", 200),
+        ("regime_factor_low", 0.0),
+        ("regime_switch_prob", 1.5),
+    ],
+)
+def test_random_regime_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field.removeprefix("regime_")):
+        PPOConfig(random_regimes=True, **{field: value}).validate()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxmm import market
 from jaxmm.devices import PLATFORMS
-from jaxmm.env import EnvParams, MarketMakingEnv
+from jaxmm.env import EnvParams, MarketMakingEnv, RegimeRandomization
 from jaxmm.params import NEVER
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
@@ -74,6 +74,12 @@ class PPOConfig:
             homework's "fixed spread = 1.0", as in ``experiments.monte_carlo``).
         vol_switch_step, vol_switch_factor: the market's volatility regime switch (sigma times
             the factor from that step on; default: none), for agents trained on a switch.
+        random_regimes: train on randomised volatility regimes instead: every episode draws
+            its own switch (``jaxmm.env.RegimeRandomization``): with probability
+            ``regime_switch_prob`` the volatility is multiplied at a step uniform in
+            ``[regime_step_low, regime_step_high]`` by a factor log-uniform in
+            ``[regime_factor_low, regime_factor_high]``. The agent is not told the draw.
+            Excludes ``vol_switch_step``. Evaluation stays on the configured market.
         as_gamma: risk aversion of the Avellaneda-Stoikov benchmark (k is the market's), of
             the environment's A-S spread feature and of its ``as_skew`` action mode.
     """
@@ -117,6 +123,12 @@ class PPOConfig:
     as_gamma: float = 0.1
     vol_switch_step: int = NEVER
     vol_switch_factor: float = 1.0
+    random_regimes: bool = False
+    regime_switch_prob: float = 0.5
+    regime_step_low: int = 20
+    regime_step_high: int = 180
+    regime_factor_low: float = 0.5
+    regime_factor_high: float = 3.0
 
     @property
     def batch_size(self) -> int:
@@ -189,6 +201,13 @@ class PPOConfig:
                 raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes = {self.hidden_sizes!r}; allowed: widths >= 1")
+        if self.random_regimes:
+            if self.vol_switch_step != NEVER:
+                raise ValueError(
+                    f"vol_switch_step = {self.vol_switch_step}; allowed: unset (the default) "
+                    "when random_regimes is on (each episode draws its own switch)"
+                )
+            self.regimes().validate(market_env(self)[1].max_steps_in_episode)
         if self.num_seeds % self.devices:
             raise ValueError(
                 f"devices = {self.devices}; allowed: a divisor of num_seeds = {self.num_seeds}"
@@ -198,6 +217,18 @@ class PPOConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"name = {self.name!r}; allowed: a non-empty folder name")
         return self
+
+    def regimes(self) -> RegimeRandomization | None:
+        """The regime distribution of ``random_regimes`` (``None`` when it is off)."""
+        if not self.random_regimes:
+            return None
+        return RegimeRandomization(
+            switch_prob=self.regime_switch_prob,
+            step_low=self.regime_step_low,
+            step_high=self.regime_step_high,
+            factor_low=self.regime_factor_low,
+            factor_high=self.regime_factor_high,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

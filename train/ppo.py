@@ -26,6 +26,7 @@ if __name__ == "__main__":
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -105,6 +106,8 @@ class TrainState:
         episode_return: unscaled reward accumulated in each environment's current episode (NaN
             for an episode that began before training, see ``stagger_envs``).
         key: PRNG key. update: number of updates done (int32).
+        env_params: with ``random_regimes``, each environment's parameters (leaves with a
+            leading ``num_envs`` axis), redrawn whenever its episode ends; else None.
     """
 
     params: Any
@@ -116,6 +119,7 @@ class TrainState:
     episode_return: jax.Array
     key: jax.Array
     update: jax.Array
+    env_params: Any = None
 
 
 @struct.dataclass
@@ -192,9 +196,24 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
         optax.adam(learning_rate, eps=1e-5),
     )
     reset = jax.vmap(env.reset, in_axes=(0, None))
-    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
+    regimes = config.regimes()
+    # With random regimes every environment carries its own parameters (one draw per episode).
+    step = jax.vmap(env.step, in_axes=(0, 0, 0, None if regimes is None else 0))
 
-    def stagger(key: jax.Array, obs: jax.Array, env_state: Any) -> tuple[jax.Array, Any, jax.Array]:
+    def redraw(key: jax.Array, batched: Any, done: jax.Array) -> Any:
+        """New regimes for the environments whose episode just ended. The reset observation
+        does not depend on the regime (trailing volatility and the A-S spread start from the
+        base sigma), so drawing after gymnax's auto-reset is the same as drawing at reset."""
+        fresh = regimes.sample(key, env_params, config.num_envs)
+        return jax.tree.map(
+            lambda new, old: jnp.where(done.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            fresh,
+            batched,
+        )
+
+    def stagger(
+        key: jax.Array, obs: jax.Array, env_state: Any, step_params: Any
+    ) -> tuple[jax.Array, Any, jax.Array]:
         """Advance environment ``i`` by ``offset_i ~ U{0, .., L - 1}`` steps of uniformly random
         actions (``L = env_params.max_steps_in_episode``), so that the parallel episodes are at
         different times and every rollout covers the whole episode, not one time window.
@@ -210,7 +229,7 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
             action = jax.random.uniform(action_key, shape, minval=action_low, maxval=action_high)
             action = action.reshape((config.num_envs, *action_shape))
             next_obs, next_state, *_ = step(
-                jax.random.split(step_key, config.num_envs), env_state, action, env_params
+                jax.random.split(step_key, config.num_envs), env_state, action, step_params
             )
             advance = index < offsets
 
@@ -233,9 +252,13 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
         obs = obs.reshape(config.num_envs, obs_dim)
         # NaN marks an episode that began before training: its return is not reported.
         episode_return = jnp.zeros((config.num_envs,), jnp.float32)
+        step_params = env_params
+        if regimes is not None:
+            key, regime_key = jax.random.split(key)
+            step_params = regimes.sample(regime_key, env_params, config.num_envs)
         if config.stagger_envs:
             key, stagger_key = jax.random.split(key)
-            obs, env_state, offsets = stagger(stagger_key, obs, env_state)
+            obs, env_state, offsets = stagger(stagger_key, obs, env_state, step_params)
             episode_return = jnp.where(offsets > 0, jnp.nan, episode_return)
         return TrainState(
             params=agent.params,
@@ -247,12 +270,15 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
             episode_return=episode_return,
             key=key,
             update=jnp.zeros((), jnp.int32),
+            env_params=None if regimes is None else step_params,
         )
 
     def rollout(state: TrainState) -> tuple[TrainState, Transition, dict[str, jax.Array]]:
         def env_step(carry, _):
-            env_state, obs, episode_return, finished_sum, finished_count, key = carry
+            env_state, obs, episode_return, finished_sum, finished_count, key, batched = carry
             key, action_key, step_key = jax.random.split(key, 3)
+            if regimes is not None:  # a separate split keeps fixed-market runs' numbers
+                key, regime_key = jax.random.split(key)
             mean, log_std, value = network.apply(state.params, state.obs_norm.normalize(obs))
             noise = jax.random.normal(action_key, mean.shape)
             raw_action = mean + jnp.exp(log_std) * noise
@@ -260,11 +286,14 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
             action = squash(raw_action, action_low, action_high).reshape(
                 (config.num_envs, *action_shape)
             )
+            step_params = env_params if regimes is None else batched
             next_obs, env_state, reward, terminated, truncated, info = step(
-                jax.random.split(step_key, config.num_envs), env_state, action, env_params
+                jax.random.split(step_key, config.num_envs), env_state, action, step_params
             )
             reward = reward.astype(jnp.float32)
             done = jnp.logical_or(terminated, truncated)
+            if regimes is not None:
+                batched = redraw(regime_key, batched, done)
             episode_return = episode_return + reward
             counted = done & jnp.isfinite(episode_return)
             finished_sum = finished_sum + jnp.sum(jnp.where(counted, episode_return, 0.0))
@@ -282,14 +311,28 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
             )
             next_obs = next_obs.reshape(obs.shape).astype(jnp.float32)
             carry = (env_state, next_obs, episode_return, finished_sum, finished_count, key)
-            return carry, transition
+            return (*carry, batched), transition
 
         zero = jnp.zeros((), jnp.float32)
-        start = (state.env_state, state.obs, state.episode_return, zero, zero, state.key)
-        (env_state, obs, episode_return, finished_sum, finished_count, key), batch = jax.lax.scan(
-            env_step, start, None, length=config.num_steps
+        start = (
+            state.env_state,
+            state.obs,
+            state.episode_return,
+            zero,
+            zero,
+            state.key,
+            state.env_params,
         )
-        state = state.replace(env_state=env_state, obs=obs, episode_return=episode_return, key=key)
+        (env_state, obs, episode_return, finished_sum, finished_count, key, batched), batch = (
+            jax.lax.scan(env_step, start, None, length=config.num_steps)
+        )
+        state = state.replace(
+            env_state=env_state,
+            obs=obs,
+            episode_return=episode_return,
+            key=key,
+            env_params=batched,
+        )
         stats = {
             "episode_return": jnp.where(
                 finished_count > 0, finished_sum / jnp.maximum(finished_count, 1.0), jnp.nan
@@ -503,6 +546,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
         help="instead of training, measure training steps/s for these numbers of parallel "
         "seeds (default 1 8 64); writes OUT_DIR/NAME/benchmark.json",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="start from the PPOConfig fields in this JSON file (for example a run's "
+        "config.json, to rerun it); flags given on the command line override them",
+    )
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        try:
+            base = PPOConfig.from_dict(json.loads(known.config.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            parser.error(f"--config {known.config}: {error}")
+        parser.set_defaults(**base.to_dict())
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)}
     values["hidden_sizes"] = tuple(values["hidden_sizes"])
