@@ -19,10 +19,18 @@ from __future__ import annotations
 import jax
 
 if __name__ == "__main__":
-    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861;
-    # seen here in about one run in ten). The command line blocks on every chunk anyway, so
-    # it runs synchronously. Set before anything starts the backend (importing gymnax does).
+    # XLA's CPU runtime wedges now and then at the start of a training: every worker of its
+    # Eigen pool idle, the program never finishing (gdb; seen with and without async dispatch,
+    # jax-ml/jax#25861 and PyAutoFit#1528). The command line runs synchronously and, unless
+    # XLA_FLAGS says otherwise, with Eigen single-threaded, which PyAutoFit#1528 found to avoid
+    # the wedge (test suite: ~8% slower). Set before anything starts the backend.
+    import os
+
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
 
 import argparse
 import dataclasses
