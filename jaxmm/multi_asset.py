@@ -65,7 +65,7 @@ from flax import struct
 from jaxmm import market, policies
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
-from jaxmm.simulate import Paths, Rollout
+from jaxmm.simulate import Paths, Rollout, Running, path_outputs
 
 DEFAULT_CHUNK = 2**15  # episodes per compiled chunk
 SYMMETRY_TOLERANCE = 1e-8  # |C_ij - C_ji| and |C_ii - 1| accepted (then made exact)
@@ -441,13 +441,7 @@ class MultiRollout:
 
 @struct.dataclass
 class _Running:
-    peak: jax.Array  # [n, n_assets]
-    max_drawdown: jax.Array
-    n_bid_fills: jax.Array
-    n_ask_fills: jax.Array
-    spread_sum: jax.Array
-    two_sided: jax.Array
-    sum_sq_inventory: jax.Array
+    assets: Running  # jaxmm.simulate's per-episode statistics, [n_assets, n]
     portfolio_peak: jax.Array  # [n]
     portfolio_drawdown: jax.Array
     inventory_variance: jax.Array
@@ -511,13 +505,7 @@ def rollout_multi(
     dt = jnp.asarray(params.market.dt, dtype)[0]  # T is common to the assets
     zeros = jnp.zeros((n_assets, n), dtype)
     running = _Running(
-        peak=zeros,
-        max_drawdown=zeros,
-        n_bid_fills=zeros,
-        n_ask_fills=zeros,
-        spread_sum=zeros,
-        two_sided=zeros,
-        sum_sq_inventory=zeros,
+        assets=Running.zeros((n_assets, n), dtype),
         portfolio_peak=zeros[0],
         portfolio_drawdown=zeros[0],
         inventory_variance=zeros[0],
@@ -565,8 +553,6 @@ def rollout_multi(
         ask_depth = jnp.broadcast_to(jnp.asarray(quotes.ask_depth, dtype), (n_assets, n))
         quotes = Quotes(bid_depth=bid_depth, ask_depth=ask_depth)
         next_state, info, sigma = advance(state, quotes, noise)
-        peak = jnp.maximum(running.peak, next_state.pnl)
-        two_sided = jnp.isfinite(bid_depth) & jnp.isfinite(ask_depth)
         portfolio = jnp.sum(next_state.pnl, axis=0)
         portfolio_peak = jnp.maximum(running.portfolio_peak, portfolio)
         q = next_state.inventory
@@ -577,29 +563,13 @@ def rollout_multi(
             exposure = exposure * state.mid
         step_variance = jnp.sum(exposure * (correlation @ exposure), axis=0) * dt
         running = _Running(
-            peak=peak,
-            max_drawdown=jnp.maximum(running.max_drawdown, peak - next_state.pnl),
-            n_bid_fills=running.n_bid_fills + info.bid_fill,
-            n_ask_fills=running.n_ask_fills + info.ask_fill,
-            spread_sum=running.spread_sum + jnp.where(two_sided, bid_depth + ask_depth, 0.0),
-            two_sided=running.two_sided + two_sided,
-            sum_sq_inventory=running.sum_sq_inventory + q**2,
+            assets=running.assets.update(next_state, info, bid_depth, ask_depth),
             portfolio_peak=portfolio_peak,
             portfolio_drawdown=jnp.maximum(running.portfolio_drawdown, portfolio_peak - portfolio),
             inventory_variance=running.inventory_variance + step_variance,
             n_marketable=running.n_marketable + (bid_depth < 0) + (ask_depth < 0),
         )
-        out = None
-        if paths:
-            out = (
-                next_state.mid,
-                next_state.inventory,
-                next_state.pnl,
-                state.mid - bid_depth,
-                state.mid + ask_depth,
-                info.bid_fill,
-                info.ask_fill,
-            )
+        out = path_outputs(state, next_state, info, bid_depth, ask_depth) if paths else None
         return (next_state, running), out
 
     (final, running), per_step = jax.lax.scan(
@@ -625,18 +595,17 @@ def rollout_multi(
             ask_fill=ask_fill,
         )
         pnl_path = jnp.sum(path_data.pnl, axis=1)
-    safe_count = jnp.maximum(running.two_sided, 1.0)
-    mean_spread = jnp.where(running.two_sided > 0, running.spread_sum / safe_count, jnp.nan)
+    per_asset = running.assets
     assets = Rollout(
         pnl=final.pnl.T,
         inventory=final.inventory.T,
         spread_pnl=final.spread_pnl.T,
         inventory_pnl=final.inventory_pnl.T,
-        max_drawdown=running.max_drawdown.T,
-        n_bid_fills=running.n_bid_fills.T,
-        n_ask_fills=running.n_ask_fills.T,
-        mean_spread=mean_spread.T,
-        sum_sq_inventory=running.sum_sq_inventory.T,
+        max_drawdown=per_asset.max_drawdown.T,
+        n_bid_fills=per_asset.n_bid_fills.T,
+        n_ask_fills=per_asset.n_ask_fills.T,
+        mean_spread=per_asset.mean_spread().T,
+        sum_sq_inventory=per_asset.sum_sq_inventory.T,
         final_mid=final.mid.T,
         fees=jax.tree.map(jnp.transpose, final.fees),
         paths=path_data,

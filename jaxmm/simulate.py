@@ -13,6 +13,7 @@ the same key sees the same mid paths and fill uniforms (common random numbers).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -101,7 +102,9 @@ class Rollout:
 
 
 @struct.dataclass
-class _Running:
+class Running:
+    """Per-episode statistics streamed through the scan (any batch shape, elementwise)."""
+
     peak: jax.Array
     max_drawdown: jax.Array
     n_bid_fills: jax.Array
@@ -109,6 +112,47 @@ class _Running:
     spread_sum: jax.Array
     two_sided: jax.Array
     sum_sq_inventory: jax.Array
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...], dtype: jnp.dtype) -> Running:
+        zero = jnp.zeros(shape, dtype)
+        return cls(**{f.name: zero for f in dataclasses.fields(cls)})
+
+    def update(
+        self, next_state: MarketState, info: market.StepInfo, bid_depth, ask_depth
+    ) -> Running:
+        """The statistics after a step to ``next_state`` with these quoted depths."""
+        peak = jnp.maximum(self.peak, next_state.pnl)
+        two_sided = jnp.isfinite(bid_depth) & jnp.isfinite(ask_depth)
+        return Running(
+            peak=peak,
+            max_drawdown=jnp.maximum(self.max_drawdown, peak - next_state.pnl),
+            n_bid_fills=self.n_bid_fills + info.bid_fill,
+            n_ask_fills=self.n_ask_fills + info.ask_fill,
+            spread_sum=self.spread_sum + jnp.where(two_sided, bid_depth + ask_depth, 0.0),
+            two_sided=self.two_sided + two_sided,
+            sum_sq_inventory=self.sum_sq_inventory + next_state.inventory**2,
+        )
+
+    def mean_spread(self) -> jax.Array:
+        """Average quoted spread over the two-sided steps (NaN if there was none)."""
+        safe_count = jnp.maximum(self.two_sided, 1.0)
+        return jnp.where(self.two_sided > 0, self.spread_sum / safe_count, jnp.nan)
+
+
+def path_outputs(
+    state: MarketState, next_state: MarketState, info: market.StepInfo, bid_depth, ask_depth
+) -> tuple[jax.Array, ...]:
+    """One step's slice of ``Paths`` (``mid, inventory, pnl, bid, ask, bid_fill, ask_fill``)."""
+    return (
+        next_state.mid,
+        next_state.inventory,
+        next_state.pnl,
+        state.mid - bid_depth,
+        state.mid + ask_depth,
+        info.bid_fill,
+        info.ask_fill,
+    )
 
 
 # Batch layout of the vmapped state. The time index is shared by all episodes: unbatched. The
@@ -175,16 +219,7 @@ def rollout(
     n = episodes.shape[0]
     dtype = market.float_dtype()
     state = initial_states(params, n)
-    zeros = jnp.zeros((n,), dtype)
-    running = _Running(
-        peak=zeros,
-        max_drawdown=zeros,
-        n_bid_fills=zeros,
-        n_ask_fills=zeros,
-        spread_sum=zeros,
-        two_sided=zeros,
-        sum_sq_inventory=zeros,
-    )
+    running = Running.zeros((n,), dtype)
     quote = jax.vmap(policy, in_axes=(_STATE_AXES, None))
     advance = jax.vmap(
         market.step_with_noise,
@@ -200,28 +235,8 @@ def rollout(
         ask_depth = jnp.broadcast_to(jnp.asarray(quotes.ask_depth, dtype), (n,))
         quotes = quotes.replace(bid_depth=bid_depth, ask_depth=ask_depth)
         next_state, info = advance(state, quotes, noise, params)
-        peak = jnp.maximum(running.peak, next_state.pnl)
-        two_sided = jnp.isfinite(bid_depth) & jnp.isfinite(ask_depth)
-        running = _Running(
-            peak=peak,
-            max_drawdown=jnp.maximum(running.max_drawdown, peak - next_state.pnl),
-            n_bid_fills=running.n_bid_fills + info.bid_fill,
-            n_ask_fills=running.n_ask_fills + info.ask_fill,
-            spread_sum=running.spread_sum + jnp.where(two_sided, bid_depth + ask_depth, 0.0),
-            two_sided=running.two_sided + two_sided,
-            sum_sq_inventory=running.sum_sq_inventory + next_state.inventory**2,
-        )
-        out = None
-        if paths:
-            out = (
-                next_state.mid,
-                next_state.inventory,
-                next_state.pnl,
-                state.mid - bid_depth,
-                state.mid + ask_depth,
-                info.bid_fill,
-                info.ask_fill,
-            )
+        running = running.update(next_state, info, bid_depth, ask_depth)
+        out = path_outputs(state, next_state, info, bid_depth, ask_depth) if paths else None
         return (next_state, running), out
 
     (final, running), per_step = jax.lax.scan(body, (state, running), None, length=params.n_steps)
@@ -241,8 +256,7 @@ def rollout(
             bid_fill=bid_fill,
             ask_fill=ask_fill,
         )
-    safe_count = jnp.maximum(running.two_sided, 1.0)
-    mean_spread = jnp.where(running.two_sided > 0, running.spread_sum / safe_count, jnp.nan)
+    mean_spread = running.mean_spread()
     return Rollout(
         pnl=final.pnl,
         inventory=final.inventory,
