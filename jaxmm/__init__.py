@@ -8,6 +8,7 @@ import importlib
 from jaxmm import (
     calibrate,
     devices,
+    linalg,
     market,
     metrics,
     multi_asset,
@@ -29,6 +30,7 @@ __all__ = [
     "calibrate",
     "devices",
     "env",
+    "linalg",
     "market",
     "metrics",
     "multi_asset",

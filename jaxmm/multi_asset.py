@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm import market, policies
+from jaxmm import linalg, market, policies
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
 from jaxmm.simulate import Paths, Rollout, Running, path_outputs
@@ -106,7 +106,7 @@ class MultiAssetParams:
     @property
     def cholesky(self) -> jax.Array:
         """Lower-triangular ``L`` with ``L L' = C``, in the market's float dtype."""
-        return jnp.linalg.cholesky(jnp.asarray(self.correlation, market.float_dtype()))
+        return linalg.cholesky(jnp.asarray(self.correlation, market.float_dtype()))
 
     def validate(self) -> MultiAssetParams:
         """Raise ``ValueError`` naming the first invalid field; return ``self`` if all is well."""

@@ -16,11 +16,11 @@ Every solver returns a ``QuoteTable`` on a (time, inventory) grid:
 
 The continuous-time models (``glft``, ``cartea_jaimungal``) are solved exactly: their HJB
 equations become linear ODEs after an exponential change of variable, integrated between grid
-times by ``jax.scipy.linalg.expm``. ``bellman`` solves the discrete-time MDP the simulator
-and the environment actually run (per-step fill probabilities, both-filled outcomes, bounded
-actions) by backward induction with an exact one-step maximisation. Solvers run in float64
-(``jax.enable_x64``) and return NumPy arrays; ``mm.policies.table(solution)`` turns a table into
-a policy for ``simulate``.
+times by ``jaxmm.linalg.expm`` (scaling and squaring, free of LAPACK calls). ``bellman`` solves
+the discrete-time MDP the simulator and the environment actually run (per-step fill
+probabilities, both-filled outcomes, bounded actions) by backward induction with an exact
+one-step maximisation. Solvers run in float64 (``jax.enable_x64``) and return NumPy arrays;
+``mm.policies.table(solution)`` turns a table into a policy for ``simulate``.
 
 The course notes' version of these formulas has errors that are corrected here (checked against
 Cartea, Jaimungal & Penalva 2015, ch. 10, and Gueant, Lehalle & Fernandez-Tapia 2013): the
@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmm import linalg
 from jaxmm import policies as policies_lib
 from jaxmm.market import reset
 from jaxmm.params import MarketParams
@@ -121,7 +122,7 @@ def _log_propagate(generator: jax.Array, log_terminal: jax.Array, gaps: np.ndarr
 
 @jax.jit
 def _propagate(generator, log_terminal, distinct_gaps, which):
-    propagators = jax.vmap(lambda h: jax.scipy.linalg.expm(generator * h))(distinct_gaps)
+    propagators = jax.vmap(lambda h: linalg.expm(generator * h))(distinct_gaps)
     top = jnp.max(log_terminal)
 
     def back(carry, index):

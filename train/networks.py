@@ -13,7 +13,8 @@ frozen in the checkpoint, so the deployed policy sees exactly what the trained o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -22,7 +23,31 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmm.linalg import orthonormal_columns
+
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+
+
+def orthogonal(scale: float = 1.0) -> Callable[..., jax.Array]:
+    """Orthogonal initialiser for ``Dense`` kernels ``f[fan_in, fan_out]``, without LAPACK.
+
+    The same distribution and the same random draw as ``flax.linen.initializers.orthogonal``
+    (``jax.random.orthogonal``: a standard normal ``f[max, min]`` matrix from ``key``, its QR
+    ``Q`` with a positive ``diag(R)``, transposed when ``fan_in < fan_out``), times ``scale``;
+    the factorisation is ``orthonormal_columns``, so the initialiser is safe under ``vmap`` on
+    a CPU (see ``jaxmm.linalg``: flax's, under ``vmap``, compiles to a batched LAPACK QR that
+    can deadlock XLA's CPU runtime). Equal to flax's to float32 rounding (about 1e-6).
+    """
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        n_rows, n_cols = math.prod(shape[:-1]), shape[-1]
+        normal = jax.random.normal(key, (max(n_rows, n_cols), min(n_rows, n_cols)), dtype)
+        q = orthonormal_columns(normal)
+        if n_rows < n_cols:
+            q = q.T
+        return (jnp.asarray(scale, dtype) * q).reshape(shape)
+
+    return init
 
 
 class ActorCritic(nn.Module):
@@ -49,7 +74,7 @@ class ActorCritic(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         act = ACTIVATIONS[self.activation]
-        hidden_init = nn.initializers.orthogonal(np.sqrt(2.0))
+        hidden_init = orthogonal(np.sqrt(2.0))
         zeros = nn.initializers.constant(0.0)
 
         actor = obs
@@ -58,9 +83,7 @@ class ActorCritic(nn.Module):
         mean_bias = zeros
         if self.init_raw_mean is not None:
             mean_bias = nn.initializers.constant(jnp.asarray(self.init_raw_mean, jnp.float32))
-        mean = nn.Dense(
-            self.action_dim, kernel_init=nn.initializers.orthogonal(0.01), bias_init=mean_bias
-        )(actor)
+        mean = nn.Dense(self.action_dim, kernel_init=orthogonal(0.01), bias_init=mean_bias)(actor)
         log_std = self.param(
             "log_std", nn.initializers.constant(self.init_log_std), (self.action_dim,)
         )
@@ -68,7 +91,7 @@ class ActorCritic(nn.Module):
         critic = obs
         for width in self.hidden_sizes:
             critic = act(nn.Dense(width, kernel_init=hidden_init, bias_init=zeros)(critic))
-        value = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), bias_init=zeros)(critic)
+        value = nn.Dense(1, kernel_init=orthogonal(1.0), bias_init=zeros)(critic)
         return mean, log_std, jnp.squeeze(value, axis=-1)
 
 
