@@ -12,20 +12,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import jax
-
-# Training runs XLA while loops; the CPU runtime can deadlock on them under async dispatch
-# (jax-ml/jax#25861, seen in about one run in ten). Studies block on every result anyway.
-jax.config.update("jax_cpu_enable_async_dispatch", False)
-
 AGENTS_DIR = Path("results/agents")
-SILENCE_SECONDS = 300.0  # a training that prints nothing this long is wedged (see below)
-ATTEMPTS = 3
 
 
 def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> Path:
@@ -42,6 +32,8 @@ def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> 
             finished = PPOConfig.from_dict(json.loads(metrics.read_text())["config"])
         except (ValueError, KeyError, TypeError):
             finished = None
+        if finished is not None and config.devices == 0:  # auto: whatever that run resolved
+            config = PPOConfig.from_dict({**config.to_dict(), "devices": finished.devices})
         if finished == PPOConfig.from_dict(json.loads(json.dumps(config.to_dict()))):
             print(f"agent {name}: reusing {run}", file=sys.stderr)
             return run
@@ -50,67 +42,34 @@ def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> 
     return run
 
 
-def train_in_subprocess(
-    config: Any, *, silence_seconds: float = SILENCE_SECONDS, attempts: int = ATTEMPTS
-) -> None:
-    """Run ``python -m train.ppo --config <config>`` in a child process, streaming its output
-    to stderr; restart it (same config, same numbers) if it prints nothing for
-    ``silence_seconds``.
-
-    Why a child process: XLA's CPU runtime occasionally wedges -- every worker thread of its
-    Eigen pool waits for work while the main thread waits for the program (native stacks taken
-    here with gdb; the same symptom is reported with vmapped programs in PyAutoFit#1528, where
-    ``--xla_cpu_multi_thread_eigen=false`` avoided it). We have seen it at the start of PPO
-    training in about one run in ten on a loaded 2-core machine. A wedged program cannot be
-    interrupted in-process; a child can be killed and rerun, and training is deterministic.
-    """
+def train_in_subprocess(config: Any) -> None:
+    """Run ``python -m train.ppo --config <config>``, its output going to this process's
+    stderr. A child process, because the command line trains as a user's run does: with one
+    CPU host device per core (``jaxmm.devices.request_host_devices``), which a study process
+    that has already started JAX cannot switch to. Raises ``RuntimeError`` with the exit code
+    if the training fails."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(json.dumps(config.to_dict()))
         command = [sys.executable, "-u", "-m", "train.ppo", "--config", str(path)]
-        for attempt in range(1, attempts + 1):
-            if _run_watched(command, silence_seconds):
-                return
-            print(
-                f"agent {config.name}: no output for {silence_seconds:.0f} s (XLA CPU runtime "
-                f"wedged); restarting ({attempt}/{attempts})",
-                file=sys.stderr,
-                flush=True,
-            )
-    raise RuntimeError(f"training {config.name} stalled {attempts} times; see the log above")
+        run_child(command)
 
 
-def _run_watched(command: list[str], silence_seconds: float) -> bool:
-    """Run ``command``, echoing its output; True when it succeeds, False when it was killed
-    after ``silence_seconds`` without output; RuntimeError when it fails."""
+def run_child(command: list[str]) -> None:
+    """Run ``command`` with its stdout and stderr sent to this process's stderr; raise
+    ``RuntimeError`` naming the command and its exit code (with the last lines) if it fails."""
     child = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    last_output = [time.monotonic()]
     tail: list[str] = []
-
-    def pump() -> None:
-        for line in child.stdout:
-            last_output[0] = time.monotonic()
-            tail[:] = [*tail[-40:], line]
-            sys.stderr.write(line)
-            sys.stderr.flush()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    while child.poll() is None:
-        time.sleep(0.5)
-        if time.monotonic() - last_output[0] > silence_seconds:
-            child.kill()
-            child.wait()
-            reader.join(timeout=5)
-            return False
-    reader.join(timeout=5)
-    if child.returncode != 0:
+    for line in child.stdout:
+        tail[:] = [*tail[-40:], line]
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    if child.wait() != 0:
         raise RuntimeError(
             f"{' '.join(command)} failed (exit {child.returncode}):\n{''.join(tail)}"
         )
-    return True
 
 
 def load_policy(run: Path) -> Any:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import os
 
-if "XLA_FLAGS" not in os.environ:  # one CPU device per core, before jax initialises
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={os.cpu_count() or 1}"
+if __name__ == "__main__":  # one CPU device per core, before JAX starts
+    from jaxmm.devices import request_host_devices
+
+    request_host_devices()
 
 import argparse
 import json
@@ -35,11 +37,6 @@ import sys
 from pathlib import Path
 
 import jax
-
-if __name__ == "__main__":
-    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861), as
-    # in train.ppo: the benchmark blocks on every timed call anyway.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 import jaxmm as mm
 from experiments import baselines

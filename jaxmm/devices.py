@@ -9,11 +9,18 @@ lists the devices of every process and the same code shards over all of them.
 
 Testing on one CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set before JAX
 initialises, i.e. in a fresh process) splits the host into 8 CPU devices.
+
+``request_host_devices`` is the one runtime setting jaxmm's command lines make: one CPU host
+device per core, so that independent work (PPO's seeds, benchmark shards) runs on every core.
+Nothing else is configured: no XLA flag, no async-dispatch switch. (Earlier versions ran with
+``--xla_cpu_multi_thread_eigen=false`` against a wedge of XLA's CPU runtime; the cause was a
+batched LAPACK call, which ``jaxmm.linalg`` now keeps out of every program.)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +29,46 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PLATFORMS = ("cpu", "gpu", "tpu")
+HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def request_host_devices(count: int | None = None) -> int | None:
+    """Ask XLA to split the CPU into ``count`` host devices (default: one per core).
+
+    It appends ``--xla_force_host_platform_device_count`` to ``XLA_FLAGS``, which XLA reads
+    when its backend starts, so call it before anything uses a device (importing ``jax`` is
+    fine; ``jax.devices()``, any computation and importing gymnax are not). A count the user
+    already set in ``XLA_FLAGS`` wins. Accelerators are not affected.
+
+    Returns:
+        The count requested, or None when ``XLA_FLAGS`` already set one.
+
+    Raises:
+        ValueError: if ``count`` is not an integer >= 1.
+        RuntimeError: if JAX's backend has already started (the flag would be ignored).
+    """
+    from jax._src import xla_bridge
+
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"count = {count!r}; allowed: None (one per core) or an integer >= 1")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if HOST_DEVICE_FLAG in flags:
+        return None
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError(
+            "request_host_devices() must run before JAX's backend starts (before any device is "
+            f"used); set XLA_FLAGS={HOST_DEVICE_FLAG}=N in the environment instead"
+        )
+    count = cpu_cores() if count is None else count
+    os.environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICE_FLAG}={count}".strip()
+    return count
 
 
 def available_platforms() -> list[str]:

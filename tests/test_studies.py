@@ -3,7 +3,6 @@
 import csv
 import json
 import sys
-import time
 
 import jax
 import numpy as np
@@ -118,19 +117,11 @@ def test_regime_studies_without_ppo(tmp_path):
     assert (tmp_path / "rc" / "sharpe_by_regime.png").stat().st_size > 0
 
 
-def test_training_watchdog_kills_a_silent_child_and_reports_failures(capsys):
+def test_training_child_echoes_its_output_and_reports_failures(capsys):
     from experiments import agents
 
-    quiet = [sys.executable, "-c", "import time; print('start', flush=True); time.sleep(60)"]
-    start = time.monotonic()
-    assert agents._run_watched(quiet, silence_seconds=2.0) is False
-    assert time.monotonic() - start < 30
+    agents.run_child([sys.executable, "-c", "print('start', flush=True)"])
     assert "start" in capsys.readouterr().err  # the child's output is echoed
-    talk = [
-        sys.executable,
-        "-c",
-        "import time\nfor i in range(4): print(i, flush=True); time.sleep(1)",
-    ]
-    assert agents._run_watched(talk, silence_seconds=2.5) is True  # slow but never silent
     with pytest.raises(RuntimeError, match="exit 3"):
-        agents._run_watched([sys.executable, "-c", "raise SystemExit(3)"], silence_seconds=10)
+        agents.run_child([sys.executable, "-c", "print('last words'); raise SystemExit(3)"])
+    assert "last words" in capsys.readouterr().err

@@ -62,8 +62,13 @@ class PPOConfig:
         num_seeds: independent agents trained in parallel (``vmap``).
         devices: split the seeds over this many devices (``jax.sharding``: the seed axis of the
             training state is sharded over a 1-D mesh; each device trains its seeds, no
-            communication); a divisor of ``num_seeds``. platform: ``"cpu"``, ``"gpu"``,
-            ``"tpu"`` or None (JAX's default backend); see ``jaxmm.devices``.
+            communication); a divisor of ``num_seeds``, or 0 (the default): the largest divisor
+            of ``num_seeds`` not above the platform's device count (``train.ppo.seed_devices``;
+            a training run records the number it used in its ``config.json``, and on a CPU
+            ``python -m train.ppo`` makes one host device per core, see
+            ``jaxmm.devices.request_host_devices``). Results agree across device counts to
+            float rounding, which training then amplifies: compare runs on the same count.
+            platform: ``"cpu"``, ``"gpu"``, ``"tpu"`` or None (JAX's default backend).
         name, out_dir: results go to ``out_dir/name/``.
         num_evals: evaluations (and progress lines) during training, each of
             ``progress_episodes`` episodes of every seed's deterministic policy on fixed keys.
@@ -111,7 +116,7 @@ class PPOConfig:
     average_window: float = 0.2
     seed: int = 0
     num_seeds: int = 4
-    devices: int = 1
+    devices: int = 0
     platform: str | None = None
     name: str = "ppo"
     out_dir: str = "runs"
@@ -163,7 +168,6 @@ class PPOConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: one of {allowed}")
         positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "num_seeds")
-        positive_ints += ("devices",)
         for name in (*positive_ints, "num_evals", "progress_episodes", "eval_episodes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -208,9 +212,12 @@ class PPOConfig:
                     "when random_regimes is on (each episode draws its own switch)"
                 )
             self.regimes().validate(market_env(self)[1].max_steps_in_episode)
-        if self.num_seeds % self.devices:
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int):
+            raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
+        if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
             raise ValueError(
-                f"devices = {self.devices}; allowed: a divisor of num_seeds = {self.num_seeds}"
+                f"devices = {self.devices}; allowed: 0 (auto) or a divisor of num_seeds = "
+                f"{self.num_seeds}"
             )
         if self.platform not in (None, *PLATFORMS):
             raise ValueError(f"platform = {self.platform!r}; allowed: None or one of {PLATFORMS}")

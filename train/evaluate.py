@@ -17,14 +17,6 @@ the standard error of either mean.
 
 from __future__ import annotations
 
-import jax
-
-if __name__ == "__main__":
-    # XLA's CPU runtime can deadlock on while loops under async dispatch (jax-ml/jax#25861;
-    # seen here in about one run in ten). The command line blocks on every chunk anyway, so
-    # it runs synchronously. Set before anything starts the backend (importing gymnax does).
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-
 import argparse
 import json
 import math
@@ -32,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import matplotlib
 

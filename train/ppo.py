@@ -16,21 +16,10 @@ from the value of its final observation.
 
 from __future__ import annotations
 
-import jax
+if __name__ == "__main__":  # one CPU device per core for the seeds, before JAX starts
+    from jaxmm.devices import request_host_devices
 
-if __name__ == "__main__":
-    # XLA's CPU runtime wedges now and then at the start of a training: every worker of its
-    # Eigen pool idle, the program never finishing (gdb; seen with and without async dispatch,
-    # jax-ml/jax#25861 and PyAutoFit#1528). The command line runs synchronously and, unless
-    # XLA_FLAGS says otherwise, with Eigen single-threaded, which PyAutoFit#1528 found to avoid
-    # the wedge (test suite: ~8% slower). Set before anything starts the backend.
-    import os
-
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-    if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-        ).strip()
+    request_host_devices()
 
 import argparse
 import dataclasses
@@ -42,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -466,15 +456,25 @@ def seed_keys(config: PPOConfig) -> jax.Array:
     return jax.random.split(jax.random.key(config.seed), config.num_seeds)
 
 
+def seed_devices(config: PPOConfig) -> list[jax.Device]:
+    """The devices the seeds are split over: ``config.devices`` of ``config.platform``, or
+    with ``devices = 0`` the largest number of them that divides ``num_seeds``."""
+    count = config.devices
+    if count == 0:
+        available = len(device_lib.select(config.platform))
+        count = max(n for n in range(1, available + 1) if config.num_seeds % n == 0)
+    return device_lib.select(config.platform, count)
+
+
 def init_states(trainer: Trainer, config: PPOConfig) -> TrainState:
     """Every seed's initial ``TrainState`` (leaves stacked over seeds), split over
-    ``config.devices`` devices of ``config.platform`` along the seed axis (``NamedSharding`` on
-    a 1-D mesh ``"seeds"``). The jitted updates follow the sharding of their inputs, so every
-    device trains its own seeds with no communication between them."""
+    ``seed_devices(config)`` along the seed axis (``NamedSharding`` on a 1-D mesh ``"seeds"``).
+    The jitted updates follow the sharding of their inputs, so every device trains its own
+    seeds with no communication between them."""
     states = jax.jit(jax.vmap(trainer.init))(seed_keys(config))
-    if config.devices == 1 and config.platform is None:
+    devices = seed_devices(config)
+    if len(devices) == 1 and config.platform is None:
         return states
-    devices = device_lib.select(config.platform, config.devices)
     return device_lib.shard_batch(states, device_lib.mesh(devices, "seeds"))
 
 
@@ -575,7 +575,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
         values["init_action"] = tuple(values["init_action"])
     try:
         config = PPOConfig(**values).validate()
-        devices = device_lib.select(config.platform, config.devices)
+        devices = seed_devices(config)
     except ValueError as error:
         parser.error(str(error))
     if config.platform is not None:  # arrays not split over the seeds' mesh live here
@@ -589,6 +589,7 @@ def train_run(config: PPOConfig) -> dict[str, Any]:
     ``training_curve.png``. Returns the ``metrics.json`` payload.
     """
     wall_start = time.perf_counter()
+    config = dataclasses.replace(config, devices=len(seed_devices(config)))  # as it ran
     env, env_params = market_env(config)
     trainer = make_trainer(config, env, env_params)
     run_dir = Path(config.out_dir) / config.name
