@@ -266,10 +266,30 @@ def counter_noise(stream: jax.Array, episode: jax.Array, t: jax.Array) -> Noise:
     ``episode``, ``t``): a step whose extensions need extra noise draws it from there
     (``extension_noise``); the default step does not read it, and it compiles away.
     """
+    episode, counter = _counters(episode, t)
+    w0, w1 = threefry2x32(stream, episode, counter)
+    return noise_from_words(stream, episode, counter, w0, w1)
+
+
+def _counters(episode: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     episode = jnp.asarray(episode).astype(jnp.uint32)
     counter = jnp.asarray(t).astype(jnp.uint32)
-    episode, counter = jnp.broadcast_arrays(episode, counter)
-    w0, w1 = threefry2x32(stream, episode, counter)
+    return jnp.broadcast_arrays(episode, counter)
+
+
+def counter_words(stream: jax.Array, episode: jax.Array, t: jax.Array) -> tuple[jax.Array, ...]:
+    """The Threefry block ``(w0, w1)`` behind ``counter_noise(stream, episode, t)``."""
+    return threefry2x32(stream, *_counters(episode, t))
+
+
+def noise_from_words(
+    stream: jax.Array, episode: jax.Array, t: jax.Array, w0: jax.Array, w1: jax.Array
+) -> Noise:
+    """``counter_noise`` from its Threefry block ``(w0, w1) = counter_words(stream, episode,
+    t)``: the layout of the bits in one place. ``simulate`` computes the block one step ahead
+    and carries it through its scan, so that XLA computes the cipher once per step instead of
+    once in every fusion that reads a uniform."""
+    episode, counter = _counters(episode, t)
     low = jnp.uint32(0x7FF)
     mid_bits = ((w0 & low) << jnp.uint32(11)) | (w1 & low)
     return Noise(

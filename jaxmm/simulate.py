@@ -228,8 +228,9 @@ def rollout(
     )
 
     def body(carry, _):
-        state, running = carry
-        noise = market.counter_noise(stream, episodes, state.t)
+        state, running, words = carry
+        noise = market.noise_from_words(stream, episodes, state.t, *words)
+        words = market.counter_words(stream, episodes, state.t + 1)  # next step's block
         quotes = quote(state, params)
         bid_depth = jnp.broadcast_to(jnp.asarray(quotes.bid_depth, dtype), (n,))
         ask_depth = jnp.broadcast_to(jnp.asarray(quotes.ask_depth, dtype), (n,))
@@ -237,9 +238,10 @@ def rollout(
         next_state, info = advance(state, quotes, noise, params)
         running = running.update(next_state, info, bid_depth, ask_depth)
         out = path_outputs(state, next_state, info, bid_depth, ask_depth) if paths else None
-        return (next_state, running), out
+        return (next_state, running, words), out
 
-    (final, running), per_step = jax.lax.scan(body, (state, running), None, length=params.n_steps)
+    start = (state, running, market.counter_words(stream, episodes, state.t))
+    (final, running, _), per_step = jax.lax.scan(body, start, None, length=params.n_steps)
     path_data = None
     if paths:
         mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (x.T for x in per_step)
