@@ -34,6 +34,8 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -45,6 +47,8 @@ from jaxmm import devices as device_lib
 from jaxmm import optimal, streaming
 
 PARTS = ("simulate", "solvers", "ppo", "scaling")
+LOOP_TARGET = 500.0  # simulate / per-episode Python loop, at >= 100k episodes
+NUMPY_TARGET = 6.0  # simulate / vectorised NumPy, at >= 100k episodes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,7 +181,23 @@ def simulate_part(args: argparse.Namespace) -> dict:
                     "vs_python_loop": rate(name, n) / loop["episode_steps_per_second"],
                 }
             )
+    large_sizes = sorted({r["episodes"] for r in ratios if r["episodes"] >= 100_000})
+
+    def worst_of_best(measure: str) -> float:
+        """Over sizes >= 100k, the lowest ratio of the best jaxmm configuration at that size."""
+        return min(max(r[measure] for r in ratios if r["episodes"] == size) for size in large_sizes)
+
+    targets = {}
+    if large_sizes:
+        targets = {
+            "vs_python_loop": {"target": LOOP_TARGET, "worst": worst_of_best("vs_python_loop")},
+            "vs_numpy_vectorised": {
+                "target": NUMPY_TARGET,
+                "worst": worst_of_best("vs_numpy_vectorised"),
+            },
+        }
     return {
+        "targets": targets,
         "config": {
             "market": params,
             "policy": {"avellaneda_stoikov": {"gamma": 0.1, "k": params.k}},
@@ -187,7 +207,7 @@ def simulate_part(args: argparse.Namespace) -> dict:
         },
         "rows": rows,
         "ratios": ratios,
-        "markdown": markdown(rows, ratios),
+        "markdown": markdown(rows, ratios, targets),
     }
 
 
@@ -240,15 +260,56 @@ def solvers_part(args: argparse.Namespace) -> dict:
     }
 
 
+PPO_WALL_TARGET = 30.0  # seconds for the default `python -m train.ppo` on a 2-core CPU
+
+
+def default_training_run() -> dict:
+    """Time the README's main job, ``python -m train.ppo`` with its defaults, as a user runs it:
+    a fresh process (start-up, imports, compilation, 4 seeds x 500k steps, the 10,000-episode
+    evaluation), into a temporary folder. Returns its wall time and the PPO optimality gap."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "train.ppo", "--out-dir", tmp, "--name", "default"]
+        start = time.perf_counter()
+        out = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
+        metrics = json.loads((Path(tmp) / "default" / "metrics.json").read_text())
+    return {
+        "command": "python -m train.ppo",
+        "wall_seconds": wall,
+        "wall_seconds_in_process": metrics["wall_seconds"],
+        "optimality_gap": metrics["optimality_gap"],
+        "optimality_gap_stderr": metrics["optimality_gap_stderr"],
+        "devices": metrics["config"]["devices"],
+        "target_seconds": PPO_WALL_TARGET,
+        "met": wall <= PPO_WALL_TARGET,
+    }
+
+
 def ppo_part(args: argparse.Namespace) -> dict:
-    """PPO training throughput (environment steps per second after compilation) for 1, 8 and
-    64 seeds in parallel; Stable-Baselines3 PPO runs about 1,400 steps/s on this CPU."""
+    """The default training run's wall time (``default_training_run``), then PPO training
+    throughput (environment steps per second after compilation) for 1, 8 and 64 seeds in
+    parallel; Stable-Baselines3 PPO runs about 1,400 steps/s on this CPU."""
     from train.config import PPOConfig
     from train.ppo import benchmark
 
-    rows = benchmark(PPOConfig(), (1, 8, 64))
+    default = default_training_run()
+    print(
+        f"python -m train.ppo: {default['wall_seconds']:.1f} s wall, gap "
+        f"{100 * default['optimality_gap']:.2f}%",
+        file=sys.stderr,
+    )
+    rows = benchmark(PPOConfig(devices=1), (1, 8, 64))
     lines = [
-        "PPO training throughput (homework env, 64 envs x 8 steps per update per seed):",
+        f"Default run `python -m train.ppo` (fresh process, 4 seeds x 500k steps on "
+        f"{default['devices']} device(s), 10,000-episode evaluation): "
+        f"{default['wall_seconds']:.1f} s wall (target <= {PPO_WALL_TARGET:.0f} s: "
+        f"{'met' if default['met'] else 'NOT met'}); optimality gap "
+        f"{100 * default['optimality_gap']:.2f}% +- {100 * default['optimality_gap_stderr']:.2f}%.",
+        "",
+        "PPO training throughput, one device (homework env, 64 envs x 8 steps per update per "
+        "seed):",
         "",
         "| seeds in parallel | env steps/s | x SB3 (1,400/s) | compile s |",
         "|---:|---:|---:|---:|",
@@ -258,7 +319,7 @@ def ppo_part(args: argparse.Namespace) -> dict:
             f"| {r['num_seeds']} | {r['steps_per_second']:,.0f} | "
             f"{r['steps_per_second'] / 1400:.0f} | {r['compile_seconds']:.1f} |"
         )
-    return {"rows": rows, "markdown": "\n".join(lines)}
+    return {"default_run": default, "rows": rows, "markdown": "\n".join(lines)}
 
 
 SCALING_ROWS = (
@@ -407,7 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
     return payload
 
 
-def markdown(rows: list[dict], ratios: list[dict]) -> str:
+def markdown(rows: list[dict], ratios: list[dict], targets: dict) -> str:
     lines = [
         "| implementation | episodes | seconds | M episode-steps/s | compile s | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|",
@@ -428,6 +489,14 @@ def markdown(rows: list[dict], ratios: list[dict]) -> str:
             f"| {r['jaxmm']} | {r['episodes']:,} | {r['vs_numpy_vectorised']:.2f} | "
             f"{r['vs_python_loop']:.0f} |"
         )
+    for name, label in (("vs_python_loop", "python loop"), ("vs_numpy_vectorised", "numpy")):
+        if targets.get(name):
+            worst, target = targets[name]["worst"], targets[name]["target"]
+            verdict = "met" if worst >= target else "NOT met"
+            lines.append(
+                f"\nTarget: >= {target:g}x {label} at every size >= 100,000 episodes (best "
+                f"jaxmm configuration per size); lowest {worst:.1f}x: {verdict}."
+            )
     return "\n".join(lines)
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -72,3 +74,15 @@ def test_benchmark_cli(tmp_path):
     assert ok and all(r["error_h00"] < 0.05 for r in ok)  # explicit Euler vs the exact solution
     text = (tmp_path / "benchmark.md").read_text()
     assert "| jaxmm" in text and "Bellman optimum" in text
+
+
+@pytest.mark.slow
+def test_benchmark_ppo_part_times_the_default_run(tmp_path):
+    """The README's main job, timed as a user runs it, with its gap (about a minute)."""
+    run("experiments.benchmark", "--parts", "ppo", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "benchmark.json").read_text())["ppo"]
+    default = result["default_run"]
+    assert default["wall_seconds"] > default["wall_seconds_in_process"] > 0
+    assert 0 <= default["optimality_gap"] < 0.03 and default["optimality_gap_stderr"] > 0
+    assert [r["num_seeds"] for r in result["rows"]] == [1, 8, 64]
+    assert "Default run `python -m train.ppo`" in (tmp_path / "benchmark.md").read_text()
