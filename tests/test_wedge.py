@@ -7,19 +7,13 @@ until the pieces finish. When as many such calls run at once as the pool has thr
 CPU forever. flax's ``orthogonal`` initialiser under ``jax.vmap`` did exactly this in PPO's
 initialisation (``lapack_sgeqrf_ffi``).
 
-The fast tests read the compiled programs: none may hold a LAPACK custom call. The slow test
-is the reproducer: many calls of the jitted, vmapped PPO programs in child processes, failing
-when a child goes silent (on the code before the fix, both children wedged on their first call).
+These tests read the compiled programs: none may hold a LAPACK custom call. The reproducer,
+which runs the programs themselves many times, is ``tests/test_wedge_stress.py``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -33,7 +27,6 @@ from train.config import PPOConfig
 from train.networks import orthogonal
 from train.ppo import init_states, make_chunk_runner, make_train, make_trainer
 
-ROOT = Path(__file__).resolve().parent.parent
 CUSTOM_CALL = re.compile(r'custom_call_target="([^"]+)"')
 
 
@@ -132,48 +125,3 @@ def test_simulation_and_solver_programs_hold_no_lapack_call():
         generator = jnp.diag(-jnp.arange(5.0)) + jnp.eye(5, k=1) + jnp.eye(5, k=-1)
         gaps = jnp.asarray([0.1, 0.2])
         assert lapack_calls(jax.vmap(lambda h: mm.linalg.expm(generator * h)), gaps) == set()
-
-
-# ----------------------------------------------------------------------------------------------
-# The reproducer
-
-
-def run_watched(args: list[str], silence: float, total: float) -> tuple[str, bool]:
-    """Run ``tests/wedge_stress.py args`` in a child; kill it when it prints nothing for
-    ``silence`` seconds or runs past ``total``. Returns (output, finished)."""
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "wedge_stress.py"), *args],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    os.set_blocking(process.stdout.fileno(), False)
-    output, last, start = "", time.monotonic(), time.monotonic()
-    while process.poll() is None:
-        chunk = process.stdout.read()
-        if chunk:
-            output, last = output + chunk, time.monotonic()
-        if time.monotonic() - last > silence or time.monotonic() - start > total:
-            process.kill()
-            process.wait()
-            return output, False
-        time.sleep(0.5)
-    output += process.stdout.read() or ""
-    return output, process.returncode == 0 and output.rstrip().endswith("done")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("pattern", "calls"), [("make_train", 40), ("make_train", 40), ("init", 400)]
-)
-def test_vmapped_ppo_programs_never_wedge(pattern, calls):
-    """Many calls of ``jit(vmap(make_train(config)))`` / ``jit(vmap(trainer.init))`` in a fresh
-    process finish. Compilation prints nothing for up to ~30 s on a loaded 2-core machine; a
-    wedged process never prints again, so 240 s of silence is a wedge."""
-    output, finished = run_watched(
-        ["--pattern", pattern, "--calls", str(calls)], silence=240, total=1200
-    )
-    done = output.count("call ")
-    assert finished, f"wedged after {done} of {calls} calls of {pattern}:\n{output[-2000:]}"
