@@ -4,7 +4,8 @@
 
 - naive (spread 1.0) and A-S (gamma 0.1; it keeps using sigma = 2: it does not adapt);
 - ``bellman_penalty``: the exact optimum for ``dPnL - phi q^2`` (phi = 0.01). Under this reward
-  the expected reward does not depend on sigma, so the optimum ignores the switch (DESIGN.md);
+  the expected reward does not depend on sigma (the fill probabilities do not, and the mid's
+  noise has mean zero), so the optimum ignores the switch;
 - ``bellman_variance``: the exact optimum for the variance-aware reward
   ``dPnL - phi_v sigma_t^2 dt q^2`` solved with the known schedule (phi_v = 0.5, equal to the
   penalty reward before the switch and four times it after);

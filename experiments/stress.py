@@ -12,7 +12,7 @@ scenario; an upper reference, not a fair competitor) under:
 - ``volatility_spike``: sigma doubles from step 100 of 200;
 - and the sweep ``adverse_selection`` in {0, 0.01, 0.05}.
 
-Then A-S alone (gamma 0.1, k 1.5; same keys) under each extension of the market step (issue 8),
+Then A-S alone (gamma 0.1, k 1.5; same keys) under each extension of the market step,
 one at a time on the homework market: ``heston`` (stochastic variance with the baseline's mean,
 vol-of-variance 1.5, correlation -0.5), ``jumps`` (10 normal jumps of std 1 per session),
 ``tick=0.1``, ``fees`` (maker 0.02, taker 0.1 per unit), ``latency=5`` (quotes act 5 steps after
@@ -60,7 +60,7 @@ def scenarios() -> dict[str, mm.MarketParams]:
 
 
 def extension_scenarios() -> dict[str, mm.MarketParams]:
-    """One market per extension of the step (issue 8), everything else as in the baseline."""
+    """One market per extension of the step, everything else as in the baseline."""
     base = mm.presets.homework()
     return {
         "heston": base.replace(

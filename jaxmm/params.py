@@ -16,7 +16,7 @@ Numeric fields are pytree leaves, so a sweep can ``vmap`` over any of them (``si
 ``history_window``, ``vol_model``, ``jump_model``, ``order_size``, ``latency``) are static:
 changing them recompiles.
 
-Extensions (issue 8) are options of the same market step, all off by default:
+Extensions are options of the same market step, all off by default:
 
 - mid-price: ``vol_model="heston"`` (stochastic variance, full truncation) and
   ``jump_model="compound_poisson"`` (normal jumps at Poisson times);
@@ -176,7 +176,7 @@ class MarketParams:
         )
 
     def extensions_in_use(self) -> tuple[str, ...]:
-        """Names of the extension options (issue 8) that are switched on, in field order.
+        """Names of the extension options that are switched on, in field order.
 
         Static switches count when not at their default; the ``None``-default desk fields when
         set (even to a neutral value such as ``tick=0``: they are then part of the pytree).

@@ -14,7 +14,7 @@ Conventions (price units for prices/depths/pnl, time units for ``T`` and ``dt``)
   jump ``alpha (ask_fill - bid_fill)``, drift ``mu dt`` and diffusion ``sigma_i sqrt(dt) z_i``.
 * pnl increment = ``bid_fill delta_b + ask_fill delta_a + q_{i+1} (S_{i+1} - S_i)``.
 
-Extensions (issue 8), each off by default and written here from their definitions, not from the
+Extensions, each off by default and written here from their definitions, not from the
 JAX code: Heston variance (Euler, full truncation), compound-Poisson jumps (count by the Poisson
 quantile of a uniform, scipy), spread floor, tick grid, latency (a queue of quote prices), loss
 limit (halt), maker/taker fees and order sizes (fixed, or geometric by counting).

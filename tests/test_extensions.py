@@ -1,4 +1,4 @@
-"""The market's extensions (issue 8): Heston variance, jumps, tick, fees, latency, order sizes and
+"""The market's extensions: Heston variance, jumps, tick, fees, latency, order sizes and
 risk controls -- hand-computed steps, moments against closed forms, the float64 NumPy oracle."""
 
 import math
