@@ -1,6 +1,7 @@
 """jaxmm: optimal market making in JAX.
 
-``import jaxmm as mm``; see README.md and DESIGN.md for the public API and its conventions.
+``import jaxmm as mm``; see README.md for the public API, and its "Design" section for the
+conventions, the module layout and the order of one market step.
 """
 
 import importlib
@@ -15,6 +16,7 @@ from jaxmm import (
     optimal,
     policies,
     presets,
+    rewards,
     streaming,
 )
 from jaxmm.market import MarketState, Quotes
@@ -37,6 +39,7 @@ __all__ = [
     "optimal",
     "policies",
     "presets",
+    "rewards",
     "rollout",
     "simulate",
     "simulate_summary",

@@ -13,9 +13,9 @@
   ``objective_estimate``), and ``fit_market_by_gradient`` fits ``(A, k, sigma)`` to observed
   statistics (``MomentTargets``).
 
-Units (DESIGN.md): time in session units unless the caller chooses another time unit (a fit
-reports ``A`` per unit of whatever time ``exposure`` is measured in); depths and prices in price
-units; ``k`` per price unit; ``sigma`` price units per sqrt(time unit).
+Units (those of ``jaxmm.params``): time in session units unless the caller chooses another time
+unit (a fit reports ``A`` per unit of whatever time ``exposure`` is measured in); depths and
+prices in price units; ``k`` per price unit; ``sigma`` price units per sqrt(time unit).
 
 Intensity records. Record ``i`` says: a quote at depth ``depths[i]`` was exposed for
 ``exposure[i]`` time units and was filled ``fills[i]`` times. The likelihood is
@@ -57,6 +57,7 @@ from jaxmm.market import (
     acting_quotes,
     apply_fills,
     counter_noise,
+    fill_probability_numpy,
     float_dtype,
     limits_open,
     quote_fill_probabilities,
@@ -195,13 +196,15 @@ def _validate_records(
     fills = _as_array("fills", fills)
     if depths.ndim != 1 or depths.size == 0:
         raise ValueError(f"depths must be a non-empty 1-D array, got shape {depths.shape}")
-    try:
-        exposure = np.broadcast_to(exposure, depths.shape)
-        fills = np.broadcast_to(fills, depths.shape)
-    except ValueError:
+    # one value per record, or one scalar for all: no other broadcasting (a length-1 array
+    # would silently pair every record with the first exposure or count)
+    if any(a.ndim != 0 and a.shape != depths.shape for a in (exposure, fills)):
         raise ValueError(
-            f"exposure {exposure.shape} and fills {fills.shape} must match depths {depths.shape}"
-        ) from None
+            f"exposure {exposure.shape} and fills {fills.shape} must match depths {depths.shape} "
+            "(or be scalars)"
+        )
+    exposure = np.broadcast_to(exposure, depths.shape)
+    fills = np.broadcast_to(fills, depths.shape)
     if not np.isfinite(depths).all():
         raise ValueError("depths must be finite (drop records of unquoted sides)")
     if not np.isfinite(exposure).all() or (exposure < 0).any():
@@ -388,10 +391,7 @@ def _separated(records: _Records, theta: np.ndarray, fill_model: str) -> bool:
     if not extreme.all():
         return False
     intensity_dt = np.exp(theta[0] - theta[1] * records.depths + records.log_scale)
-    if fill_model == "linear":
-        prob = np.minimum(1.0, intensity_dt)
-    else:
-        prob = -np.expm1(-intensity_dt)
+    prob = fill_probability_numpy(intensity_dt, fill_model)
     return bool(np.all(np.abs(records.fills - records.trials * prob) < 1e-6))
 
 
@@ -496,9 +496,12 @@ def fit_intensity(
         by the delta method), covariance, log-likelihood, profile-likelihood intervals.
 
     Raises:
-        ValueError: unusable data -- NaN, negative or non-integer fills, negative exposure, no
-            fills, a single depth, fills only at the smallest depth (``k -> inf``), ... -- or
-            a likelihood without a finite maximum.
+        ValueError: unusable data -- NaN, negative or non-integer fills, negative exposure,
+            ``exposure`` or ``fills`` neither a scalar nor of the shape of ``depths``, no
+            fills, a single depth, fills only at the smallest depth (``k -> inf``), ... -- a
+            likelihood without a finite maximum, a Newton iteration that did not converge, or
+            a maximum at ``k <= 0`` (fill rates that do not fall with depth): no fit is
+            returned that is not a maximum with ``k > 0``.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level = {level!r}; allowed: in (0, 1)")
@@ -507,10 +510,23 @@ def fit_intensity(
     theta, loglik, converged = _newton(
         lambda t: likelihood.derivatives(t[0], t[1]), _starting_point(records)
     )
-    if not converged or not np.isfinite(theta).all() or _separated(records, theta, fill_model):
+    if not np.isfinite(theta).all() or _separated(records, theta, fill_model):
         raise ValueError(
             "the likelihood has no finite maximum for these records (fills separated by depth: "
             f"the search ran off to log A = {theta[0]:.3g}, k = {theta[1]:.3g})"
+        )
+    if not converged:
+        raise ValueError(
+            "the Newton iteration did not converge (stopped at log A = "
+            f"{theta[0]:.3g}, k = {theta[1]:.3g}): that point is not a maximum of the likelihood, "
+            "which may have no finite maximum for these records"
+        )
+    if not theta[1] > 0:
+        raise ValueError(
+            f"the fitted k = {theta[1]:.3g} <= 0: fill rates do not fall with depth in these "
+            "records, so lambda(delta) = A exp(-k delta) with k > 0 does not describe them "
+            "(check that depths are distances from the mid and that each record's exposure and "
+            "fills belong to its depth)"
         )
     _, _, hessian = likelihood.derivatives(theta[0], theta[1])
     information = -hessian

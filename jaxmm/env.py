@@ -75,7 +75,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 from gymnax.wrappers import compat, purerl
 
-from jaxmm import market, presets
+from jaxmm import market, presets, rewards
 from jaxmm.market import MarketState, Quotes, StepInfo
 from jaxmm.params import NEVER, MarketParams
 from jaxmm.policies import AvellanedaStoikov
@@ -106,7 +106,7 @@ FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "pnl": (-np.inf, np.inf),
 }
 ACTION_MODES = ("depths", "as_skew")
-REWARDS = ("inventory_penalty", "pnl", "variance")
+REWARDS = rewards.REWARDS
 DEPTH_MIN, DEPTH_MAX = 0.01, 5.0  # price units: the range of posted depths in both modes
 LOG10_MULTIPLIER_MIN, LOG10_MULTIPLIER_MAX = -2.0, 1.0  # risk-aversion multiplier 0.01 .. 10
 SKEW_MIN, SKEW_MAX = -1.0, 1.0  # in units of the A-S half-spread
@@ -153,8 +153,7 @@ class EnvParams:
         boundary.
         """
         self.market.validate()
-        if self.reward not in REWARDS:
-            raise ValueError(f"EnvParams.reward = {self.reward!r}; allowed: one of {REWARDS}")
+        rewards.check(self.reward, "EnvParams.reward")
         rules = (
             ("phi", lambda x: x >= 0, ">= 0"),
             ("as_gamma", lambda x: x >= 0, ">= 0"),
@@ -172,35 +171,16 @@ class EnvParams:
         return self
 
 
-def _price_sigma(sigma: jax.Array, state: MarketState, market_params: MarketParams) -> jax.Array:
-    """Volatility in price units per sqrt(time unit) (the geometric sigma is relative)."""
-    if market_params.price_model == "geometric":
-        return sigma * state.mid
-    return sigma
-
-
 def step_reward(
     state: MarketState, next_state: MarketState, info: StepInfo, params: EnvParams
 ) -> jax.Array:
-    """Reward of the step from ``state`` to ``next_state``, in the market's float dtype.
-
-    ``"inventory_penalty"``: ``dPnL - phi q_{t+1}^2``; ``"pnl"``: ``dPnL``; ``"variance"``:
-    ``dPnL - phi sigma_t^2 dt q_{t+1}^2`` (``sigma_t`` of step ``state.t``, price units).
-    """
-    dtype = market.float_dtype()
-    pnl = info.pnl
-    inventory_sq = next_state.inventory**2
-    if params.reward == "pnl":
-        reward = pnl
-    elif params.reward == "inventory_penalty":
-        reward = pnl - params.phi * inventory_sq
-    elif params.reward == "variance":
-        market_params = params.market
-        sigma = _price_sigma(market.sigma_at(state.t, market_params), state, market_params)
-        reward = pnl - params.phi * sigma**2 * market_params.dt * inventory_sq
-    else:
-        raise ValueError(f"EnvParams.reward = {params.reward!r}; allowed: one of {REWARDS}")
-    return jnp.asarray(reward, dtype)
+    """Reward of the step from ``state`` to ``next_state``, in the market's float dtype:
+    ``dPnL - c_t q_{t+1}^2`` with ``c_t`` of ``params.reward`` (``jaxmm.rewards``)."""
+    coefficient = rewards.penalty_coefficient(
+        state.t, params.market, params.phi, params.reward, mid=state.mid
+    )
+    reward = rewards.step_reward(info.pnl, next_state.inventory, coefficient)
+    return jnp.asarray(reward, market.float_dtype())
 
 
 @struct.dataclass
@@ -275,6 +255,15 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
             ``"no_volatility"``, ``"inventory_only"`` or ``"extended"``.
         action_mode: ``"depths"`` (bid and ask depths) or ``"as_skew"`` (A-S risk-aversion
             multiplier and skew).
+
+    Action bounds (``action_space``): ``"depths"``: ``[0.01, 5]^2`` (price units);
+    ``"as_skew"``: ``log10_multiplier`` in ``[-2, 1]`` and ``skew`` in ``[-1, 1]`` (A-S
+    half-spreads), and the resulting depths in ``[0.01, 5]``. Actions outside the Box are
+    clipped to it silently (no error, no penalty). A PureJaxRL-style ``ClipAction`` wrapper
+    that limits actions to ``[-1, 1]`` therefore confines the depths mode to ``[0.01, 1]``,
+    which excludes the wider quotes the exact optimum (``optimal.bellman``) posts on one side
+    once inventory builds up, and costs reward (6-8% of the reward in our measurement); clip
+    to ``action_space(params)`` instead.
 
     Two environments with the same arguments are equal (and hash equal), so ``jit`` compiles
     their ``step`` once.

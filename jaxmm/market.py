@@ -1,6 +1,6 @@
 """The market: ``MarketState``, ``reset`` and ``step`` -- the one place where dynamics live.
 
-One step, in this order (DESIGN.md):
+One step, in this order:
 
 1. observe ``(t, S_t, q_t)`` (the policy has already turned this into ``Quotes``);
 2. the desk's controls turn the policy's quotes into the quotes that act (``acting_quotes``; all
@@ -26,7 +26,7 @@ does not depend on the quotes, so for the same noise every policy sees the same 
 (common random numbers). ``step(state, quotes, key, params)`` draws the noise from ``key``;
 ``step_with_noise`` takes it explicitly.
 
-Extensions (issue 8; each is an option of ``MarketParams`` and off by default, in which case the
+Extensions (each is an option of ``MarketParams`` and off by default, in which case the
 step is the same program as without them):
 
 - Heston variance (``vol_model="heston"``): ``sigma_t = sigma_at(t) sqrt(v_t^+)`` drives the mid;
@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxmm.params import MarketParams
@@ -368,10 +369,19 @@ def normal_from_uniform(u: jax.Array) -> jax.Array:
 
 
 def fill_probability(intensity_dt: jax.Array, fill_model: str) -> jax.Array:
-    """Per-step fill probability for an expected number of arrivals ``lambda dt``."""
+    """Per-step fill probability for an expected number of arrivals ``lambda dt``:
+    ``min(1, lambda dt)`` (``"linear"``) or ``1 - exp(-lambda dt)`` (``"exponential"``).
+    ``fill_probability_numpy`` is the same function in NumPy (float64, on the host)."""
     if fill_model == "linear":
         return jnp.minimum(1.0, intensity_dt)
     return -jnp.expm1(-intensity_dt)
+
+
+def fill_probability_numpy(intensity_dt: np.ndarray, fill_model: str) -> np.ndarray:
+    """``fill_probability`` in NumPy, for the host-side code (calibration, CP-SAT schedules)."""
+    if fill_model == "linear":
+        return np.minimum(1.0, intensity_dt)
+    return -np.expm1(-intensity_dt)
 
 
 def sigma_at(t: jax.Array, params: MarketParams) -> jax.Array:

@@ -2,8 +2,8 @@
 our own simulator (``bellman``), exact policy evaluation, and the explicit finite-difference
 scheme of the course notes.
 
-Units follow DESIGN.md: time in session units (``T``), ``A`` arrivals per time unit at depth 0,
-``k`` per price unit, ``sigma`` price units per sqrt(time unit); depths in price units.
+Units follow ``jaxmm.params``: time in session units (``T``), ``A`` arrivals per time unit at
+depth 0, ``k`` per price unit, ``sigma`` price units per sqrt(time unit); depths in price units.
 
 Every solver returns a ``QuoteTable`` on a (time, inventory) grid:
 
@@ -42,12 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm import linalg
+from jaxmm import linalg, rewards
 from jaxmm import policies as policies_lib
-from jaxmm.market import reset
+from jaxmm.market import fill_probability, reset
 from jaxmm.params import MarketParams
 
-REWARDS = ("inventory_penalty", "pnl", "variance")
+REWARDS = rewards.REWARDS
 DEFAULT_DEPTH_BOUNDS = (0.01, 5.0)  # the environment's action space
 
 
@@ -115,6 +115,11 @@ def _log_propagate(generator: jax.Array, log_terminal: jax.Array, gaps: np.ndarr
     ``gaps[i] = t_{i+1} - t_i`` (with ``t_{n_t} = T``). One ``expm`` per distinct gap (one on
     a uniform grid), then a backward scan of matrix-vector products, renormalised by the
     maximum at every step so the solution neither overflows nor underflows on long horizons.
+
+    Rows with no time to go (``t_i = T``) are ``log_terminal`` itself, exactly: the scaled
+    vector ``exp(log_terminal - max)`` underflows to 0 at the extreme inventories of a steep
+    terminal penalty (below ``-745`` in log units), and taking its log again would give
+    ``-inf`` there. Earlier rows are unaffected (the neighbours' terms dominate the lost ones).
     """
     distinct, which = np.unique(np.round(np.asarray(gaps, np.float64), 15), return_inverse=True)
     return _propagate(generator, log_terminal, jnp.asarray(distinct), jnp.asarray(which))
@@ -126,14 +131,17 @@ def _propagate(generator, log_terminal, distinct_gaps, which):
     top = jnp.max(log_terminal)
 
     def back(carry, index):
-        vector, log_scale = carry
+        vector, log_scale, at_terminal = carry
         vector = propagators[index] @ vector
         biggest = jnp.max(vector)
         vector = vector / biggest
         log_scale = log_scale + jnp.log(biggest)
-        return (vector, log_scale), jnp.log(vector) + log_scale
+        at_terminal = at_terminal & (distinct_gaps[index] == 0)  # no time to go yet
+        log_vector = jnp.where(at_terminal, log_terminal, jnp.log(vector) + log_scale)
+        return (vector, log_scale, at_terminal), log_vector
 
-    _, log_values = jax.lax.scan(back, (jnp.exp(log_terminal - top), top), which, reverse=True)
+    start = (jnp.exp(log_terminal - top), top, jnp.asarray(True))
+    _, log_values = jax.lax.scan(back, start, which, reverse=True)
     return log_values
 
 
@@ -206,14 +214,23 @@ def glft_asymptotic(
         c = (1/gamma) ln(1 + gamma/k),
         w = sqrt(sigma^2 gamma / (2 k A) * (1 + gamma/k)^(1 + k/gamma)).
 
+    ``gamma`` is a risk aversion per price unit, ``0 <= gamma < inf``. At ``gamma = 0`` the
+    formula takes its risk-neutral limit, as ``policies.glft`` does: with ``x = gamma/k``,
+    ``c = ln(1 + x) / (k x) -> 1/k`` and ``(1 + x)^(1 + 1/x) -> e``, so ``w ~ sqrt(sigma^2 e
+    gamma / (2 k A)) -> 0`` and both depths are ``1/k`` at every inventory.
+
     ``value`` is NaN (the approximation carries no value function).
     """
-    sigma, A, k, gamma = _positives(sigma=sigma, A=A, k=k, gamma=gamma)
+    sigma, A, k = _positives(sigma=sigma, A=A, k=k)
+    gamma = _nonnegative("gamma", gamma)
     q_max, T, n_steps = _check_grid(q_max, T, n_steps)
     times = _time_grid(T, n_steps)
     inventories = np.arange(-q_max, q_max + 1)
-    base = math.log1p(gamma / k) / gamma
-    width = math.sqrt(sigma**2 * gamma / (2 * k * A) * (1 + gamma / k) ** (1 + k / gamma))
+    x = gamma / k
+    ratio = math.log1p(x) / x if x > 0 else 1.0  # ln(1 + x) / x, -> 1 as gamma -> 0
+    base = ratio / k  # (1/gamma) ln(1 + gamma/k)
+    growth = math.exp(math.log1p(x) + ratio)  # (1 + x)^(1 + 1/x), -> e as gamma -> 0
+    width = math.sqrt(sigma**2 * gamma / (2 * k * A) * growth)
     ones = np.ones((times.size, 1))
     bid = ones * (base + (2 * inventories + 1) / 2 * width)
     ask = ones * (base - (2 * inventories - 1) / 2 * width)
@@ -327,12 +344,6 @@ def cartea_jaimungal_fd(
 # ---------------------------------------------------------- the simulator's exact MDP
 
 
-def _fill_probability(intensity_dt: jax.Array, fill_model: str) -> jax.Array:
-    if fill_model == "linear":
-        return jnp.minimum(1.0, intensity_dt)
-    return -jnp.expm1(-intensity_dt)
-
-
 def _best_depth(
     arrivals_dt: float, k: float, offset: jax.Array, bounds: tuple[float, float], fill_model: str
 ) -> jax.Array:
@@ -369,21 +380,9 @@ def _best_depth(
     return jnp.where(slope(jnp.full_like(offset, lo)) <= 0, lo, depth)
 
 
-def _penalties(params: MarketParams, phi: float, reward: str) -> np.ndarray:
-    """Per-step inventory penalty coefficient ``c_t`` (reward ``dPnL - c_t q_{t+1}^2``)."""
-    steps = np.arange(params.n_steps)
-    if reward == "pnl":
-        return np.zeros(params.n_steps)
-    if reward == "inventory_penalty":
-        return np.full(params.n_steps, phi)
-    switched = steps >= int(params.vol_switch_step)
-    sigma_t = float(params.sigma) * np.where(switched, float(params.vol_switch_factor), 1.0)
-    return phi * sigma_t**2 * float(params.dt)
-
-
 def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: Any, bounds):
     params.validate()
-    unmodelled = params.extensions_in_use()  # issue-8 options the (t, q) MDP does not model
+    unmodelled = params.extensions_in_use()  # extension options the (t, q) MDP does not model
     if unmodelled:
         name = unmodelled[0]
         raise ValueError(
@@ -398,8 +397,7 @@ def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: An
             "params.price_model = 'geometric' is not supported by the exact solvers; allowed: "
             "'arithmetic' or 'binary' (additive increments keep the value a function of (t, q))"
         )
-    if reward not in REWARDS:
-        raise ValueError(f"reward = {reward!r}; allowed: {', '.join(REWARDS)}")
+    rewards.check(reward)
     phi = _nonnegative("phi", phi)
     terminal_penalty = _nonnegative("terminal_penalty", terminal_penalty)
     lo, hi = (float(b) for b in bounds)
@@ -468,8 +466,8 @@ def _probabilities(bid_depth, ask_depth, consts):
     k, model = consts["k"], consts["fill_model"]
     finite_bid = jnp.where(jnp.isfinite(bid_depth), bid_depth, 0.0)
     finite_ask = jnp.where(jnp.isfinite(ask_depth), ask_depth, 0.0)
-    prob_bid = _fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * finite_bid), model)
-    prob_ask = _fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * finite_ask), model)
+    prob_bid = fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * finite_bid), model)
+    prob_ask = fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * finite_ask), model)
     prob_bid = jnp.where(consts["can_bid"] & jnp.isfinite(bid_depth), prob_bid, 0.0)
     prob_ask = jnp.where(consts["can_ask"] & jnp.isfinite(ask_depth), prob_ask, 0.0)
     return prob_bid, prob_ask
@@ -509,7 +507,7 @@ def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
             )
             prob_bid = jnp.where(
                 can_bid,
-                _fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * depth), model),
+                fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * depth), model),
                 0.0,
             )
             other = _best_depth(
@@ -517,7 +515,7 @@ def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
             )
             prob = jnp.where(
                 can_ask,
-                _fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * other), model),
+                fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * other), model),
                 0.0,
             )
             return depth, other, prob
@@ -604,7 +602,7 @@ def bellman(
     """
     phi, terminal_penalty, bounds = _check_mdp(params, phi, reward, terminal_penalty, depth_bounds)
     inventories = _inventory_grid(params, q_grid)
-    penalties = _penalties(params, phi, reward)
+    penalties = rewards.penalty_schedule(params, phi, reward)
     with jax.enable_x64(True):
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
@@ -672,7 +670,7 @@ def evaluate(
     """
     phi, terminal_penalty, _ = _check_mdp(params, phi, reward, terminal_penalty, (0.0, 1.0))
     inventories = _inventory_grid(params, q_grid)
-    penalties = _penalties(params, phi, reward)
+    penalties = rewards.penalty_schedule(params, phi, reward)
     with jax.enable_x64(True):
         bids, asks = tabulate(policy, params, inventories)
         consts = _constants(params, inventories)

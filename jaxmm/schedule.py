@@ -284,9 +284,10 @@ def fill_probabilities(params: MarketParams, depths: Any) -> tuple[np.ndarray, n
     base = float(params.A) * np.exp(-float(params.k) * depths) * dt
     bid = base * float(params.bid_intensity_mult)
     ask = base * float(params.ask_intensity_mult)
-    if params.fill_model == "linear":
-        return np.minimum(1.0, bid), np.minimum(1.0, ask)
-    return -np.expm1(-bid), -np.expm1(-ask)
+    return (
+        market.fill_probability_numpy(bid, params.fill_model),
+        market.fill_probability_numpy(ask, params.fill_model),
+    )
 
 
 def expected_reward(params: MarketParams, phi: float, bid_depth: Any, ask_depth: Any) -> float:

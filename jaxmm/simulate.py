@@ -26,7 +26,7 @@ from flax import struct
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmm import market, policies
+from jaxmm import market, policies, rewards
 from jaxmm.devices import batch_spec
 from jaxmm.devices import mesh as make_mesh
 from jaxmm.market import MarketState
@@ -97,8 +97,9 @@ class Rollout:
         return int(self.pnl.shape[0])
 
     def reward(self, phi: float) -> jax.Array:
-        """Episode reward under ``dPnL - phi q_{t+1}^2`` summed over the session, ``[n]``."""
-        return self.pnl - phi * self.sum_sq_inventory
+        """Episode reward under ``dPnL - phi q_{t+1}^2`` summed over the session, ``[n]``
+        (``jaxmm.rewards.episode_reward``, which also gives the other rewards)."""
+        return rewards.episode_reward(self, phi, "inventory_penalty")
 
 
 @struct.dataclass

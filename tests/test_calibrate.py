@@ -226,6 +226,64 @@ def test_unusable_data_raise_clear_errors(kwargs, message):
         calibrate.fit_intensity(*args, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "exposure,fills,shapes",
+    [
+        ([1.0], [1, 2], r"exposure \(1,\) and fills \(2,\) must match depths \(2,\)"),
+        (1.0, [1], r"exposure \(\) and fills \(1,\) must match depths \(2,\)"),
+        ([1.0, 1.0], [[1, 2]], r"exposure \(2,\) and fills \(1, 2\) must match depths \(2,\)"),
+    ],
+)
+def test_records_of_other_shapes_are_not_broadcast(exposure, fills, shapes):
+    # broadcast, exposure [1.0] against depths [0.1, 0.2] fitted k = -6.93; scalars still apply
+    # to every record
+    with pytest.raises(ValueError, match=shapes):
+        calibrate.fit_intensity([0.1, 0.2], exposure, fills)
+    with pytest.raises(ValueError, match=shapes):
+        calibrate.intensity_loglik(100.0, 1.5, [0.1, 0.2], exposure, fills)
+
+
+@pytest.mark.parametrize(
+    "depths,fills,k",
+    [
+        ([0.1, 0.2], [1, 2], -math.log(2) / 0.1),  # two depths: the fit reproduces both rates,
+        ([0.1, 0.2], [2, 2], 0.0),  # k = ln(fills_1 / fills_2) / (0.2 - 0.1)
+        ([0.0, 0.1, 0.2, 0.3, 0.4], [1, 2, 1, 3, 2], None),  # rising on average
+    ],
+)
+def test_a_maximum_at_k_not_positive_is_reported(depths, fills, k):
+    depths, fills = np.array(depths), np.array(fills, float)
+
+    def profile_nll(decay):  # log A maximised out: A = sum(fills) / sum(exp(-k depths))
+        log_a = math.log(fills.sum() / np.exp(-decay * depths).sum())
+        return -scipy_loglik([log_a, decay], depths, 1.0, fills, "poisson")
+
+    mle = optimize.minimize_scalar(
+        profile_nll, bounds=(-20.0, 20.0), method="bounded", options={"xatol": 1e-10}
+    ).x
+    assert mle < 1e-6
+    if k is not None:
+        assert mle == pytest.approx(k, abs=1e-6)
+    with pytest.raises(ValueError, match=r"the fitted k = \S+ <= 0: fill rates do not fall"):
+        calibrate.fit_intensity(depths, 1.0, fills)
+    if k is not None and k < 0:
+        with pytest.raises(ValueError, match=f"k = {k:.3g} <= 0"):
+            calibrate.fit_intensity(depths, 1.0, fills)
+
+
+def test_a_newton_search_that_does_not_converge_is_reported(monkeypatch):
+    rng = np.random.default_rng(1)
+    depths = np.linspace(0.0, 3.0, 13)
+    fills = rng.poisson(140.0 * np.exp(-1.5 * depths)).astype(float)
+    assert calibrate.fit_intensity(depths, 1.0, fills).k > 0  # converges in a few steps
+    newton = calibrate._newton
+    monkeypatch.setattr(
+        calibrate, "_newton", lambda f, start, max_iterations=200: newton(f, start, 1)
+    )
+    with pytest.raises(ValueError, match="did not converge"):
+        calibrate.fit_intensity(depths, 1.0, fills)
+
+
 def test_a_likelihood_without_maximum_is_reported():
     # every step filled at the shallow depths and none at the deep one: A -> inf, k -> inf
     with pytest.raises(ValueError, match="no finite maximum"):

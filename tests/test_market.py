@@ -175,3 +175,21 @@ def test_trailing_statistics_match_numpy():
     assert float(market.trailing_volatility(state, p)) == pytest.approx(expected, rel=1e-4)
     assert float(market.recent_fill_rate(state, p)) == pytest.approx(fills[15:35].mean(), abs=1e-6)
     assert float(market.trailing_volatility(fresh(p), p)) == 2.0
+
+
+def test_fill_probability_jax_and_numpy_forms_agree():
+    """The one fill-probability rule, in its JAX and NumPy forms (negative depths included:
+    intensities above A, probabilities capped at 1 for the linear model)."""
+    intensity_dt = np.array([0.0, 1e-6, 0.01, 0.5, 0.999, 1.0, 1.5, 30.0])
+    for fill_model in ("linear", "exponential"):
+        with jax.enable_x64(True):
+            jax_form = np.asarray(market.fill_probability(jnp.asarray(intensity_dt), fill_model))
+        numpy_form = market.fill_probability_numpy(intensity_dt, fill_model)
+        np.testing.assert_allclose(jax_form, numpy_form, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(
+        market.fill_probability_numpy(intensity_dt, "linear"), np.minimum(1.0, intensity_dt)
+    )
+    np.testing.assert_allclose(
+        market.fill_probability_numpy(intensity_dt, "exponential"), 1.0 - np.exp(-intensity_dt),
+        atol=1e-15,
+    )  # fmt: skip

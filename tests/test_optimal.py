@@ -5,7 +5,7 @@ import math
 import jax
 import numpy as np
 import pytest
-from scipy import optimize
+from scipy import linalg, optimize, special
 
 import jaxmm as mm
 from jaxmm import optimal
@@ -164,6 +164,53 @@ def test_cartea_jaimungal_without_penalty_quotes_one_over_k():
     np.testing.assert_allclose(solution.ask_depth[:, centre], 1 / 1.5, atol=1e-10)
 
 
+def _log_space_reference(generator, log_terminal, n_steps, T=1.0):
+    """``log(expm(G (T - t)) exp(log_terminal))`` on a uniform grid, by a log-sum-exp of each
+    row (scipy expm): every entry keeps its own scale, so a steep terminal condition never
+    underflows. Rows from t = 0 to t = T."""
+    log_step = np.log(linalg.expm(generator * (T / n_steps)))
+    rows = [log_terminal]
+    for _ in range(n_steps):
+        rows.append(special.logsumexp(log_step + rows[-1][None, :], axis=1))
+    return np.array(rows[::-1])
+
+
+def test_cartea_jaimungal_steep_terminal_penalty_keeps_the_terminal_condition():
+    """alpha k Q^2 = 750 > 745: exp(-alpha k Q^2) underflows, yet h(T, q) = -alpha q^2."""
+    A, k, phi, alpha, q_max, n_steps = 100.0, 1.5, 2.0, 5.0, 10, 200
+    solution = optimal.cartea_jaimungal(A, k, phi, q_max, alpha=alpha, n_steps=n_steps)
+    q = solution.inventories.astype(np.float64)
+    assert np.all(np.isfinite(solution.value))
+    np.testing.assert_allclose(solution.value[-1], -alpha * q**2, rtol=1e-15, atol=0)
+    assert solution.value_at(n_steps, 10) == -500.0 == solution.value_at(n_steps, -10)
+    # at T: bid = 1/k - (h(q+1) - h(q)) = 1/k + alpha (2q + 1), ask = 1/k - alpha (2q - 1)
+    np.testing.assert_allclose(solution.bid_depth[-1, :-1], 1 / k + alpha * (2 * q[:-1] + 1))
+    np.testing.assert_allclose(solution.ask_depth[-1, 1:], 1 / k - alpha * (2 * q[1:] - 1))
+    # the earlier rows against a log-space propagation that cannot underflow
+    generator = np.diag(-phi * k * q**2) + A / math.e * (np.eye(q.size, k=1) + np.eye(q.size, k=-1))
+    reference = _log_space_reference(generator, -alpha * k * q**2, n_steps) / k
+    np.testing.assert_allclose(solution.value, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_glft_steep_terminal_penalty_keeps_the_terminal_condition():
+    """The same propagation in GLFT: k * terminal_penalty * Q^2 = 750, v_Q(T) underflows."""
+    sigma, A, k, gamma, q_max, penalty = 2.0, 100.0, 1.5, 0.1, 10, 5.0
+    solution = optimal.glft(sigma, A, k, gamma, q_max, terminal_penalty=penalty, n_steps=50)
+    q = solution.inventories.astype(np.float64)
+    assert np.all(np.isfinite(solution.value))
+    np.testing.assert_allclose(solution.value[-1], -penalty * q**2, rtol=1e-15, atol=0)
+    # at T: bid = (1/k) ln(v_q / v_{q+1}) + c = penalty (2q + 1) + c
+    base = math.log1p(gamma / k) / gamma
+    np.testing.assert_allclose(solution.bid_depth[-1, :-1], penalty * (2 * q[:-1] + 1) + base)
+    np.testing.assert_allclose(solution.ask_depth[-1, 1:], -penalty * (2 * q[1:] - 1) + base)
+    eta = A * (1 + gamma / k) ** (-(1 + k / gamma))
+    generator = np.diag(-k * gamma * sigma**2 / 2 * q**2) + eta * (
+        np.eye(q.size, k=1) + np.eye(q.size, k=-1)
+    )
+    reference = _log_space_reference(generator, -k * penalty * q**2, 50) / k
+    np.testing.assert_allclose(solution.value, reference, rtol=1e-12, atol=1e-12)
+
+
 def test_finite_difference_scheme_converges_at_first_order():
     exact = optimal.cartea_jaimungal(100.0, 1.5, 2.0, 10, n_steps=10)
     errors = []
@@ -210,6 +257,43 @@ def test_glft_symmetry_and_terminal_quotes():
     )
 
 
+@pytest.mark.parametrize("gamma", [0.0, 1e-8, 0.3])
+def test_glft_asymptotic_equals_the_glft_policy(gamma):
+    """Two entry points of the GLFT closed form: the table and ``policies.glft`` (float32)."""
+    sigma, A, k, q_max = 2.0, 100.0, 1.5, 8
+    table = optimal.glft_asymptotic(sigma, A, k, gamma, q_max)
+    bid, ask = optimal.tabulate(mm.policies.glft(gamma, k, A, sigma), HOMEWORK, table.inventories)
+    np.testing.assert_allclose(table.bid_depth[:-1, :-1], bid[:, :-1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(table.ask_depth[:-1, 1:], ask[:, 1:], rtol=1e-6, atol=1e-6)
+
+
+def test_glft_asymptotic_risk_neutral_limit():
+    """gamma -> 0 (x = gamma/k): c = ln(1 + x)/(k x) = 1/k - gamma/(2 k^2) + O(gamma^2) and
+    w = sqrt(sigma^2 e gamma / (2 k A)) (1 + O(gamma)): at gamma = 0 both depths are 1/k."""
+    sigma, A, k, q_max = 2.0, 100.0, 1.5, 8
+    zero = optimal.glft_asymptotic(sigma, A, k, 0.0, q_max)
+    q = zero.inventories.astype(np.float64)
+    np.testing.assert_allclose(zero.bid_depth[:, :-1], 1 / k, rtol=1e-15)
+    np.testing.assert_allclose(zero.ask_depth[:, 1:], 1 / k, rtol=1e-15)
+    gamma = 1e-8
+    tiny = optimal.glft_asymptotic(sigma, A, k, gamma, q_max)
+    w0 = math.sqrt(sigma**2 * math.e * gamma / (2 * k * A))  # 1.9e-5
+    # the limit within (q_max + 1/2) w0 + gamma / (2 k^2) = 1.6e-4 (the largest skew term)...
+    tolerance = (q_max + 0.5) * w0 + gamma / (2 * k**2)
+    assert np.nanmax(np.abs(tiny.bid_depth - zero.bid_depth)) <= tolerance
+    assert np.nanmax(np.abs(tiny.ask_depth - zero.ask_depth)) <= tolerance
+    # ... and the departure from it is the first-order expansion (next terms ~ 1e-13)
+    shift = -gamma / (2 * k**2)
+    np.testing.assert_allclose(
+        tiny.bid_depth[0, :-1] - zero.bid_depth[0, :-1], shift + (q[:-1] + 0.5) * w0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        tiny.ask_depth[0, 1:] - zero.ask_depth[0, 1:], shift - (q[1:] - 0.5) * w0, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="gamma"):
+        optimal.glft_asymptotic(sigma, A, k, -1e-8, q_max)
+
+
 def test_table_policy_reads_the_table():
     solution = optimal.bellman(HOMEWORK.replace(q_max=4.0), 0.1)
     policy = mm.policies.table(solution)
@@ -238,6 +322,7 @@ def test_inventory_risk_measures_match_the_normal_quantiles_and_simulation():
         (lambda: optimal.bellman(HOMEWORK.replace(price_model="geometric"), 0.1), "price_model"),
         (lambda: optimal.bellman(HOMEWORK, 0.1, depth_bounds=(1.0, 0.5)), "depth_bounds"),
         (lambda: optimal.glft(2.0, 100.0, 1.5, 0.0, 5), "gamma"),
+        (lambda: optimal.glft_asymptotic(2.0, 100.0, 1.5, -0.1, 5), "gamma"),
         (lambda: optimal.glft(2.0, 100.0, 1.5, 0.1, 2.5), "q_max"),
         (lambda: optimal.cartea_jaimungal(100.0, -1.5, 0.1, 5), "k"),
         (lambda: optimal.inventory_var(1, 2.0, 1.0, 1.5), "level"),

@@ -9,14 +9,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmm import market
+from jaxmm import market, rewards
 from jaxmm.devices import PLATFORMS
 from jaxmm.env import EnvParams, MarketMakingEnv, RegimeRandomization
 from jaxmm.params import NEVER
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 
-REWARDS = ("inventory_penalty", "pnl", "variance")
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
 ACTION_MODES = ("depths", "as_skew")
 
@@ -159,7 +158,7 @@ class PPOConfig:
     def validate(self) -> PPOConfig:
         """Raise ``ValueError`` naming the first invalid field; return ``self``."""
         choices = {
-            "reward": REWARDS,
+            "reward": rewards.REWARDS,
             "features": FEATURES,
             "action_mode": ACTION_MODES,
             "activation": tuple(ACTIVATIONS),

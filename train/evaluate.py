@@ -34,7 +34,7 @@ import numpy as np
 
 import jaxmm as mm
 from jaxmm import devices as device_lib
-from jaxmm import market, optimal
+from jaxmm import market, optimal, rewards
 from jaxmm.env import EnvParams
 from train import checkpoint
 from train.config import PPOConfig, market_env
@@ -43,45 +43,15 @@ from train.networks import Agent
 STRATEGIES = ("ppo", "naive", "avellaneda_stoikov", "optimal")
 
 
-def check_reward(env_params: EnvParams) -> None:
-    """Raise ``ValueError`` unless ``episode_reward`` can compute this reward from a rollout
-    (the variance reward needs an additive mid)."""
-    if env_params.reward == "variance" and env_params.market.price_model == "geometric":
-        raise ValueError(
-            "reward = 'variance' is evaluated from rollouts only for an additive mid "
-            "(price_model != 'geometric')"
-        )
-
-
 def needs_paths(env_params: EnvParams) -> bool:
-    """Whether ``episode_reward`` needs the inventory path (variance reward, volatility switch)."""
-    market_params = env_params.market
-    switches = int(market_params.vol_switch_step) < market_params.n_steps
-    return env_params.reward == "variance" and switches
+    """Whether ``episode_reward`` needs the per-step paths (``jaxmm.rewards.needs_paths``)."""
+    return rewards.needs_paths(env_params.market, env_params.reward)
 
 
 def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
-    """The environment's undiscounted episode reward of every episode, ``f[n]``, price units.
-
-    ``"inventory_penalty"``: ``pnl - phi sum_t q_{t+1}^2``; ``"pnl"``: ``pnl``; ``"variance"``:
-    ``pnl - phi dt sum_t sigma_t^2 q_{t+1}^2`` (from the inventory path when the volatility
-    switches: simulate with ``paths=needs_paths(env_params)``).
-    """
-    if env_params.reward == "pnl":
-        return rollout.pnl
-    if env_params.reward == "inventory_penalty":
-        return rollout.reward(env_params.phi)
-    market_params = env_params.market
-    if rollout.paths is None:
-        if needs_paths(env_params):
-            raise ValueError("the variance reward under a volatility switch needs paths=True")
-        weight = env_params.phi * market_params.sigma**2 * market_params.dt
-        return rollout.pnl - weight * rollout.sum_sq_inventory
-    steps = jnp.arange(market_params.n_steps)
-    sigma_t = market.sigma_at(steps, market_params)
-    weights = env_params.phi * sigma_t**2 * market_params.dt
-    after_fills = rollout.paths.inventory[:, 1:]
-    return rollout.pnl - jnp.sum(weights * after_fills**2, axis=1)
+    """The environment's undiscounted episode reward of every episode, ``f[n]``, price units
+    (``jaxmm.rewards.episode_reward``; simulate with ``paths=needs_paths(env_params)``)."""
+    return rewards.episode_reward(rollout, env_params.phi, env_params.reward, env_params.market)
 
 
 def optimal_solution(env_params: EnvParams) -> optimal.QuoteTable:
@@ -125,22 +95,21 @@ def compare(
         ``{"eval": {name: stats}, "optimal_reward": V}``; each stats dict has
         ``optimality_gap`` and ``optimality_gap_stderr`` from paired differences.
     """
-    check_reward(env_params)
     if n_episodes < 2:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
     market_params = env_params.market
     policies = {**policies, "optimal": mm.policies.table(solution)}
     optimal_reward = solution.value_at(0, 0)
-    rewards = {}
+    episode_rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
         rollout = mm.simulate(
             market_params, policy, key, n_episodes, paths=needs_paths(env_params), devices=devices
         )
-        rewards[name] = np.asarray(episode_reward(rollout, env_params), np.float64)
-        results[name] = strategy_stats(rollout, rewards[name])
+        episode_rewards[name] = np.asarray(episode_reward(rollout, env_params), np.float64)
+        results[name] = strategy_stats(rollout, episode_rewards[name])
     for name, stats in results.items():
-        difference = rewards[name] - rewards["optimal"]
+        difference = episode_rewards[name] - episode_rewards["optimal"]
         stats["optimality_gap"] = float(-difference.mean() / optimal_reward)
         stats["optimality_gap_stderr"] = float(
             difference.std(ddof=1) / (math.sqrt(n_episodes) * abs(optimal_reward))
@@ -214,7 +183,6 @@ def make_progress_evaluator(config: PPOConfig, trainer: Any, env: Any, env_param
 
     ``states`` is a ``TrainState`` stacked over seeds; all seeds run in one compiled program.
     """
-    check_reward(env_params)
     market_params = env_params.market
     stream = market.stream_key(jax.random.key(config.eval_seed + 1))
     episodes = jnp.arange(config.progress_episodes, dtype=jnp.uint32)
