@@ -28,6 +28,21 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+    "HOST_DEVICE_FLAG",
+    "PLATFORMS",
+    "add_arguments",
+    "available_platforms",
+    "batch_spec",
+    "cpu_cores",
+    "describe",
+    "from_arguments",
+    "mesh",
+    "request_host_devices",
+    "select",
+    "shard_batch",
+]
+
 PLATFORMS = ("cpu", "gpu", "tpu")
 HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count"
 

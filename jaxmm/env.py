@@ -80,6 +80,22 @@ from jaxmm.market import MarketState, Quotes, StepInfo
 from jaxmm.params import NEVER, MarketParams
 from jaxmm.policies import AvellanedaStoikov
 
+__all__ = [
+    "ACTION_MODES",
+    "FEATURE_BOUNDS",
+    "FEATURE_SETS",
+    "REWARDS",
+    "EnvParams",
+    "EnvPolicy",
+    "FlattenObservationWrapper",
+    "GymnasiumMarketMakingEnv",
+    "LegacyStepAPIWrapper",
+    "LogWrapper",
+    "MarketMakingEnv",
+    "RegimeRandomization",
+    "step_reward",
+]
+
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "full": ("inventory", "mid_change", "time_left", "volatility", "as_spread"),
     "no_as_spread": ("inventory", "mid_change", "time_left", "volatility"),

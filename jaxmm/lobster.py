@@ -20,6 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = [
+    "DUMMY_PRICE",
+    "EXECUTIONS",
+    "PRICE_SCALE",
+    "LobsterDay",
+    "MarketOrders",
+    "find_files",
+    "market_orders",
+    "mid_path",
+    "read_lobster",
+]
+
 PRICE_SCALE = 1e-4  # dollars per LOBSTER price unit
 DUMMY_PRICE = 9_999_999_999
 EXECUTIONS = (4, 5)

@@ -31,6 +31,20 @@ import numpy as np
 
 from jaxmm.simulate import Rollout
 
+__all__ = [
+    "MOMENT_FIELDS",
+    "TABLE_ROWS",
+    "Moments",
+    "conditional_value_at_risk",
+    "format_table",
+    "hall_sheather_se",
+    "quantile",
+    "sharpe",
+    "summarize",
+    "summary_from_statistics",
+    "value_at_risk",
+]
+
 _NORMAL = NormalDist()
 
 
@@ -165,11 +179,6 @@ def conditional_value_at_risk(pnl: np.ndarray, level: float) -> tuple[float, flo
     value = -q + shortfall.mean() / alpha
     se = shortfall.std(ddof=1) / (alpha * math.sqrt(x.size)) if x.size > 1 else math.nan
     return float(value), float(se)
-
-
-def proportion(flags: np.ndarray) -> tuple[float, float]:
-    """Share of true values and its binomial standard error."""
-    return _proportion(int(np.sum(flags)), int(np.size(flags)))
 
 
 def _proportion(hits: int, n: int) -> tuple[float, float]:

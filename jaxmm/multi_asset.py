@@ -62,10 +62,38 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm import linalg, market, policies
+from jaxmm import linalg, market, policies, validation
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
 from jaxmm.simulate import Paths, Rollout, Running, path_outputs
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MIN_EIGENVALUE",
+    "SYMMETRY_TOLERANCE",
+    "MultiAssetParams",
+    "MultiRollout",
+    "PerAsset",
+    "PortfolioAvellanedaStoikov",
+    "asset_key",
+    "asset_params",
+    "asset_streams",
+    "correlate_uniforms",
+    "influence_values",
+    "initial_states",
+    "make_params",
+    "paired_difference",
+    "per_asset",
+    "portfolio_avellaneda_stoikov",
+    "price_covariance",
+    "reset",
+    "rollout_multi",
+    "simulate_multi",
+    "state_axes",
+    "summarize_multi",
+    "uniform_from_normal",
+    "validate",
+]
 
 DEFAULT_CHUNK = 2**15  # episodes per compiled chunk
 SYMMETRY_TOLERANCE = 1e-8  # |C_ij - C_ji| and |C_ii - 1| accepted (then made exact)
@@ -379,7 +407,7 @@ def portfolio_avellaneda_stoikov(
         gamma: risk aversion, per price unit (>= 0).
         correlation: the correlation the rule assumes (default: the market's); ``[n, n]``.
     """
-    policies._check("gamma", gamma, lambda x: x >= 0, ">= 0")
+    validation.array("gamma", gamma, lambda x: x >= 0, ">= 0")
     if correlation is not None:
         matrix = np.asarray(correlation, np.float64)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:

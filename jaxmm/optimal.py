@@ -42,10 +42,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm import linalg, rewards
+from jaxmm import linalg, rewards, validation
 from jaxmm import policies as policies_lib
 from jaxmm.market import fill_probability, reset
 from jaxmm.params import MarketParams
+
+__all__ = [
+    "DEFAULT_DEPTH_BOUNDS",
+    "REWARDS",
+    "QuoteTable",
+    "bellman",
+    "cartea_jaimungal",
+    "cartea_jaimungal_fd",
+    "evaluate",
+    "glft",
+    "glft_asymptotic",
+    "inventory_cvar",
+    "inventory_var",
+    "quote_gap",
+    "tabulate",
+]
 
 REWARDS = rewards.REWARDS
 DEFAULT_DEPTH_BOUNDS = (0.01, 5.0)  # the environment's action space
@@ -77,33 +93,15 @@ class QuoteTable:
 # --------------------------------------------------------------------------- validation
 
 
-def _check(name: str, value: Any, ok: Callable[[float], bool], allowed: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} = {value!r} must be a number; allowed: {allowed}") from None
-    if math.isnan(number) or not ok(number):
-        raise ValueError(f"{name} = {value!r} is out of range; allowed: {allowed}")
-    return number
-
-
 def _check_grid(q_max: Any, T: Any, n_steps: Any) -> tuple[int, float, int]:
-    q_max = _check("q_max", q_max, lambda v: 1 <= v < 10_000 and v == int(v), "integer 1..9999")
-    T = _check("T", T, lambda v: 0 < v < math.inf, "0 < T < inf")
-    n_steps = _check("n_steps", n_steps, lambda v: v >= 1 and v == int(v), "integer >= 1")
+    q_max = validation.number(
+        "q_max", q_max, lambda v: 1 <= v < 10_000 and v == int(v), "integer 1..9999"
+    )
+    T = validation.number("T", T, lambda v: 0 < v < math.inf, "0 < T < inf")
+    n_steps = validation.number(
+        "n_steps", n_steps, lambda v: v >= 1 and v == int(v), "integer >= 1"
+    )
     return int(q_max), T, int(n_steps)
-
-
-def _positive(name: str, value: Any) -> float:
-    return _check(name, value, lambda v: 0 < v < math.inf, f"0 < {name} < inf")
-
-
-def _positives(**values: Any) -> list[float]:
-    return [_positive(name, value) for name, value in values.items()]
-
-
-def _nonnegative(name: str, value: Any) -> float:
-    return _check(name, value, lambda v: 0 <= v < math.inf, f"0 <= {name} < inf")
 
 
 # --------------------------------------------------------------- continuous-time models
@@ -186,9 +184,9 @@ def glft(
     ``value = (1/k) ln v_q(t)``: the certainty equivalent in excess of the marked wealth
     ``x + q S`` (price units). Times: ``n_steps + 1`` points from 0 to ``T``.
     """
-    sigma, A, k, gamma = _positives(sigma=sigma, A=A, k=k, gamma=gamma)
+    sigma, A, k, gamma = validation.positives(sigma=sigma, A=A, k=k, gamma=gamma)
     q_max, T, n_steps = _check_grid(q_max, T, n_steps)
-    terminal_penalty = _nonnegative("terminal_penalty", terminal_penalty)
+    terminal_penalty = validation.nonnegative("terminal_penalty", terminal_penalty)
     times = _time_grid(T, n_steps)
     inventories = np.arange(-q_max, q_max + 1)
     with jax.enable_x64(True):
@@ -221,8 +219,8 @@ def glft_asymptotic(
 
     ``value`` is NaN (the approximation carries no value function).
     """
-    sigma, A, k = _positives(sigma=sigma, A=A, k=k)
-    gamma = _nonnegative("gamma", gamma)
+    sigma, A, k = validation.positives(sigma=sigma, A=A, k=k)
+    gamma = validation.nonnegative("gamma", gamma)
     q_max, T, n_steps = _check_grid(q_max, T, n_steps)
     times = _time_grid(T, n_steps)
     inventories = np.arange(-q_max, q_max + 1)
@@ -277,8 +275,8 @@ def cartea_jaimungal(
     ``value = h`` (price units). The discrete environment's per-step penalty ``phi_env q^2``
     corresponds to ``phi = phi_env / dt`` here. Times: ``n_steps + 1`` points from 0 to ``T``.
     """
-    A, k = _positive("A", A), _positive("k", k)
-    phi, alpha = _nonnegative("phi", phi), _nonnegative("alpha", alpha)
+    A, k = validation.positive("A", A), validation.positive("k", k)
+    phi, alpha = validation.nonnegative("phi", phi), validation.nonnegative("alpha", alpha)
     q_max, T, n_steps = _check_grid(q_max, T, n_steps)
     times = _time_grid(T, n_steps)
     inventories = np.arange(-q_max, q_max + 1)
@@ -309,8 +307,8 @@ def cartea_jaimungal_fd(
     ``delta = 1/k - Delta``. Stable when ``dt`` is small against ``1/(phi k q_max^2)`` and
     ``e / (2 A)``; converges to ``cartea_jaimungal`` as ``dt -> 0``.
     """
-    A, k = _positive("A", A), _positive("k", k)
-    phi, alpha = _nonnegative("phi", phi), _nonnegative("alpha", alpha)
+    A, k = validation.positive("A", A), validation.positive("k", k)
+    phi, alpha = validation.nonnegative("phi", phi), validation.nonnegative("alpha", alpha)
     q_max, T, n_steps = _check_grid(q_max, T, n_steps)
     dt = T / n_steps
     inventories = np.arange(-q_max, q_max + 1)
@@ -398,8 +396,8 @@ def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: An
             "'arithmetic' or 'binary' (additive increments keep the value a function of (t, q))"
         )
     rewards.check(reward)
-    phi = _nonnegative("phi", phi)
-    terminal_penalty = _nonnegative("terminal_penalty", terminal_penalty)
+    phi = validation.nonnegative("phi", phi)
+    terminal_penalty = validation.nonnegative("terminal_penalty", terminal_penalty)
     lo, hi = (float(b) for b in bounds)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"depth_bounds = {bounds!r}; allowed: finite lo < hi")
@@ -417,7 +415,9 @@ def _inventory_grid(params: MarketParams, q_grid: int | None) -> np.ndarray:
     if q_grid is None:
         q_grid = int(min(q_max, reachable))
     q_grid = int(
-        _check("q_grid", q_grid, lambda v: 1 <= v <= 100_000 and v == int(v), "integer >= 1")
+        validation.number(
+            "q_grid", q_grid, lambda v: 1 <= v <= 100_000 and v == int(v), "integer >= 1"
+        )
     )
     q_grid = int(min(q_grid, q_max))
     return np.arange(-q_grid, q_grid + 1)
@@ -708,8 +708,8 @@ def inventory_var(inventory: Any, sigma: float, horizon: float, level: float = 0
     positive number is a loss). The course notes' ``q sigma ...`` is negative for short
     positions; the loss distribution is symmetric in the sign of ``q``.
     """
-    sigma, horizon = _positive("sigma", sigma), _nonnegative("horizon", horizon)
-    level = _check("level", level, lambda v: 0.5 <= v < 1, "0.5 <= level < 1")
+    sigma, horizon = validation.positive("sigma", sigma), validation.nonnegative("horizon", horizon)
+    level = validation.number("level", level, lambda v: 0.5 <= v < 1, "0.5 <= level < 1")
     return (
         np.abs(np.asarray(inventory, np.float64))
         * sigma
@@ -721,8 +721,8 @@ def inventory_var(inventory: Any, sigma: float, horizon: float, level: float = 0
 def inventory_cvar(inventory: Any, sigma: float, horizon: float, level: float = 0.95) -> np.ndarray:
     """Expected shortfall ``E[loss | loss >= VaR]`` of the same position:
     ``|q| sigma sqrt(h) phi(Phi^{-1}(level)) / (1 - level)``."""
-    sigma, horizon = _positive("sigma", sigma), _nonnegative("horizon", horizon)
-    level = _check("level", level, lambda v: 0.5 <= v < 1, "0.5 <= level < 1")
+    sigma, horizon = validation.positive("sigma", sigma), validation.nonnegative("horizon", horizon)
+    level = validation.number("level", level, lambda v: 0.5 <= v < 1, "0.5 <= level < 1")
     z = NormalDist().inv_cdf(level)
     density = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
     return (

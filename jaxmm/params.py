@@ -40,6 +40,19 @@ import jax
 import numpy as np
 from flax import struct
 
+__all__ = [
+    "FILL_MODELS",
+    "JUMP_MODELS",
+    "MAX_JUMP_RATE_PER_STEP",
+    "MAX_STEPS_WITH_EXTRA_NOISE",
+    "NEVER",
+    "ORDER_SIZES",
+    "PRICE_MODELS",
+    "VOL_MODELS",
+    "MarketParams",
+    "validate",
+]
+
 FILL_MODELS = ("linear", "exponential")
 PRICE_MODELS = ("arithmetic", "binary", "geometric")
 VOL_MODELS = ("constant", "heston")

@@ -15,20 +15,30 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmm import validation
 from jaxmm.market import MarketState, Quotes, time_to_go
 from jaxmm.params import MarketParams
 
+__all__ = [
+    "AvellanedaStoikov",
+    "GLFTAsymptotic",
+    "Policy",
+    "Symmetric",
+    "Table",
+    "as_pytree",
+    "avellaneda_stoikov",
+    "glft",
+    "log1p_ratio",
+    "symmetric",
+    "table",
+]
+
 
 class Policy(Protocol):
+    """What a policy is: ``(obs: MarketState, params: MarketParams) -> Quotes`` (a pure
+    function; the built-in ones are pytrees, so ``vmap`` sweeps over their numbers)."""
+
     def __call__(self, obs: MarketState, params: MarketParams) -> Quotes: ...
-
-
-def _check(name: str, value: Any, ok, allowed: str) -> None:
-    if value is None or isinstance(value, jax.core.Tracer):
-        return
-    array = np.asarray(value, dtype=np.float64)
-    if np.isnan(array).any() or not np.all(ok(array)):
-        raise ValueError(f"{name} = {value!r} is out of range; allowed: {allowed}")
 
 
 def log1p_ratio(x: jax.Array) -> jax.Array:
@@ -58,7 +68,7 @@ class Symmetric:
 
 def symmetric(half_spread: float) -> Symmetric:
     """Naive symmetric quoting at ``mid -+ half_spread`` (price units); spread ``2 half_spread``."""
-    _check("half_spread", half_spread, np.isfinite, "finite")
+    validation.array("half_spread", half_spread, np.isfinite, "finite")
     return Symmetric(half_spread=half_spread)
 
 
@@ -109,9 +119,9 @@ def avellaneda_stoikov(
             which it keeps using after a volatility switch -- A-S does not adapt).
         skew: ``False`` centres the same spread on the mid: the paper's "symmetric strategy".
     """
-    _check("gamma", gamma, lambda x: x >= 0, ">= 0")
-    _check("k", k, lambda x: x > 0, "> 0")
-    _check("sigma", sigma, lambda x: x >= 0, ">= 0")
+    validation.array("gamma", gamma, lambda x: x >= 0, ">= 0")
+    validation.array("k", k, lambda x: x > 0, "> 0")
+    validation.array("sigma", sigma, lambda x: x >= 0, ">= 0")
     return AvellanedaStoikov(gamma=gamma, k=k, sigma=sigma, skew=skew)
 
 
@@ -155,10 +165,10 @@ def glft(
         gamma: risk aversion (>= 0). k: per price unit. A: arrivals per time unit at depth 0.
         sigma: price units per sqrt(time unit). Each defaults to the market's value.
     """
-    _check("gamma", gamma, lambda x: x >= 0, ">= 0")
-    _check("k", k, lambda x: x > 0, "> 0")
-    _check("A", A, lambda x: x > 0, "> 0")
-    _check("sigma", sigma, lambda x: x >= 0, ">= 0")
+    validation.array("gamma", gamma, lambda x: x >= 0, ">= 0")
+    validation.array("k", k, lambda x: x > 0, "> 0")
+    validation.array("A", A, lambda x: x > 0, "> 0")
+    validation.array("sigma", sigma, lambda x: x >= 0, ">= 0")
     return GLFTAsymptotic(gamma=gamma, k=k, A=A, sigma=sigma)
 
 

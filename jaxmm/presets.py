@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from jaxmm.params import MarketParams
 
+__all__ = [
+    "as2008",
+    "homework",
+]
+
 
 def homework() -> MarketParams:
     """The course homework: S0 = 100, sigma = 2, T = 1, 200 steps, k = 1.5, arithmetic mid.

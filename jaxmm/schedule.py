@@ -71,10 +71,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm import market, policies
+from jaxmm import market, policies, validation
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
 from jaxmm.simulate import simulate
+
+__all__ = [
+    "CP_EXTRA",
+    "DEFAULT_SCALE",
+    "Scenarios",
+    "Schedule",
+    "ScheduleSolution",
+    "best_open_loop",
+    "check_levels",
+    "expected_reward",
+    "fill_probabilities",
+    "sample_average",
+    "sample_scenarios",
+    "schedule",
+    "solve_schedule",
+]
 
 CP_EXTRA = "cp"
 DEFAULT_SCALE = 1e6  # objective coefficients in units of 1e-6 price units
@@ -200,22 +216,6 @@ class Scenarios:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_number(name: str, value: Any, ok, allowed: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} = {value!r} must be a number; allowed: {allowed}") from None
-    if math.isnan(number) or not ok(number):
-        raise ValueError(f"{name} = {value!r} is out of range; allowed: {allowed}")
-    return number
-
-
-def _check_int(name: str, value: Any, low: int, allowed: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
-    return int(value)
-
-
 def check_levels(levels: Any) -> np.ndarray:
     """The grid as sorted ``f64[L]``; ValueError unless a non-empty 1-D set of distinct finite
     depths ``>= 0``."""
@@ -303,7 +303,7 @@ def expected_reward(params: MarketParams, phi: float, bid_depth: Any, ask_depth:
     selection; a closed form independent of ``jaxmm.optimal.evaluate``.
     """
     _check_market(params)
-    phi = _check_number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
+    phi = validation.number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
     if float(params.q_max) < params.n_steps:
         raise ValueError(
             f"params.q_max = {params.q_max}; allowed: >= n_steps = {params.n_steps} (the limit "
@@ -336,7 +336,7 @@ def best_open_loop(params: MarketParams, phi: float, levels: Any) -> np.ndarray:
     level on ties).
     """
     _check_market(params)
-    phi = _check_number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
+    phi = validation.number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
     grid = check_levels(levels)
     if float(params.bid_intensity_mult) != float(params.ask_intensity_mult):
         raise ValueError(
@@ -470,23 +470,23 @@ def solve_schedule(
         RuntimeError: no feasible schedule found (INFEASIBLE, or none within the time limit).
     """
     _check_market(params)
-    phi = _check_number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
-    n_scenarios = _check_int("n_scenarios", n_scenarios, 1, "an integer >= 1")
+    phi = validation.number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
+    n_scenarios = validation.integer("n_scenarios", n_scenarios, 1, "an integer >= 1")
     grid = check_levels(levels)
-    q_bound = _check_int("q_bound", q_bound, 1, "an integer >= 1")
+    q_bound = validation.integer("q_bound", q_bound, 1, "an integer >= 1")
     if not float(params.q_max) > q_bound:
         raise ValueError(
             f"q_bound = {q_bound} with params.q_max = {params.q_max}; allowed: q_bound < q_max "
             "(the market's limit must not act on the sampled paths)"
         )
-    time_limit = _check_number("time_limit", time_limit, lambda v: 0 < v < math.inf, "> 0")
-    workers = _check_int("workers", workers, 1, "an integer >= 1")
-    seed = _check_int("seed", seed, 0, "an integer >= 0")
+    time_limit = validation.number("time_limit", time_limit, lambda v: 0 < v < math.inf, "> 0")
+    workers = validation.integer("workers", workers, 1, "an integer >= 1")
+    seed = validation.integer("seed", seed, 0, "an integer >= 0")
     if deterministic_time is not None:
-        deterministic_time = _check_number(
+        deterministic_time = validation.number(
             "deterministic_time", deterministic_time, lambda v: 0 < v < math.inf, "> 0 or None"
         )
-    objective_scale = _check_number(
+    objective_scale = validation.number(
         "objective_scale", objective_scale, lambda v: 1 <= v <= 1e9, "1 <= objective_scale <= 1e9"
     )
     n_steps = params.n_steps

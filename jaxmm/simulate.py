@@ -31,6 +31,24 @@ from jaxmm.devices import batch_spec
 from jaxmm.devices import mesh as make_mesh
 from jaxmm.market import MarketState
 from jaxmm.params import MarketParams
+from jaxmm.policies import Policy
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "EPISODE_ALIGNMENT",
+    "Paths",
+    "Rollout",
+    "Running",
+    "episode_indices",
+    "episode_mesh",
+    "episode_runner",
+    "initial_states",
+    "path_outputs",
+    "plan_chunks",
+    "rollout",
+    "simulate",
+    "to_host",
+]
 
 DEFAULT_CHUNK = 2**17  # episodes per compiled chunk: ~60 MB of carry, amortises per-step overhead
 # Episodes per device are padded to a multiple of this: on XLA's CPU backend an odd batch runs
@@ -207,7 +225,7 @@ def initial_states(params: MarketParams, n_episodes: int) -> MarketState:
 
 def rollout(
     params: MarketParams,
-    policy: Callable,
+    policy: Policy,
     stream: jax.Array,
     episodes: jax.Array,
     paths: bool = False,
@@ -353,7 +371,7 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 def simulate(
     params: MarketParams,
-    policy: Callable,
+    policy: Policy,
     key: jax.Array,
     n_episodes: int,
     *,

@@ -56,7 +56,18 @@ from jax.sharding import Mesh
 from jaxmm import market, policies
 from jaxmm.metrics import MOMENT_FIELDS, Moments, summary_from_statistics
 from jaxmm.params import MarketParams
+from jaxmm.policies import Policy
 from jaxmm.simulate import Rollout, episode_indices, episode_mesh, episode_runner, plan_chunks
+
+__all__ = [
+    "DEFAULT_BINS",
+    "ChunkStatistics",
+    "Histogram",
+    "StreamingStatistics",
+    "chunk_statistics",
+    "simulate_summary",
+    "stream_statistics",
+]
 
 DEFAULT_BINS = 2**20
 MIN_EXPONENT, MAX_EXPONENT = -100, 100  # bin widths 2**-100 .. 2**100
@@ -375,7 +386,7 @@ def _chunk_program(mesh: Mesh | None, n_bins: int) -> Callable:
 
 def stream_statistics(
     params: MarketParams,
-    policy: Callable,
+    policy: Policy,
     key: jax.Array,
     n_episodes: int,
     *,
@@ -426,7 +437,7 @@ def stream_statistics(
 
 def simulate_summary(
     params: MarketParams,
-    policy: Callable,
+    policy: Policy,
     key: jax.Array,
     n_episodes: int,
     *,

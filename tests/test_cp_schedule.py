@@ -2,8 +2,6 @@
 against the simulator, and its out-of-sample value against the exact optima."""
 
 import itertools
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,6 +10,7 @@ from scipy.special import ndtri
 
 import jaxmm as mm
 from jaxmm import market, optimal, schedule
+from tests.conftest import run_code
 
 pytest.importorskip("ortools", reason="the CP-SAT tests need the extra jaxmm[cp]")
 
@@ -238,9 +237,7 @@ def test_jaxmm_imports_without_ortools_and_names_the_extra():
         "except ImportError as error:\n"
         "    print(error)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
+    result = run_code(code, timeout=120)
     assert "jaxmm[cp]" in result.stdout
 
 

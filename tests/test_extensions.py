@@ -11,7 +11,7 @@ from scipy import special
 
 import jaxmm as mm
 from jaxmm import calibrate, market, optimal
-from tests.reference_numpy import simulate_reference
+from tests.oracles.simulator import simulate_reference
 
 HESTON = dict(vol_model="heston", kappa_v=4.0, theta_v=1.0, xi_v=0.5, rho_v=-0.6, v0=0.5)
 JUMPS = dict(jump_model="compound_poisson", jump_intensity=20.0, jump_mean=0.3, jump_std=0.8)

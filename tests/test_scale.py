@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +23,7 @@ from jaxmm import devices as device_lib
 from jaxmm import streaming
 from jaxmm.metrics import Moments
 from jaxmm.simulate import plan_chunks
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, run_code, run_module
 
 # Statistics that are exact whatever the chunking or devices (integers, extremes, histogram).
 EXACT = ("n_episodes", "min_pnl", "max_pnl", "max_drawdown_worst", "pct_profitable")
@@ -33,17 +31,8 @@ QUANTILES = ("median_pnl", "p05_pnl", "p95_pnl", "var_95", "var_99", "cvar_95", 
 
 
 def run_python(code: str, n_devices: int, timeout: float = 900) -> str:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}"}
+    return run_code(code, env=env, timeout=timeout).stdout
 
 
 def assert_moments_close(a: dict, b: dict, rtol: float = 2e-6) -> None:
@@ -443,30 +432,11 @@ def test_ten_million_homework_episodes_streamed_equal_the_in_memory_summary():
 
 @pytest.mark.slow
 def test_benchmark_scaling_part_records_devices_and_ratios(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.benchmark",
-            "--parts",
-            "scaling",
-            "--scaling-episodes",
-            "2000",
-            "--scaling-devices",
-            "1",
-            "2",
-            "--repeats",
-            "1",
-            "--no-scaling-ppo",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    run_module(
+        "experiments.benchmark",
+        "--parts", "scaling", "--scaling-episodes", "2000", "--scaling-devices", "1", "2",
+        "--repeats", "1", "--no-scaling-ppo", "--out", str(tmp_path),
+    )  # fmt: skip
     result = json.loads((tmp_path / "benchmark.json").read_text())
     used = [c["devices"]["devices_used"] for c in result["scaling"]["configurations"]]
     assert used == [1, 2]

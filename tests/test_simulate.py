@@ -1,9 +1,6 @@
 """Monte Carlo engine against an independent float64 NumPy oracle, identities and invariances."""
 
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +9,8 @@ import pytest
 
 import jaxmm as mm
 from jaxmm import market
-from tests.reference_numpy import simulate_reference
+from tests.conftest import run_code
+from tests.oracles.simulator import simulate_reference
 
 
 def replay_noise(key, n_episodes, n_steps):
@@ -212,10 +210,5 @@ print("ok")
 
 
 def test_sharded_run_is_identical_to_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(
-        [sys.executable, "-c", SHARDED], env=env, cwd=root, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_code(SHARDED, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
     assert out.stdout.strip().endswith("ok")

@@ -2,9 +2,7 @@
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxmm as mm
+from tests.conftest import run_module
 from train import checkpoint, evaluate
 from train.config import PPOConfig, agent_spec, market_env
 from train.networks import ObsNorm
@@ -32,16 +31,7 @@ FIELDS = (
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return run_module(module, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")

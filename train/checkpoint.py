@@ -20,6 +20,16 @@ from flax import serialization
 from train.config import PPOConfig, agent_spec, market_env
 from train.networks import Agent, ObsNorm
 
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "load_agents",
+    "load_config",
+    "load_policy",
+    "save",
+    "select",
+]
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.msgpack"
 

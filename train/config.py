@@ -16,6 +16,15 @@ from jaxmm.params import NEVER
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 
+__all__ = [
+    "ACTION_MODES",
+    "FEATURES",
+    "PPOConfig",
+    "agent_spec",
+    "initial_action",
+    "market_env",
+]
+
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
 ACTION_MODES = ("depths", "as_skew")
 

@@ -25,6 +25,18 @@ from flax import struct
 
 from jaxmm.linalg import orthonormal_columns
 
+__all__ = [
+    "ACTIVATIONS",
+    "ActorCritic",
+    "Agent",
+    "AgentSpec",
+    "ObsNorm",
+    "gaussian_entropy",
+    "gaussian_log_prob",
+    "orthogonal",
+    "squash",
+]
+
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
 
 

@@ -42,6 +42,22 @@ from train import checkpoint, evaluate
 from train.config import PPOConfig, agent_spec, market_env
 from train.networks import Agent, AgentSpec, ObsNorm, gaussian_entropy, gaussian_log_prob, squash
 
+__all__ = [
+    "TrainState",
+    "Trainer",
+    "Transition",
+    "benchmark",
+    "generalized_advantages",
+    "init_states",
+    "make_chunk_runner",
+    "make_train",
+    "make_trainer",
+    "parse_args",
+    "seed_devices",
+    "seed_keys",
+    "train_run",
+]
+
 # ----------------------------------------------------------------------------------------------
 # GAE
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from tests.reference_optimal import (
+from tests.oracles.optima import (
     bellman_bruteforce,
     cartea_jaimungal_exact,
     cartea_jaimungal_fd,

@@ -1,4 +1,4 @@
-"""jaxmm.optimal against the independent NumPy/SciPy references of tests/reference_optimal.py
+"""jaxmm.optimal against the independent NumPy/SciPy references of tests/oracles/optima.py
 (written separately from the literature: scipy expm, brute-force joint depth search)."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import jaxmm as mm
 from jaxmm import optimal
-from tests import reference_optimal as ref
+from tests.oracles import optima as ref
 
 HOMEWORK = mm.presets.homework()
 
