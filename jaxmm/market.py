@@ -3,7 +3,7 @@
 One step, in this order:
 
 1. observe ``(t, S_t, q_t)`` (the policy has already turned this into ``Quotes``);
-2. the desk's controls turn the policy's quotes into the quotes that act (``acting_quotes``; all
+2. the desk's controls turn the policy's quotes into the quotes that act (``_acting_quotes``; all
    off by default): spread floor, tick grid, latency queue, loss-limit halt (see below);
 3. fills are drawn for quotes at ``S_t - delta_b`` and ``S_t + delta_a``: a side is filled with
    the per-step probability of ``lambda(delta) = A exp(-k delta)`` under ``params.fill_model``,
@@ -64,12 +64,38 @@ explicitly instead (``u_vol``, ``u_jump_count``, ``u_jump_size``, ``u_bid_size``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from jaxmm.params import MarketParams
+
+__all__ = [
+    "MarketState",
+    "Noise",
+    "Quotes",
+    "StepInfo",
+    "counter_noise",
+    "counter_words",
+    "extension_noise",
+    "fill_probability",
+    "fill_probability_numpy",
+    "float_dtype",
+    "noise_from_words",
+    "normal_from_uniform",
+    "recent_fill_rate",
+    "reset",
+    "sigma_at",
+    "step",
+    "step_with_noise",
+    "stream_key",
+    "time_to_go",
+    "trailing_volatility",
+    "volatility",
+]
 
 
 def float_dtype() -> jnp.dtype:
@@ -440,7 +466,7 @@ def round_to_tick(
     return bid, ask
 
 
-def acting_quotes(
+def _acting_quotes(
     state: MarketState, quotes: Quotes, params: MarketParams
 ) -> tuple[MarketState, Quotes]:
     """The quotes that act in this step, and the state with the latency queue advanced.
@@ -534,12 +560,12 @@ def fee_rates(
     return jnp.where(bid_depth < 0, taker, maker), jnp.where(ask_depth < 0, taker, maker)
 
 
-def quote_fill_probabilities(
+def _quote_fill_probabilities(
     state: MarketState, quotes: Quotes, params: MarketParams
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(bid_depth, ask_depth, bid_prob, ask_prob)`` of this step's quotes (the market's dtype).
 
-    The probabilities do not yet apply the inventory limits (see ``apply_fills``).
+    The probabilities do not yet apply the inventory limits (see ``_apply_fills``).
     """
     dtype = float_dtype()
     dt = params.dt
@@ -552,30 +578,45 @@ def quote_fill_probabilities(
     return bid_depth, ask_depth, bid_prob, ask_prob
 
 
-def limits_open(state: MarketState, params: MarketParams) -> tuple[jax.Array, jax.Array]:
+def _limits_open(state: MarketState, params: MarketParams) -> tuple[jax.Array, jax.Array]:
     """Whether the bid (``q < q_max``) and the ask (``q > -q_max``) can be filled, as bools."""
     return state.inventory < params.q_max, state.inventory > -params.q_max
 
 
 def step_with_noise(
-    state: MarketState, quotes: Quotes, noise: Noise, params: MarketParams
+    state: MarketState,
+    quotes: Quotes,
+    noise: Noise,
+    params: MarketParams,
+    fill: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> tuple[MarketState, StepInfo]:
     """Advance one episode by one step with explicit noise; see the module docstring.
 
-    ``quotes`` are the policy's; ``acting_quotes`` applies the desk's controls (if any).
+    ``quotes`` are the policy's; the desk's controls (if any) turn them into the acting quotes.
+
+    ``fill(u, probability) -> fill amount`` decides each side's fill from its uniform
+    (``noise.u_bid``, ``noise.u_ask``) and its per-step fill probability (the market's dtype,
+    before the inventory limits). ``None`` (the default) is the exact Bernoulli draw
+    ``u < probability``. A differentiable relaxation (``jaxmm.calibrate.relaxed_rollout``) passes
+    a smooth function with values in [0, 1]; the result is multiplied by the inventory-limit mask
+    and, with order sizes, by the incoming order's size, and the rest of the step is unchanged.
     """
     dtype = float_dtype()
-    state, quotes = acting_quotes(state, quotes, params)
-    bid_depth, ask_depth, bid_prob, ask_prob = quote_fill_probabilities(state, quotes, params)
-    bid_open, ask_open = limits_open(state, params)
-    bid_fill = ((noise.u_bid < bid_prob) & bid_open).astype(dtype)
-    ask_fill = ((noise.u_ask < ask_prob) & ask_open).astype(dtype)
-    return apply_fills(
+    state, quotes = _acting_quotes(state, quotes, params)
+    bid_depth, ask_depth, bid_prob, ask_prob = _quote_fill_probabilities(state, quotes, params)
+    bid_open, ask_open = _limits_open(state, params)
+    if fill is None:
+        bid_fill = ((noise.u_bid < bid_prob) & bid_open).astype(dtype)
+        ask_fill = ((noise.u_ask < ask_prob) & ask_open).astype(dtype)
+    else:
+        bid_fill = jnp.asarray(fill(noise.u_bid, bid_prob), dtype) * bid_open.astype(dtype)
+        ask_fill = jnp.asarray(fill(noise.u_ask, ask_prob), dtype) * ask_open.astype(dtype)
+    return _apply_fills(
         state, bid_depth, ask_depth, bid_fill, ask_fill, bid_prob, ask_prob, noise, params
     )
 
 
-def apply_fills(
+def _apply_fills(
     state: MarketState,
     bid_depth: jax.Array,
     ask_depth: jax.Array,
@@ -589,10 +630,10 @@ def apply_fills(
     """The rest of a step once the fills are known: inventory and cash, fees, adverse-selection
     jump, mid move (from ``noise.u_mid``), Heston variance, mark-to-market, history, halt.
 
-    ``bid_fill``/``ask_fill`` are 0/1 in the simulator; a differentiable relaxation
-    (``jaxmm.calibrate``) passes fractional fills in [0, 1] through the same code. With order
-    sizes they are multiplied here by the incoming order's size, clipped to the room left under
-    ``q_max``; ``state`` and the depths are those after ``acting_quotes``.
+    ``bid_fill``/``ask_fill`` are 0/1 in the simulator; a ``fill`` hook of ``step_with_noise``
+    (the relaxation of ``jaxmm.calibrate``) passes fractional fills in [0, 1] through the same
+    code. With order sizes they are multiplied here by the incoming order's size, clipped to the
+    room left under ``q_max``; ``state`` and the depths are those after ``_acting_quotes``.
     """
     dtype = float_dtype()
     dt = params.dt

@@ -4,9 +4,6 @@ temperature 0, gradients against finite differences), gradient tuning and invers
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -17,8 +14,10 @@ from scipy import optimize, stats
 
 import jaxmm as mm
 from jaxmm import calibrate, lobster, market
+from jaxmm.calibrate._src import intensity as calibrate_intensity
+from jaxmm.calibrate._src import records as calibrate_records
+from tests.conftest import run_module
 
-ROOT = Path(__file__).resolve().parent.parent
 Z95 = stats.norm.ppf(0.975)
 
 
@@ -276,9 +275,9 @@ def test_a_newton_search_that_does_not_converge_is_reported(monkeypatch):
     depths = np.linspace(0.0, 3.0, 13)
     fills = rng.poisson(140.0 * np.exp(-1.5 * depths)).astype(float)
     assert calibrate.fit_intensity(depths, 1.0, fills).k > 0  # converges in a few steps
-    newton = calibrate._newton
+    newton = calibrate_intensity._newton
     monkeypatch.setattr(
-        calibrate, "_newton", lambda f, start, max_iterations=200: newton(f, start, 1)
+        calibrate_intensity, "_newton", lambda f, start, max_iterations=200: newton(f, start, 1)
     )
     with pytest.raises(ValueError, match="did not converge"):
         calibrate.fit_intensity(depths, 1.0, fills)
@@ -372,7 +371,7 @@ def test_goodness_of_fit_accepts_exponential_and_rejects_other_shapes():
     bad = calibrate.reach_goodness_of_fit(rng.uniform(0.0, 0.1, 5000), edges, 20.0)
     assert bad.p_value < 1e-10
     for x, dof in ((5.0, 3), (30.0, 19), (19.0, 19), (200.0, 19)):
-        assert calibrate._chi2_sf(x, dof) == pytest.approx(stats.chi2.sf(x, dof), abs=3e-3)
+        assert calibrate_records._chi2_sf(x, dof) == pytest.approx(stats.chi2.sf(x, dof), abs=3e-3)
 
 
 # ---------------------------------------------------------------------------- volatility
@@ -511,6 +510,9 @@ def test_relaxed_step_at_temperature_zero_is_the_market_step(scenario):
     a = market.step_with_noise(state, quotes, noise, p)
     b = calibrate.relaxed_step_with_noise(state, quotes, noise, p, 0.0)
     jax.tree.map(np.testing.assert_array_equal, a, b)
+    # the fill hook: the exact draw passed explicitly is the default step
+    c = market.step_with_noise(state, quotes, noise, p, fill=lambda u, prob: u < prob)
+    jax.tree.map(np.testing.assert_array_equal, a, c)
 
 
 def test_relaxed_fill_limits():
@@ -577,7 +579,7 @@ def test_relaxed_objective_gradient_matches_finite_differences():
 def test_objective_estimates_against_direct_formulas():
     rng = np.random.default_rng(12)
     pnl = rng.normal(40.0, 6.0, 50_000)
-    value, se = calibrate.objective_estimate(pnl, "mean_variance", 0.1)
+    value, se = calibrate.objective_estimate(pnl, "mean_variance", 0.2)  # mean - (0.2/2) var
     assert value == pytest.approx(pnl.mean() - 0.1 * pnl.var(ddof=1))
     # normal PnL: Var(IF) = s^2 + 2 lambda^2 s^4
     assert se == pytest.approx(math.sqrt((36 + 2 * 0.01 * 36**2) / 50_000), rel=0.03)
@@ -587,9 +589,9 @@ def test_objective_estimates_against_direct_formulas():
     value, _ = calibrate.objective_estimate(pnl, "cara", 0.05)
     assert value == pytest.approx(-np.log(np.mean(np.exp(-0.05 * pnl))) / 0.05)
     other = pnl + rng.normal(0.0, 0.1, pnl.size)
-    gap, gap_se = calibrate.objective_estimate(other, "mean_variance", 0.1, baseline=pnl)
-    single, single_se = calibrate.objective_estimate(other, "mean_variance", 0.1)
-    assert gap == pytest.approx(single - calibrate.objective_estimate(pnl, "mean_variance", 0.1)[0])
+    gap, gap_se = calibrate.objective_estimate(other, "mean_variance", 0.2, baseline=pnl)
+    single, single_se = calibrate.objective_estimate(other, "mean_variance", 0.2)
+    assert gap == pytest.approx(single - calibrate.objective_estimate(pnl, "mean_variance", 0.2)[0])
     assert gap_se < single_se / 10  # common random numbers
     with pytest.raises(ValueError, match="risk_aversion"):
         calibrate.objective_estimate(pnl, "cara", 0.0)
@@ -610,6 +612,7 @@ def test_tune_as_improves_a_poor_start_on_the_exact_simulator():
         n_iterations=60,
         n_episodes=256,
         learning_rate=0.1,
+        risk_aversion=0.2,  # mean - 0.1 var
     )
     assert result.gammas.shape == (61,) and result.relaxed_objective.shape == (60,)
     assert (result.gammas[0], result.kappas[0]) == pytest.approx((1.0, 0.6))
@@ -618,7 +621,7 @@ def test_tune_as_improves_a_poor_start_on_the_exact_simulator():
     tuned = mm.simulate(
         p, mm.policies.avellaneda_stoikov(result.gamma, k=result.kappa), key, 20_000
     ).pnl
-    gain, se = calibrate.objective_estimate(tuned, "mean_variance", 0.1, baseline=start)
+    gain, se = calibrate.objective_estimate(tuned, "mean_variance", 0.2, baseline=start)
     assert gain > 10 * se and gain > 5.0
     for bad, message in (
         (dict(temperature=0.0), "temperature"),
@@ -674,39 +677,14 @@ def test_inverse_calibration_agrees_with_the_mle():
 
 def test_calibration_cli_runs_end_to_end(tmp_path):
     data = tmp_path / "absent"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.calibration",
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "out"),
-            "--grid-size",
-            "3",
-            "--grid-episodes",
-            "200",
-            "--tune-iterations",
-            "4",
-            "--tune-episodes",
-            "64",
-            "--eval-episodes",
-            "500",
-            "--inverse-episodes",
-            "8",
-            "--inverse-iterations",
-            "5",
-            "--seed",
-            "4",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
+    out = run_module(
+        "experiments.calibration",
+        "--data", str(data), "--out", str(tmp_path / "out"), "--grid-size", "3",
+        "--grid-episodes", "200", "--tune-iterations", "4", "--tune-episodes", "64",
+        "--eval-episodes", "500", "--inverse-episodes", "8", "--inverse-iterations", "5",
+        "--seed", "4",
         timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    )  # fmt: skip
     assert "AMZN part skipped" in out.stdout and "tuned" in out.stdout
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["config"]["seed"] == 4 and "absent" in summary["amzn"]["skipped"]
@@ -766,12 +744,12 @@ def test_robust_errors_of_bursty_tapes_match_the_spread_of_estimates():
 
 @pytest.mark.slow
 def test_tuned_as_is_within_one_percent_of_the_best_grid_cell():
-    # homework market, mean - 0.1 variance of terminal PnL. Grid: 31 x 31 cells on 20,000
-    # common episodes; the best 3 cells and the tuned point are then scored on 100,000 fresh
-    # common episodes of the exact simulator (no winner's curse).
+    # homework market, mean - 0.1 variance of terminal PnL (risk_aversion 0.2: mean - (a/2) var).
+    # Grid: 31 x 31 cells on 20,000 common episodes; the best 3 cells and the tuned point are
+    # then scored on 100,000 fresh common episodes of the exact simulator (no winner's curse).
     p = mm.presets.homework()
     result = calibrate.tune_as(
-        p, jax.random.key(19), risk_aversion=0.1, n_iterations=300, n_episodes=2048
+        p, jax.random.key(19), risk_aversion=0.2, n_iterations=300, n_episodes=2048
     )
     gammas, kappas = np.geomspace(0.005, 1.0, 31), np.geomspace(0.5, 5.0, 31)
     stream = market.stream_key(jax.random.key(20))
@@ -782,7 +760,7 @@ def test_tuned_as_is_within_one_percent_of_the_best_grid_cell():
         def cell(kappa):
             policy = mm.policies.AvellanedaStoikov(gamma=gamma, k=kappa)
             pnl = mm.rollout(p, policy, stream, episodes).pnl
-            return calibrate.objective_value(pnl, "mean_variance", 0.1)
+            return calibrate.objective_value(pnl, "mean_variance", 0.2)
 
         return jax.vmap(cell)(jnp.asarray(kappas, jnp.float32))
 
@@ -797,7 +775,7 @@ def test_tuned_as_is_within_one_percent_of_the_best_grid_cell():
     for index in top:
         i, j = np.unravel_index(index, grid.shape)
         cell = score(gammas[i], kappas[j])
-        best, _ = calibrate.objective_estimate(cell, "mean_variance", 0.1)
-        gap, gap_se = calibrate.objective_estimate(tuned, "mean_variance", 0.1, baseline=cell)
+        best, _ = calibrate.objective_estimate(cell, "mean_variance", 0.2)
+        gap, gap_se = calibrate.objective_estimate(tuned, "mean_variance", 0.2, baseline=cell)
         assert gap > -0.01 * abs(best), (result.gamma, result.kappa, gammas[i], kappas[j], gap)
         assert gap_se < 0.002 * abs(best)  # the comparison resolves far below 1%

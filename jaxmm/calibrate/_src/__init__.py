@@ -1,0 +1,1 @@
+"""Implementation of ``jaxmm.calibrate``; import the public names from there."""
