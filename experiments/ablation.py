@@ -19,40 +19,44 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    add_ppo_arguments,
+    finish,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 from jaxmm import optimal
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 FEATURE_SETS = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
 PHI = 0.01
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.ablation", description=__doc__.split("\n")[0]
+QUICK = {"n_episodes": 50, "ppo_timesteps": 8192}  # experiments.all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser(
+        "ablation", __doc__, n_episodes=500, seed=11, seed_help="test episodes' key"
     )
-    parser.add_argument("--n-episodes", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=11, help="test episodes' key")
-    parser.add_argument("--ppo-timesteps", type=int, default=200_000)
+    add_ppo_arguments(parser, timesteps=200_000, optional=False)
     parser.add_argument("--num-seeds", type=int, default=1, help="seeds per feature set")
-    parser.add_argument("--out", type=Path, default=Path("results/ablation"))
-    args = parser.parse_args(argv)
-    if args.n_episodes < 10:
-        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
-    return args
+    return parser.parse(argv, **options)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, *, agents_dir: Path | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=50``);
+    agents train in ``agents_dir`` (default ``experiments.agents.AGENTS_DIR``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     params = mm.presets.homework()
     key = jax.random.key(args.seed)
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
                 total_timesteps=args.ppo_timesteps,
                 num_seeds=args.num_seeds,
                 seed=0,
+                out_dir=agents_dir,
             )
             rollout = mm.simulate(params, agents.load_policy(run), key, args.n_episodes)
             reward = np.asarray(rollout.reward(PHI), np.float64)
@@ -91,21 +96,18 @@ def main(argv: list[str] | None = None) -> dict:
             )
     write_rows_csv(args.out / "table.csv", rows)
     plot(rows, args.out / "ablation.png")
-    payload = {
-        "config": {**vars(args), "out": str(args.out), "phi": PHI, "market": params},
-        "optimal_reward": optimum,
-        "table": rows,
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
     for r in rows:
         print(
             f"{r['features']:15s} {100 * r['fraction_of_optimum']:6.2f}% ± "
             f"{100 * r['fraction_se']:.2f}% of the optimum, Sharpe {r['sharpe']:.2f}"
         )
-    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
-    return payload
+    return finish(
+        args.out,
+        "summary",
+        {"optimal_reward": optimum, "table": rows},
+        config={**vars(args), "phi": PHI, "market": params},
+        seconds=timer.seconds,
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -124,8 +126,7 @@ def plot(rows: list[dict], path: Path) -> None:
     low = min(100 * r["fraction_of_optimum"] for r in rows)
     ax.set_ylim(max(0.0, low - 5), 101)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

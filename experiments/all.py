@@ -6,12 +6,15 @@ in ``results/agents/``, and shared between studies), times each, and writes ``RE
 the results folder: every table and figure, the run time of each study, where our measurements
 contradict the course notes, and the section "When should a market maker use analytics vs. ML?"
 whose numbers are read from the results. ``--quick`` runs everything at a tiny size (a smoke
-run, minutes; its numbers mean nothing); ``--out`` moves the whole results folder.
+run, minutes; its numbers mean nothing); ``--out`` moves the whole results folder, the agents
+included (each study's ``main`` is given ``agents_dir=<out>/agents``). Every study module has
+``QUICK``, the keyword arguments of its ``main`` for the smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -19,7 +22,6 @@ from pathlib import Path
 
 from experiments import (
     ablation,
-    agents,
     calibration,
     compare,
     heatmap,
@@ -32,34 +34,6 @@ from experiments import (
 )
 from experiments.common import environment, write_json
 
-FULL = {
-    "monte_carlo": [],
-    "optimal_quotes": [],
-    "heatmap": [],
-    "stress": [],
-    "calibration": [],
-    "compare": [],
-    "rewards": [],
-    "regime": [],
-    "regime_conditional": [],
-    "ablation": [],
-}
-QUICK = {
-    "monte_carlo": ["--n-episodes", "200"],
-    "optimal_quotes": ["--n-episodes", "200", "--q-max", "6"],
-    "heatmap": ["--n-episodes", "20"],
-    "stress": ["--n-episodes", "50"],
-    "calibration": [
-        "--grid-size", "3", "--grid-episodes", "200", "--tune-iterations", "4",
-        "--tune-episodes", "64", "--eval-episodes", "500", "--inverse-episodes", "8",
-        "--inverse-iterations", "5", "--loop-episodes", "20", "--loop-steps", "200",
-    ],
-    "compare": ["--n-episodes", "50", "--validation-episodes", "50", "--ppo-timesteps", "8192"],
-    "rewards": ["--n-episodes", "50", "--ppo-timesteps", "8192"],
-    "regime": ["--n-episodes", "50", "--ppo-timesteps", "8192"],
-    "regime_conditional": ["--n-episodes", "80", "--ppo-timesteps", "8192"],
-    "ablation": ["--n-episodes", "50", "--ppo-timesteps", "8192"],
-}  # fmt: skip
 MODULES = {
     "monte_carlo": monte_carlo,
     "optimal_quotes": optimal_quotes,
@@ -86,21 +60,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def study_options(name: str, out: Path, *, quick: bool = False) -> dict:
+    """Keyword arguments of ``MODULES[name].main``: the study's ``QUICK`` sizes if ``quick``,
+    its output folder, the shared agents' folder and (compare) the heatmap it reads."""
+    module = MODULES[name]
+    options = {**(module.QUICK if quick else {}), "out": out / name}
+    if "agents_dir" in inspect.signature(module.main).parameters:
+        options["agents_dir"] = out / "agents"
+    if name == "compare":
+        options["heatmap"] = out / "heatmap" / "summary.json"
+    return options
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
     args.out.mkdir(parents=True, exist_ok=True)
-    agents.AGENTS_DIR = args.out / "agents"
     timings_path = args.out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     for name in args.only or list(MODULES):
-        study_out = args.out / name
-        extra = (
-            ["--heatmap", str(args.out / "heatmap" / "summary.json")] if name == "compare" else []
-        )
         print(f"=== {name}", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        MODULES[name].main([*sizes[name], *extra, "--out", str(study_out)])
+        MODULES[name].main([], **study_options(name, args.out, quick=args.quick))
         timings[name] = time.perf_counter() - start
         write_json(timings_path, timings)
     report = write_report(args.out, timings, quick=args.quick)

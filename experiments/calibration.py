@@ -31,22 +31,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_csv, write_json
+from experiments.common import Timer, finish, save_figure, study_parser, write_csv
 from jaxmm import calibrate, lobster, market
 from jaxmm.policies import AvellanedaStoikov
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_SECONDS = 23_400.0  # 09:30-16:00
 OBJECTIVES = (  # (objective, risk aversion, label)
-    ("mean_variance", 0.1, "mean - 0.1 var"),
+    ("mean_variance", 0.2, "mean - 0.1 var"),  # risk_aversion a: mean - (a/2) var
     ("sharpe", 0.0, "Sharpe (per episode)"),
     ("cara", 0.1, "CARA CE, a = 0.1"),
 )
@@ -60,13 +57,22 @@ def default_data_dir() -> Path:
     return ROOT.parent / "shared" / "data" / "lobster-amzn-2012-06-21"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.calibration", description=__doc__.split("\n")[0]
-    )
+QUICK = {  # experiments.all --quick
+    "grid_size": 3,
+    "grid_episodes": 200,
+    "tune_iterations": 4,
+    "tune_episodes": 64,
+    "eval_episodes": 500,
+    "inverse_episodes": 8,
+    "inverse_iterations": 5,
+    "loop_episodes": 20,
+    "loop_steps": 200,
+}
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser("calibration", __doc__)
     parser.add_argument("--data", type=Path, default=default_data_dir(), help="LOBSTER folder")
-    parser.add_argument("--out", type=Path, default=Path("results/calibration"))
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-depth", type=float, default=0.20, help="depth grid top, dollars")
     parser.add_argument("--depth-step", type=float, default=0.01, help="depth grid step, dollars")
     parser.add_argument("--block-seconds", type=float, default=300.0, help="robust-error blocks")
@@ -83,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-episodes", type=int, default=100_000, help="exact evaluation")
     parser.add_argument("--inverse-episodes", type=int, default=256)
     parser.add_argument("--inverse-iterations", type=int, default=300)
-    args = parser.parse_args(argv)
+    args = parser.parse(argv, **options)
     positive = (
         "max_depth depth_step block_seconds vol_seconds loop_gamma loop_q_max loop_episodes "
         "loop_steps tune_iterations inverse_episodes inverse_iterations temperature"
@@ -163,8 +169,7 @@ def plot_intensity(rates, fit, gof, path: Path, title: str) -> None:
         title=f"reach bins: chi2 = {gof.statistic:.0f} on {gof.dof} dof (last bin open-ended)",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _ellipse(centre: np.ndarray, cov: np.ndarray, drop: float) -> np.ndarray:
@@ -220,8 +225,7 @@ def plot_surface(records, fit, block_seconds: float, path: Path) -> dict[str, An
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle("AMZN 2012-06-21: Poisson log-likelihood of the tape records")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return {"joint_region_loglik_drop": drop_joint, "grid_points_per_view": 61 * 61}
 
 
@@ -260,21 +264,30 @@ def plot_signature(rows, chosen: float, path: Path) -> None:
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def close_the_loop(fit, sigma: float, s0: float, args, key) -> dict[str, Any]:
-    """A-S and the exact Bellman optimum in the calibrated market, on the same episodes."""
-    gamma = args.loop_gamma
+def close_the_loop(
+    fit,
+    sigma: float,
+    s0: float,
+    key,
+    *,
+    gamma: float = 0.01,
+    q_max: int = 30,
+    n_steps: int = 23_400,
+    n_episodes: int = 10_000,
+) -> dict[str, Any]:
+    """A-S (risk aversion ``gamma``, per dollar) and the exact Bellman optimum in the calibrated
+    market (inventory limit ``q_max``, ``n_steps`` a session), on the same ``n_episodes``."""
     params = mm.MarketParams(
         S0=s0,
         sigma=sigma,
         T=1.0,
         A=fit.A,
         k=fit.k,
-        q_max=float(args.loop_q_max),
-        n_steps=args.loop_steps,
+        q_max=float(q_max),
+        n_steps=n_steps,
         fill_model="exponential",
     ).validate()
     phi = gamma / 2.0  # penalty (gamma / 2) sigma^2 dt q^2 per step: CARA(gamma) to first order
@@ -296,8 +309,8 @@ def close_the_loop(fit, sigma: float, s0: float, args, key) -> dict[str, Any]:
     }
     rewards = {}
     for name, policy in strategies.items():
-        progress(f"  closing the loop: {name}, {args.loop_episodes:,} sessions")
-        rollout = mm.simulate(params, policy, key, args.loop_episodes)
+        progress(f"  closing the loop: {name}, {n_episodes:,} sessions")
+        rollout = mm.simulate(params, policy, key, n_episodes)
         stats = mm.metrics.summarize(rollout)
         reward = np.asarray(rollout.pnl, np.float64) - penalty_per_q2 * np.asarray(
             rollout.sum_sq_inventory, np.float64
@@ -446,7 +459,16 @@ def amzn_study(args, key) -> dict[str, Any]:
 
     progress("AMZN: closing the loop (exact optimum and A-S in the calibrated market)")
     s0 = float(lobster.mid_path(day)[1][0])
-    loop = close_the_loop(fit, sigma, s0, args, jax.random.fold_in(key, 2))
+    loop = close_the_loop(
+        fit,
+        sigma,
+        s0,
+        jax.random.fold_in(key, 2),
+        gamma=args.loop_gamma,
+        q_max=args.loop_q_max,
+        n_steps=args.loop_steps,
+        n_episodes=args.loop_episodes,
+    )
     return {
         "data": {
             "path": str(args.data),
@@ -573,12 +595,12 @@ def plot_heatmaps(gammas, kappas, grid, tuned, best_cells, path: Path) -> None:
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Homework market: A-S (gamma, kappa) by gradients through the relaxed simulator")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def inverse_on_simulation(args, key) -> dict[str, Any]:
-    """Inverse calibration of ``(A, k, sigma)`` on a simulated dataset, against the MLE."""
+def inverse_on_simulation(key, *, n_episodes: int = 256, n_iterations: int = 300) -> dict[str, Any]:
+    """Inverse calibration of ``(A, k, sigma)`` on a simulated dataset, against the MLE
+    (``n_iterations`` gradient steps of ``n_episodes`` simulated episodes)."""
     truth = mm.presets.homework().replace(A=140.0, n_steps=240, fill_model="exponential")
     depths = np.linspace(0.0, 2.2, 12)
     design = calibrate.DepthCycle(jnp.asarray(depths, jnp.float32))
@@ -602,8 +624,8 @@ def inverse_on_simulation(args, key) -> dict[str, Any]:
         calibrate.moment_targets(rates, volatility),
         truth,
         jax.random.fold_in(key, 1),
-        n_episodes=args.inverse_episodes,
-        n_iterations=args.inverse_iterations,
+        n_episodes=n_episodes,
+        n_iterations=n_iterations,
     )
     return {
         "truth": {"A": 140.0, "k": 1.5, "sigma": 2.0, "fill_model": "exponential"},
@@ -708,7 +730,11 @@ def homework_study(args, key) -> tuple[dict[str, Any], dict]:
     write_csv(args.out / "tuning.csv", trajectories)
     plot_heatmaps(gammas, kappas, grid, tuned, best_cells, args.out / "tuning_heatmap.png")
     progress("homework: inverse calibration on simulated data")
-    inverse = inverse_on_simulation(args, jax.random.fold_in(key, 30))
+    inverse = inverse_on_simulation(
+        jax.random.fold_in(key, 30),
+        n_episodes=args.inverse_episodes,
+        n_iterations=args.inverse_iterations,
+    )
     return {
         "market": params,
         "grid": {
@@ -804,8 +830,9 @@ def print_report(payload: dict[str, Any]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Run the study; ``options`` override the command line's values (``grid_size=3``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
     with Timer() as total:
@@ -821,10 +848,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             progress(f"AMZN part skipped: {reason}")
             amzn = {"skipped": reason}
         homework, _ = homework_study(args, jax.random.fold_in(key, 2))
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     payload = {
         "study": "calibration",
-        "config": {**config, "objectives": OBJECTIVES, "session_seconds": SESSION_SECONDS},
         "amzn": amzn,
         "homework": homework,
         "notes": {
@@ -832,13 +857,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "k per dollar, sigma dollars per sqrt(session) and per sqrt(second)",
             "sharpe": "per episode: mean / std of terminal PnL across episodes",
         },
-        "seconds": total.seconds,
-        "environment": environment(),
     }
-    write_json(args.out / "summary.json", payload)
+    config = {**vars(args), "objectives": OBJECTIVES, "session_seconds": SESSION_SECONDS}
     print_report(payload)
-    progress(f"wrote {args.out}/ in {total.seconds:.0f} s")
-    return payload
+    return finish(args.out, "summary", payload, config=config, seconds=total.seconds)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from types import ModuleType
 
 import numpy as np
 
-from experiments.common import environment, write_csv, write_json
+from experiments.common import environment, save_figure, write_csv, write_json
 from jaxmm import optimal
 
 PACKAGE = "avellaneda-stoikov==0.1.0"
@@ -177,9 +177,7 @@ def observed_orders(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
 
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -200,8 +198,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -1,35 +1,99 @@
-"""Shared plumbing of the studies: output folders, JSON with config and seed, timing."""
+"""Shared plumbing of the studies: command lines, output folders, JSON with config and seed,
+timing, tables and figures.
+
+Importing this module selects matplotlib's non-interactive ``Agg`` backend, once for every
+study.
+"""
 
 from __future__ import annotations
 
+import argparse
 import csv
-import dataclasses
-import json
-import math
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+import matplotlib
 import numpy as np
 
+from jaxmm.results import jsonable, write_json
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON types; non-finite floats become the strings "inf", "-inf", "nan"."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray | jax.Array):
-        return jsonable(np.asarray(value).tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+matplotlib.use("Agg")
+
+__all__ = [
+    "StudyParser",
+    "Timer",
+    "add_ppo_arguments",
+    "environment",
+    "finish",
+    "jsonable",
+    "markdown_table",
+    "save_figure",
+    "study_parser",
+    "write_csv",
+    "write_json",
+    "write_rows_csv",
+]
+
+
+class StudyParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose ``parse(argv, **options)`` also takes typed overrides (the
+    keyword arguments of a study's ``main``) and checks ``--n-episodes`` against its minimum."""
+
+    min_episodes: int | None = None
+
+    def parse(self, argv: Sequence[str] | None = None, **options: Any) -> argparse.Namespace:
+        """``parse_args(argv)``, then ``options`` (by destination name, e.g. ``n_episodes``)
+        replace the parsed values; an unknown name is a ``TypeError``. Called with options
+        and no ``argv`` (from Python), the process's command line is not read."""
+        args = self.parse_args([] if argv is None and options else argv)
+        unknown = sorted(set(options) - set(vars(args)))
+        if unknown:
+            raise TypeError(f"{self.prog}: unknown options {unknown}")
+        vars(args).update(options)
+        if self.min_episodes is not None and args.n_episodes < self.min_episodes:
+            self.error(f"--n-episodes must be >= {self.min_episodes}, got {args.n_episodes}")
+        return args
+
+
+def study_parser(
+    name: str,
+    description: str,
+    *,
+    n_episodes: int | None = None,
+    seed: int = 0,
+    min_episodes: int | None = 10,
+    episodes_help: str | None = None,
+    seed_help: str | None = None,
+    episodes_aliases: Sequence[str] = (),
+) -> StudyParser:
+    """The parser of ``python -m experiments.<name>`` with the common flags: ``--out``
+    (default ``results/<name>``), ``--seed`` and, unless ``n_episodes`` is None,
+    ``--n-episodes`` (at least ``min_episodes``). ``description``: the first line is used
+    (pass the module's ``__doc__``)."""
+    parser = StudyParser(
+        prog=f"python -m experiments.{name}", description=description.split("\n")[0]
+    )
+    if n_episodes is not None:
+        parser.add_argument(
+            "--n-episodes", *episodes_aliases, type=int, default=n_episodes, help=episodes_help
+        )
+        parser.min_episodes = min_episodes
+    parser.add_argument("--seed", type=int, default=seed, help=seed_help)
+    parser.add_argument("--out", type=Path, default=Path("results") / name)
+    return parser
+
+
+def add_ppo_arguments(
+    parser: argparse.ArgumentParser, *, timesteps: int = 500_000, optional: bool = True
+) -> None:
+    """``--ppo-timesteps`` (each agent's training budget) and, if ``optional``, ``--no-ppo``."""
+    if optional:
+        parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agents out")
+    parser.add_argument("--ppo-timesteps", type=int, default=timesteps)
 
 
 def environment() -> dict[str, Any]:
@@ -44,11 +108,46 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
-    return path
+def finish(
+    out: Path,
+    name: str,
+    payload: Mapping[str, Any],
+    *,
+    config: argparse.Namespace | Mapping[str, Any] | None = None,
+    seconds: Any = None,
+) -> dict[str, Any]:
+    """Write ``<out>/<name>.json``: ``{"config": config, **payload, "seconds": seconds,
+    "environment": environment()}`` (``config`` may be the parsed arguments; keys left None
+    are not added), print where, and return that payload."""
+    result: dict[str, Any] = {}
+    if config is not None:
+        result["config"] = dict(vars(config) if isinstance(config, argparse.Namespace) else config)
+    result.update(payload)
+    if seconds is not None:
+        result["seconds"] = seconds
+    result.setdefault("environment", environment())
+    write_json(Path(out) / f"{name}.json", result)
+    timing = f" ({seconds:.1f} s)" if isinstance(seconds, int | float) else ""
+    print(f"results in {out}/{timing}")
+    return result
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
+    """A markdown table; ``align`` has one letter a column, ``l`` (left) or ``r`` (right),
+    default: the first column left, the others right."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    lines = ["| " + " | ".join(str(cell) for cell in line) + " |" for line in (header, *rows)]
+    return "\n".join([lines[0], rule, *lines[1:]])
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
+    """Save ``fig`` at ``path`` (``dpi`` 120) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray]) -> Path:

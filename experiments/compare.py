@@ -21,17 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
 from experiments import agents, heatmap
-from experiments.common import Timer, environment, write_json, write_rows_csv
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from experiments.common import (
+    Timer,
+    add_ppo_arguments,
+    finish,
+    markdown_table,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 
 PHI = 0.01
 STATS = (
@@ -45,18 +51,17 @@ STATS = (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.compare", description=__doc__.split("\n")[0]
+QUICK = {"n_episodes": 50, "validation_episodes": 50, "ppo_timesteps": 8192}  # all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser(
+        "compare", __doc__, n_episodes=1000, seed=99, min_episodes=None, seed_help="test paths' key"
     )
-    parser.add_argument("--n-episodes", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=99, help="test paths' key")
     parser.add_argument("--validation-episodes", type=int, default=2000)
-    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
-    parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agent out")
+    add_ppo_arguments(parser)
     parser.add_argument("--heatmap", type=Path, default=Path("results/heatmap/summary.json"))
-    parser.add_argument("--out", type=Path, default=Path("results/compare"))
-    args = parser.parse_args(argv)
+    args = parser.parse(argv, **options)
     if args.n_episodes < 10 or args.validation_episodes < 10:
         parser.error("--n-episodes and --validation-episodes must be >= 10")
     return args
@@ -67,24 +72,30 @@ def best_as_cell(path: Path) -> dict:
     if path.is_file():
         best = json.loads(path.read_text())["best"]["2.0"]["best"]
     else:
-        best = heatmap.best_region(heatmap.sweep(2.0, argparse.Namespace(n_episodes=500, seed=0)))[
-            "best"
-        ]
+        best = heatmap.best_region(heatmap.sweep(2.0, n_episodes=500, seed=0))["best"]
     return {"gamma": float(best["gamma"]), "kappa": float(best["kappa"])}
 
 
-def choose_ppo(args, params: mm.MarketParams) -> tuple[str, object, dict]:
-    """The better PPO agent by per-episode Sharpe on validation keys (not the test paths)."""
+def choose_ppo(
+    params: mm.MarketParams,
+    *,
+    seed: int,
+    validation_episodes: int,
+    ppo_timesteps: int,
+    agents_dir: Path | None = None,
+) -> tuple[str, object, dict]:
+    """The better PPO agent by per-episode Sharpe on validation keys (``seed + 10_000``, not
+    the test paths); agents train in ``agents_dir`` (default ``agents.AGENTS_DIR``)."""
     candidates = {}
     for phi in (0.01, 0.1):
         run = agents.trained_run(
-            f"ppo_phi{phi:g}", phi=phi, total_timesteps=args.ppo_timesteps, seed=0
+            f"ppo_phi{phi:g}", phi=phi, total_timesteps=ppo_timesteps, seed=0, out_dir=agents_dir
         )
         candidates[f"ppo(phi={phi:g})"] = agents.load_policy(run)
-    validation_key = jax.random.key(args.seed + 10_000)
+    validation_key = jax.random.key(seed + 10_000)
     scores = {
         name: mm.metrics.summarize(
-            mm.simulate(params, policy, validation_key, args.validation_episodes)
+            mm.simulate(params, policy, validation_key, validation_episodes)
         )["sharpe"]
         for name, policy in candidates.items()
     }
@@ -92,10 +103,12 @@ def choose_ppo(args, params: mm.MarketParams) -> tuple[str, object, dict]:
     return chosen, candidates[chosen], scores
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, agents_dir: Path | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=50``,
+    ``heatmap=Path(...)``); agents train in ``agents_dir`` (default ``agents.AGENTS_DIR``)."""
     from train import evaluate
 
-    args = parse_args(argv)
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     env = mm.env.MarketMakingEnv()
     env_params = env.default_params.replace(phi=PHI)
@@ -107,7 +120,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     choice = {}
     if not args.no_ppo:
-        name, policy, scores = choose_ppo(args, params)
+        name, policy, scores = choose_ppo(
+            params,
+            seed=args.seed,
+            validation_episodes=args.validation_episodes,
+            ppo_timesteps=args.ppo_timesteps,
+            agents_dir=agents_dir,
+        )
         rules["ppo"] = policy
         choice = {"chosen": name, "validation_sharpe": scores}
     key = jax.random.key(args.seed)
@@ -128,42 +147,42 @@ def main(argv: list[str] | None = None) -> dict:
     write_rows_csv(args.out / "table.csv", rows)
     plot_equity(paths, float(params.dt), args.out / "equity_curves.png")
     plot_box(paths, args.out / "pnl_boxplot.png")
-    payload = {
-        "config": {
-            **vars(args),
-            "out": str(args.out),
-            "heatmap": str(args.heatmap),
-            "phi": PHI,
-            "as_cell": cell,
-            "market": params,
-        },
-        "ppo_choice": choice,
-        "optimal_reward": result["optimal_reward"],
-        "table": rows,
-        "eval": result["eval"],
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
     print(format_table(rows))
-    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
-    return payload
+    return finish(
+        args.out,
+        "summary",
+        {
+            "ppo_choice": choice,
+            "optimal_reward": result["optimal_reward"],
+            "table": rows,
+            "eval": result["eval"],
+        },
+        config={**vars(args), "phi": PHI, "as_cell": cell, "market": params},
+        seconds=timer.seconds,
+    )
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| strategy | mean PnL | Sharpe | max drawdown | mean abs q_T | % profitable |"
-        " reward (phi 0.01) | optimality gap |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['strategy']} | {r['mean_pnl']:.2f} ± {r['mean_pnl_se']:.2f} | "
-            f"{r['sharpe']:.2f} ± {r['sharpe_se']:.2f} | {r['max_drawdown']:.2f} | "
-            f"{r['mean_abs_q']:.2f} | {r['pct_profitable']:.1f} | {r['mean_reward']:.2f} | "
-            f"{100 * r['optimality_gap']:.2f}% ± {100 * r['optimality_gap_se']:.2f}% |"
-        )
-    return "\n".join(lines)
+    header = (
+        "strategy", "mean PnL", "Sharpe", "max drawdown", "mean abs q_T", "% profitable",
+        "reward (phi 0.01)", "optimality gap",
+    )  # fmt: skip
+    return markdown_table(
+        header,
+        [
+            (
+                r["strategy"],
+                f"{r['mean_pnl']:.2f} ± {r['mean_pnl_se']:.2f}",
+                f"{r['sharpe']:.2f} ± {r['sharpe_se']:.2f}",
+                f"{r['max_drawdown']:.2f}",
+                f"{r['mean_abs_q']:.2f}",
+                f"{r['pct_profitable']:.1f}",
+                f"{r['mean_reward']:.2f}",
+                f"{100 * r['optimality_gap']:.2f}% ± {100 * r['optimality_gap_se']:.2f}%",
+            )
+            for r in rows
+        ],
+    )
 
 
 def plot_equity(rollouts: dict, dt: float, path: Path) -> None:
@@ -181,8 +200,7 @@ def plot_equity(rollouts: dict, dt: float, path: Path) -> None:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("Equity curves of 10 paths (deciles of the optimum's terminal PnL), same paths")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_box(rollouts: dict, path: Path) -> None:
@@ -192,8 +210,7 @@ def plot_box(rollouts: dict, path: Path) -> None:
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.set(ylabel="terminal PnL (price units)", title="Terminal PnL on the same paths")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -37,15 +37,12 @@ import sys
 from pathlib import Path
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import Timer, environment, save_figure, write_json, write_rows_csv
 from jaxmm import optimal, schedule
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 EVAL_STREAM = 1_000_003  # fold_in index of the evaluation key: disjoint from every replicate
 AS_GAMMA = 0.1
@@ -237,8 +234,7 @@ def plot_depths(params, results: dict, path: Path) -> None:
         )
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_values(results: dict, path: Path) -> None:
@@ -257,8 +253,7 @@ def plot_values(results: dict, path: Path) -> None:
         ax.set(title=f"phi = {phi:g}: expected episode reward", ylabel="E[pnl - phi sum q^2]")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_overfitting(results: dict, path: Path) -> None:
@@ -287,8 +282,7 @@ def plot_overfitting(results: dict, path: Path) -> None:
         )
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -25,36 +25,30 @@ import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import Timer, environment, finish, save_figure, study_parser, write_rows_csv
 from jaxmm import devices as device_lib
 from jaxmm.simulate import to_host
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 GAMMAS = (0.01, 0.05, 0.1, 0.5, 1.0)
 KAPPAS = (0.5, 1.0, 1.5, 3.0, 5.0)
 SIGMAS = (2.0, 4.0)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.heatmap", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--n-episodes", type=int, default=500, help="episodes per cell")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/heatmap"))
+QUICK = {"n_episodes": 20}  # experiments.all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser("heatmap", __doc__, n_episodes=500, episodes_help="episodes per cell")
     device_lib.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.n_episodes < 10:
-        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
+    args = parser.parse(argv, **options)
     args.device_list = device_lib.from_arguments(parser, args)
     return args
 
@@ -136,11 +130,16 @@ def grid_pnl(
     return tuple(to_host(x)[: grid_gammas.size].reshape(shape) for x in (pnl, inventory))
 
 
-def sweep(sigma: float, args, devices: Sequence[jax.Device] | None = None) -> list[dict]:
+def sweep(
+    sigma: float,
+    *,
+    n_episodes: int = 500,
+    seed: int = 0,
+    devices: Sequence[jax.Device] | None = None,
+) -> list[dict]:
+    """The table's rows of every (gamma, kappa) cell at volatility ``sigma``."""
     params = mm.presets.homework().replace(sigma=sigma)
-    pnl, inventory = grid_pnl(
-        params, GAMMAS, KAPPAS, jax.random.key(args.seed), args.n_episodes, devices
-    )
+    pnl, inventory = grid_pnl(params, GAMMAS, KAPPAS, jax.random.key(seed), n_episodes, devices)
     pnl, inventory = np.asarray(pnl, np.float64), np.asarray(inventory, np.float64)
     rows = []
     for i, gamma in enumerate(GAMMAS):
@@ -194,42 +193,26 @@ def plot(results: dict[float, list[dict]], regions: dict[float, dict], path: Pat
         )
         fig.colorbar(image, ax=ax, label="Sharpe (mean / std of terminal PnL)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=20``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     results, regions, seconds = {}, {}, {}
     for sigma in SIGMAS:
         print(f"heatmap sigma = {sigma:g}: 25 cells x {args.n_episodes} episodes", file=sys.stderr)
         with Timer() as timer:
-            results[sigma] = sweep(sigma, args, args.device_list)
+            results[sigma] = sweep(
+                sigma, n_episodes=args.n_episodes, seed=args.seed, devices=args.device_list
+            )
         seconds[sigma] = timer.seconds
         regions[sigma] = best_region(results[sigma])
     rows = [row for sigma in SIGMAS for row in results[sigma]]
     write_rows_csv(args.out / "cells.csv", rows)
     plot(results, regions, args.out / "sharpe_heatmap.png")
     best_gammas = {sigma: regions[sigma]["best"]["gamma"] for sigma in SIGMAS}
-    payload = {
-        "config": {
-            **vars(args),
-            "out": str(args.out),
-            "device_list": None,
-            "gammas": GAMMAS,
-            "kappas": KAPPAS,
-            "sigmas": SIGMAS,
-            "market": mm.presets.homework(),
-        },
-        "cells": rows,
-        "best": {str(sigma): regions[sigma] for sigma in SIGMAS},
-        "best_gamma_moves_with_sigma": len(set(best_gammas.values())) > 1,
-        "seconds": {str(sigma): s for sigma, s in seconds.items()},
-        "environment": environment(),
-        "devices": device_lib.describe(args.device_list),
-    }
-    write_json(args.out / "summary.json", payload)
     for sigma in SIGMAS:
         best = regions[sigma]["best"]
         print(
@@ -237,8 +220,26 @@ def main(argv: list[str] | None = None) -> dict:
             f"{best['sharpe']:.2f} +- {best['sharpe_se']:.2f}; {len(regions[sigma]['region'])} "
             f"cells within 2 SE ({seconds[sigma]:.1f} s)"
         )
-    print(f"results in {args.out}/")
-    return payload
+    return finish(
+        args.out,
+        "summary",
+        {
+            "cells": rows,
+            "best": {str(sigma): regions[sigma] for sigma in SIGMAS},
+            "best_gamma_moves_with_sigma": len(set(best_gammas.values())) > 1,
+            "seconds": {str(sigma): s for sigma, s in seconds.items()},
+            "environment": environment(),
+            "devices": device_lib.describe(args.device_list),
+        },
+        config={
+            **vars(args),
+            "device_list": None,
+            "gammas": GAMMAS,
+            "kappas": KAPPAS,
+            "sigmas": SIGMAS,
+            "market": mm.presets.homework(),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,23 +26,29 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_csv, write_json
+from experiments import plots
+from experiments.common import Timer, finish, save_figure, study_parser, write_csv
 from jaxmm import devices as device_lib
-from jaxmm import market, plots, streaming
+from jaxmm import market, streaming
+
+QUICK = {"n_episodes": 200}  # experiments.all --quick
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.monte_carlo", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--n-episodes", "--episodes", type=int, default=10_000, help="episodes (default 10000)"
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser(
+        "monte_carlo",
+        __doc__,
+        n_episodes=10_000,
+        min_episodes=2,
+        episodes_aliases=("--episodes",),
+        episodes_help="episodes (default 10000)",
     )
     parser.add_argument(
         "--stream",
@@ -56,13 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gamma", type=float, default=0.1, help="A-S risk aversion")
     parser.add_argument("--kappa", type=float, default=1.5, help="A-S assumed k, per price unit")
     parser.add_argument("--naive-spread", type=float, default=1.0, help="naive total spread")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-paths", type=int, default=10, help="episodes in the path figure")
-    parser.add_argument("--out", type=Path, default=Path("results/monte_carlo"))
     device_lib.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.n_episodes < 2:
-        parser.error(f"--n-episodes must be >= 2, got {args.n_episodes}")
+    args = parser.parse(argv, **options)
     if args.n_paths < 1:
         parser.error(f"--n-paths must be >= 1, got {args.n_paths}")
     if args.naive_spread <= 0:
@@ -85,9 +87,6 @@ def plot_streamed_histogram(
     histogram: streaming.Histogram, summary: dict, path: Path, *, title: str
 ) -> Path:
     """Terminal-PnL histogram of a streamed run (the exact counts, grouped for display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     edges, counts = histogram.display(200)
@@ -105,9 +104,7 @@ def plot_streamed_histogram(
     ax.set(title=title, xlabel="terminal PnL", ylabel=f"episodes per bin of {width:.3g}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def quote_skew_data(params: mm.MarketParams, policy: mm.policies.AvellanedaStoikov):
@@ -130,8 +127,9 @@ def quote_skew_data(params: mm.MarketParams, policy: mm.policies.AvellanedaStoik
     return inventories, depths, np.asarray(steps) * params.dt, np.asarray(spread)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=200``)."""
+    args = parse_args(argv, **options)
     wall_start = time.perf_counter()
     params = mm.presets.homework()
     strategies = {
@@ -214,9 +212,22 @@ def main(argv: list[str] | None = None) -> dict:
             "summary[...]['quantile_resolution'] (one bin width) of the exact values; means, "
             "standard deviations and standard errors from exactly merged per-chunk moments"
         )
-    payload = {
-        "study": "monte_carlo",
-        "config": {
+    elapsed = time.perf_counter() - wall_start
+    payload = finish(
+        out,
+        "summary",
+        {
+            "study": "monte_carlo",
+            "summary": summaries,
+            "notes": notes,
+            "elapsed_seconds": elapsed,
+            "episode_steps_per_second": {
+                name: args.n_episodes * params.n_steps / s for name, s in seconds.items()
+            },
+            "peak_rss_mb": peak_rss_mb(),
+            "devices": device_lib.describe(args.device_list),
+        },
+        config={
             "seed": args.seed,
             "n_episodes": args.n_episodes,
             "mode": "stream" if args.stream else "in_memory",
@@ -229,18 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
             },
             "noise": "common random numbers: both strategies see the same paths",
         },
-        "summary": summaries,
-        "notes": notes,
-        "seconds": seconds,
-        "elapsed_seconds": time.perf_counter() - wall_start,
-        "episode_steps_per_second": {
-            name: args.n_episodes * params.n_steps / s for name, s in seconds.items()
-        },
-        "peak_rss_mb": peak_rss_mb(),
-        "devices": device_lib.describe(args.device_list),
-        "environment": environment(),
-    }
-    write_json(out / "summary.json", payload)
+        seconds=seconds,
+    )
     print(
         f"wrote {out}/ ({payload['elapsed_seconds']:.1f} s, peak RSS "
         f"{payload['peak_rss_mb']:.0f} MB)",

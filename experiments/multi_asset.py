@@ -27,15 +27,12 @@ import argparse
 from pathlib import Path
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import Timer, environment, save_figure, write_json, write_rows_csv
 from jaxmm import multi_asset as ma
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 SIGMAS = {2: (2.0, 1.0), 3: (2.0, 1.5, 1.0)}
 # equicorrelation is positive definite for rho in (-1 / (n - 1), 1)
@@ -203,8 +200,7 @@ def plot(rows: list[dict], out: Path) -> None:
             ax.legend(fontsize=7)
     fig.suptitle("Portfolio A-S vs each asset alone\n(same paths, error bars ±2 SE)")
     fig.tight_layout()
-    fig.savefig(out / "objective_vs_rho.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "objective_vs_rho.png")
 
 
 if __name__ == "__main__":

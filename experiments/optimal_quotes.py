@@ -24,37 +24,45 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_csv, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    finish,
+    markdown_table,
+    save_figure,
+    study_parser,
+    write_csv,
+    write_rows_csv,
+)
 from jaxmm import optimal
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 PHIS = (0.0, 0.01, 0.1)
 AS_GAMMAS = (0.01, 0.1, 0.5, 1.0, 10.0)
 GLFT_GAMMAS = (0.1, 1.0, 10.0)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.optimal_quotes", description=__doc__.split("\n")[0]
+QUICK = {"n_episodes": 200, "q_max": 6}  # experiments.all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser(
+        "optimal_quotes",
+        __doc__,
+        n_episodes=20_000,
+        min_episodes=2,
+        episodes_help="Monte Carlo episodes",
     )
     parser.add_argument("--q-max", type=int, default=20, help="inventory bound of GLFT/CJ tables")
     parser.add_argument("--naive-spread", type=float, default=1.0, help="naive total spread")
-    parser.add_argument("--n-episodes", type=int, default=20_000, help="Monte Carlo episodes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/optimal_quotes"))
-    args = parser.parse_args(argv)
+    args = parser.parse(argv, **options)
     if args.q_max < 2:
         parser.error(f"--q-max must be >= 2, got {args.q_max}")
-    if args.n_episodes < 2:
-        parser.error(f"--n-episodes must be >= 2, got {args.n_episodes}")
     if args.naive_spread <= 0:
         parser.error(f"--naive-spread must be > 0, got {args.naive_spread}")
     return args
@@ -65,24 +73,28 @@ def matched_gamma(params: mm.MarketParams, phi: float) -> float:
     return 2.0 * phi / (float(params.sigma) ** 2 * float(params.dt))
 
 
-def strategies(params: mm.MarketParams, phi: float, args) -> dict:
+def strategies(
+    params: mm.MarketParams, phi: float, *, naive_spread: float = 1.0, q_max: int = 20
+) -> dict:
     """The compared rules (policies or tables); the phi-dependent ones are matched to ``phi``."""
     sigma, A, k, T = (float(params.sigma), float(params.A), float(params.k), float(params.T))
-    rules = {"naive": mm.policies.symmetric(args.naive_spread / 2)}
+    rules = {"naive": mm.policies.symmetric(naive_spread / 2)}
     for gamma in AS_GAMMAS:
         rules[f"avellaneda_stoikov(gamma={gamma:g})"] = mm.policies.avellaneda_stoikov(gamma, k)
     for gamma in GLFT_GAMMAS:
         rules[f"glft_asymptotic(gamma={gamma:g})"] = mm.policies.glft(gamma, k, A, sigma)
         rules[f"glft_exact(gamma={gamma:g})"] = optimal.glft(
-            sigma, A, k, gamma, args.q_max, T, n_steps=params.n_steps
+            sigma, A, k, gamma, q_max, T, n_steps=params.n_steps
         )
     rules["cartea_jaimungal(phi/dt)"] = optimal.cartea_jaimungal(
-        A, k, phi / float(params.dt), args.q_max, T, n_steps=params.n_steps
+        A, k, phi / float(params.dt), q_max, T, n_steps=params.n_steps
     )
     return rules
 
 
-def exact_rewards(params: mm.MarketParams, args) -> tuple[list[dict], dict]:
+def exact_rewards(
+    params: mm.MarketParams, *, naive_spread: float = 1.0, q_max: int = 20
+) -> tuple[list[dict], dict]:
     rows, optima = [], {}
     for phi in PHIS:
         best = optimal.bellman(params, phi)
@@ -90,7 +102,7 @@ def exact_rewards(params: mm.MarketParams, args) -> tuple[list[dict], dict]:
         optimum = best.value_at()
         wide = optimal.bellman(params, phi, depth_bounds=(-5.0, 5.0))
         rules = {
-            **strategies(params, phi, args),
+            **strategies(params, phi, naive_spread=naive_spread, q_max=q_max),
             "bellman": best,
             "bellman(depths in [-5, 5])": wide,
         }
@@ -103,13 +115,11 @@ def exact_rewards(params: mm.MarketParams, args) -> tuple[list[dict], dict]:
     return rows, optima
 
 
-def monte_carlo_check(params, optima, args) -> dict:
+def monte_carlo_check(params, optima, *, seed: int = 0, n_episodes: int = 20_000) -> dict:
     """Simulated reward of each Bellman policy against its exact value (3 standard errors)."""
     out = {}
     for phi, best in optima.items():
-        rollout = mm.simulate(
-            params, mm.policies.table(best), jax.random.key(args.seed), args.n_episodes
-        )
+        rollout = mm.simulate(params, mm.policies.table(best), jax.random.key(seed), n_episodes)
         reward = np.asarray(rollout.reward(phi), np.float64)
         stderr = reward.std(ddof=1) / np.sqrt(reward.size)
         out[str(phi)] = {
@@ -140,7 +150,7 @@ def fd_convergence(params: mm.MarketParams, phi: float, q_max: int) -> list[dict
     return rows
 
 
-def plot_depths(params, optima, args, out: Path) -> None:
+def plot_depths(params, optima, out: Path, *, q_max: int = 20) -> None:
     sigma, A, k, T = (float(params.sigma), float(params.A), float(params.k), float(params.T))
     phis = [phi for phi in PHIS if phi > 0]
     fig_q, axes_q = plt.subplots(1, len(phis), figsize=(6 * len(phis), 4.5), squeeze=False)
@@ -154,7 +164,7 @@ def plot_depths(params, optima, args, out: Path) -> None:
             "A-S (gamma=0.1, homework)": mm.policies.avellaneda_stoikov(0.1, k),
             f"GLFT closed form (gamma={gamma:g})": mm.policies.glft(gamma, k, A, sigma),
             f"GLFT exact (gamma={gamma:g})": optimal.glft(
-                sigma, A, k, gamma, args.q_max, T, n_steps=params.n_steps
+                sigma, A, k, gamma, q_max, T, n_steps=params.n_steps
             ),
             "Bellman optimum": optima[phi],
         }
@@ -181,8 +191,7 @@ def plot_depths(params, optima, args, out: Path) -> None:
         ax_t.legend(fontsize=7)
     for fig, name in ((fig_q, "depths_vs_inventory.png"), (fig_t, "depths_vs_time.png")):
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / name)
 
 
 def plot_fd(rows: list[dict], path: Path) -> None:
@@ -194,8 +203,7 @@ def plot_fd(rows: list[dict], path: Path) -> None:
     ax.set(xlabel="dt", ylabel="max |h_FD(0, q) - h(0, q)|", title="FD scheme convergence")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_glft_gap(params: mm.MarketParams, q_max: int, path: Path) -> dict:
@@ -215,8 +223,7 @@ def plot_glft_gap(params: mm.MarketParams, q_max: int, path: Path) -> dict:
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return gaps
 
 
@@ -234,17 +241,18 @@ def risk_table(params: mm.MarketParams) -> dict[str, np.ndarray]:
     return columns
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=200``)."""
+    args = parse_args(argv, **options)
     params = mm.presets.homework()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     print("Exact optima at the homework parameters", file=sys.stderr)
     with Timer() as solve_timer:
-        rows, optima = exact_rewards(params, args)
-    mc = monte_carlo_check(params, optima, args)
+        rows, optima = exact_rewards(params, naive_spread=args.naive_spread, q_max=args.q_max)
+    mc = monte_carlo_check(params, optima, seed=args.seed, n_episodes=args.n_episodes)
     fd_rows = fd_convergence(params, 0.01, min(args.q_max, 10))
-    plot_depths(params, optima, args, out)
+    plot_depths(params, optima, out, q_max=args.q_max)
     plot_fd(fd_rows, out / "fd_convergence.png")
     glft_gaps = plot_glft_gap(params, args.q_max, out / "glft_gap.png")
     empirical = {}
@@ -261,40 +269,41 @@ def main(argv: list[str] | None = None) -> dict:
         }
     write_csv(out / "risk.csv", risk_table(params))
     write_rows_csv(out / "exact_rewards.csv", rows)
-    payload = {
-        "config": {**vars(args), "out": str(out), "params": params, "phis": PHIS},
-        "exact_rewards": rows,
-        "bellman_monte_carlo_check": mc,
-        "fd_convergence": fd_rows,
-        "glft_closed_form_gap": glft_gaps,
-        "empirical_pnl_risk": empirical,
-        "solve_seconds": solve_timer.seconds,
-        "environment": environment(),
-    }
-    write_json(out / "summary.json", payload)
     print(format_rewards(rows))
     for phi, check in mc.items():
         print(
             f"phi = {phi}: Bellman exact {check['exact']:.4f}, Monte Carlo "
             f"{check['monte_carlo']:.4f} +- {check['stderr']:.4f} (z = {check['z']:+.2f})"
         )
-    print(f"results in {out}/")
-    return payload
+    return finish(
+        out,
+        "summary",
+        {
+            "exact_rewards": rows,
+            "bellman_monte_carlo_check": mc,
+            "fd_convergence": fd_rows,
+            "glft_closed_form_gap": glft_gaps,
+            "empirical_pnl_risk": empirical,
+            "solve_seconds": solve_timer.seconds,
+        },
+        config={**vars(args), "params": params, "phis": PHIS},
+    )
 
 
 def format_rewards(rows: list[dict]) -> str:
     """Markdown table: strategies as rows, phi as columns (exact reward, % of optimum)."""
     names = list(dict.fromkeys(row["strategy"] for row in rows))
     lookup = {(row["strategy"], row["phi"]): row for row in rows}
-    header = "| strategy | " + " | ".join(f"phi = {phi:g}" for phi in PHIS) + " |"
-    lines = [header, "|---" * (len(PHIS) + 1) + "|"]
-    for name in names:
-        cells = [
+    rows = [
+        [name]
+        + [
             f"{lookup[name, phi]['exact_reward']:.2f} ({100 * lookup[name, phi]['fraction']:.1f}%)"
             for phi in PHIS
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for name in names
+    ]
+    header = ["strategy", *(f"phi = {phi:g}" for phi in PHIS)]
+    return markdown_table(header, rows, align="l" * len(header))
 
 
 if __name__ == "__main__":

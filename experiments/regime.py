@@ -29,44 +29,46 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    add_ppo_arguments,
+    finish,
+    markdown_table,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 from jaxmm import optimal
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 PHI = 0.01
 PHI_VARIANCE = 0.5  # phi_v sigma^2 dt = 0.5 * 4 * 0.005 = 0.01 before the switch
 SWITCH = 100
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.regime", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--n-episodes", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agents out")
-    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
-    parser.add_argument("--out", type=Path, default=Path("results/regime"))
-    args = parser.parse_args(argv)
-    if args.n_episodes < 10:
-        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
-    return args
+QUICK = {"n_episodes": 50, "ppo_timesteps": 8192}  # experiments.all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser("regime", __doc__, n_episodes=500, seed=7)
+    add_ppo_arguments(parser)
+    return parser.parse(argv, **options)
 
 
 def switching_market() -> mm.MarketParams:
     return mm.presets.homework().replace(vol_switch_step=SWITCH, vol_switch_factor=2.0)
 
 
-def strategies(args) -> dict:
+def strategies(
+    *, ppo: bool = True, ppo_timesteps: int = 500_000, agents_dir: Path | None = None
+) -> dict:
     market = switching_market()
     rules = {
         "naive": mm.policies.symmetric(0.5),
@@ -76,9 +78,9 @@ def strategies(args) -> dict:
             optimal.bellman(market, PHI_VARIANCE, reward="variance")
         ),
     }
-    if not args.no_ppo:
+    if ppo:
         penalty = agents.trained_run(
-            "ppo_phi0.01", phi=PHI, total_timesteps=args.ppo_timesteps, seed=0
+            "ppo_phi0.01", phi=PHI, total_timesteps=ppo_timesteps, seed=0, out_dir=agents_dir
         )
         variance = agents.trained_run(
             "ppo_variance_switch",
@@ -86,16 +88,18 @@ def strategies(args) -> dict:
             reward="variance",
             vol_switch_step=SWITCH,
             vol_switch_factor=2.0,
-            total_timesteps=args.ppo_timesteps,
+            total_timesteps=ppo_timesteps,
             seed=0,
+            out_dir=agents_dir,
         )
         randomised = agents.trained_run(
             "ppo_variance_random",
             phi=PHI_VARIANCE,
             reward="variance",
             random_regimes=True,
-            total_timesteps=args.ppo_timesteps,
+            total_timesteps=ppo_timesteps,
             seed=0,
+            out_dir=agents_dir,
         )
         rules["ppo_penalty"] = agents.load_policy(penalty)
         rules["ppo_variance"] = agents.load_policy(variance)
@@ -126,14 +130,18 @@ def half_stats(paths) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, *, agents_dir: Path | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=50``);
+    agents train in ``agents_dir`` (default ``experiments.agents.AGENTS_DIR``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     market = switching_market()
     key = jax.random.key(args.seed)
     rows, curves = [], {}
     with Timer() as timer:
-        for name, rule in strategies(args).items():
+        for name, rule in strategies(
+            ppo=not args.no_ppo, ppo_timesteps=args.ppo_timesteps, agents_dir=agents_dir
+        ).items():
             print(f"regime: {name}", file=sys.stderr)
             rollout = mm.simulate(market, rule, key, args.n_episodes, paths=True)
             rows.append({"strategy": name, **half_stats(rollout.paths)})
@@ -145,41 +153,37 @@ def main(argv: list[str] | None = None) -> dict:
             )
     write_rows_csv(args.out / "table.csv", rows)
     plot(curves, float(market.dt), args.out / "regime.png")
-    payload = {
-        "config": {
-            **vars(args),
-            "out": str(args.out),
-            "phi": PHI,
-            "phi_variance": PHI_VARIANCE,
-            "market": market,
-        },
-        "table": rows,
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
     print(format_table(rows))
-    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
-    return payload
+    return finish(
+        args.out,
+        "summary",
+        {"table": rows},
+        config={**vars(args), "phi": PHI, "phi_variance": PHI_VARIANCE, "market": market},
+        seconds=timer.seconds,
+    )
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| strategy | PnL 1st half | PnL 2nd half | Sharpe 1st | Sharpe 2nd | max DD 2nd |"
-        " spread before / after | mean abs q before / after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['strategy']}"
-            f" | {r['first_half_mean_pnl']:.2f} ± {r['first_half_mean_pnl_se']:.2f}"
-            f" | {r['second_half_mean_pnl']:.2f} ± {r['second_half_mean_pnl_se']:.2f}"
-            f" | {r['first_half_sharpe']:.2f} | {r['second_half_sharpe']:.2f}"
-            f" | {r['second_half_max_drawdown']:.2f}"
-            f" | {r['mean_spread_before']:.2f} / {r['mean_spread_after']:.2f}"
-            f" | {r['mean_abs_q_before']:.2f} / {r['mean_abs_q_after']:.2f} |"
-        )
-    return "\n".join(lines)
+    header = (
+        "strategy", "PnL 1st half", "PnL 2nd half", "Sharpe 1st", "Sharpe 2nd", "max DD 2nd",
+        "spread before / after", "mean abs q before / after",
+    )  # fmt: skip
+    return markdown_table(
+        header,
+        [
+            (
+                r["strategy"],
+                f"{r['first_half_mean_pnl']:.2f} ± {r['first_half_mean_pnl_se']:.2f}",
+                f"{r['second_half_mean_pnl']:.2f} ± {r['second_half_mean_pnl_se']:.2f}",
+                f"{r['first_half_sharpe']:.2f}",
+                f"{r['second_half_sharpe']:.2f}",
+                f"{r['second_half_max_drawdown']:.2f}",
+                f"{r['mean_spread_before']:.2f} / {r['mean_spread_after']:.2f}",
+                f"{r['mean_abs_q_before']:.2f} / {r['mean_abs_q_after']:.2f}",
+            )
+            for r in rows
+        ],
+    )
 
 
 def plot(curves: dict, dt: float, path: Path) -> None:
@@ -193,8 +197,7 @@ def plot(curves: dict, dt: float, path: Path) -> None:
     axes[0].set_ylim(0, 6)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -22,33 +22,43 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    add_ppo_arguments,
+    finish,
+    markdown_table,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 from jaxmm import optimal
 from jaxmm.simulate import Paths
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 PHI = 0.01
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.regime_conditional", description=__doc__.split("\n")[0]
+QUICK = {"n_episodes": 80, "ppo_timesteps": 8192}  # experiments.all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser(
+        "regime_conditional",
+        __doc__,
+        n_episodes=500,
+        seed=2024,
+        min_episodes=None,
+        seed_help="test episodes' key",
     )
-    parser.add_argument("--n-episodes", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=2024, help="test episodes' key")
-    parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agent out")
-    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
-    parser.add_argument("--out", type=Path, default=Path("results/regime_conditional"))
-    args = parser.parse_args(argv)
+    add_ppo_arguments(parser)
+    args = parser.parse(argv, **options)
     if args.n_episodes < 40:
         parser.error(f"--n-episodes must be >= 40 (quartiles), got {args.n_episodes}")
     return args
@@ -72,14 +82,22 @@ def regimes(paths: Paths, params: mm.MarketParams) -> dict:
     }
 
 
-def strategies(params: mm.MarketParams, args) -> dict:
+def strategies(
+    params: mm.MarketParams,
+    *,
+    ppo: bool = True,
+    ppo_timesteps: int = 500_000,
+    agents_dir: Path | None = None,
+) -> dict:
     rules = {
         "naive": mm.policies.symmetric(0.5),
         "avellaneda_stoikov": mm.policies.avellaneda_stoikov(0.1, float(params.k)),
         "bellman": mm.policies.table(optimal.bellman(params, PHI)),
     }
-    if not args.no_ppo:
-        run = agents.trained_run("ppo_phi0.01", phi=PHI, total_timesteps=args.ppo_timesteps, seed=0)
+    if ppo:
+        run = agents.trained_run(
+            "ppo_phi0.01", phi=PHI, total_timesteps=ppo_timesteps, seed=0, out_dir=agents_dir
+        )
         rules["ppo"] = agents.load_policy(run)
     return rules
 
@@ -96,14 +114,18 @@ def stats(pnl: np.ndarray, drawdown: np.ndarray) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, *, agents_dir: Path | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=80``);
+    the agent trains in ``agents_dir`` (default ``experiments.agents.AGENTS_DIR``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     params = mm.presets.homework()
     key = jax.random.key(args.seed)
     rows, masks = [], None
     with Timer() as timer:
-        for name, rule in strategies(params, args).items():
+        for name, rule in strategies(
+            params, ppo=not args.no_ppo, ppo_timesteps=args.ppo_timesteps, agents_dir=agents_dir
+        ).items():
             print(f"regime_conditional: {name}", file=sys.stderr)
             rollout = mm.simulate(params, rule, key, args.n_episodes, paths=True)
             if masks is None:
@@ -116,31 +138,35 @@ def main(argv: list[str] | None = None) -> dict:
                 )
     write_rows_csv(args.out / "table.csv", rows)
     plot(rows, args.out / "sharpe_by_regime.png")
-    payload = {
-        "config": {**vars(args), "out": str(args.out), "phi": PHI, "market": params},
-        "regime_sizes": {regime: int(mask.sum()) for regime, mask in masks.items()},
-        "table": rows,
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
     print(format_table(rows))
-    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
-    return payload
+    return finish(
+        args.out,
+        "summary",
+        {
+            "regime_sizes": {regime: int(mask.sum()) for regime, mask in masks.items()},
+            "table": rows,
+        },
+        config={**vars(args), "phi": PHI, "market": params},
+        seconds=timer.seconds,
+    )
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| regime | strategy | episodes | mean PnL | Sharpe | mean max drawdown |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['regime']} | {r['strategy']} | {r['n']} | {r['mean_pnl']:.2f} ± "
-            f"{r['mean_pnl_se']:.2f} | {r['sharpe']:.2f} ± {r['sharpe_se']:.2f} | "
-            f"{r['max_drawdown']:.2f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        ("regime", "strategy", "episodes", "mean PnL", "Sharpe", "mean max drawdown"),
+        [
+            (
+                r["regime"],
+                r["strategy"],
+                r["n"],
+                f"{r['mean_pnl']:.2f} ± {r['mean_pnl_se']:.2f}",
+                f"{r['sharpe']:.2f} ± {r['sharpe_se']:.2f}",
+                f"{r['max_drawdown']:.2f}",
+            )
+            for r in rows
+        ],
+        align="llrrrr",
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -166,8 +192,7 @@ def plot(rows: list[dict], path: Path) -> None:
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -14,34 +14,34 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
 from experiments import agents
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    add_ppo_arguments,
+    finish,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 from jaxmm import optimal
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 PHIS = (0.01, 0.1)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.rewards", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--n-episodes", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--ppo-timesteps", type=int, default=500_000)
-    parser.add_argument("--out", type=Path, default=Path("results/rewards"))
-    args = parser.parse_args(argv)
-    if args.n_episodes < 10:
-        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
-    return args
+QUICK = {"n_episodes": 50, "ppo_timesteps": 8192}  # experiments.all --quick
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser("rewards", __doc__, n_episodes=1000, seed=5)
+    add_ppo_arguments(parser, optional=False)
+    return parser.parse(argv, **options)
 
 
 def convergence_step(steps: np.ndarray, fraction: np.ndarray, level: float = 0.95) -> int:
@@ -51,8 +51,10 @@ def convergence_step(steps: np.ndarray, fraction: np.ndarray, level: float = 0.9
     return int(steps[reached[0]]) if reached.size else int(steps[-1])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, *, agents_dir: Path | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=50``);
+    agents train in ``agents_dir`` (default ``experiments.agents.AGENTS_DIR``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     params = mm.presets.homework()
     key = jax.random.key(args.seed)
@@ -60,7 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     with Timer() as timer:
         for phi in PHIS:
             run = agents.trained_run(
-                f"ppo_phi{phi:g}", phi=phi, total_timesteps=args.ppo_timesteps, seed=0
+                f"ppo_phi{phi:g}",
+                phi=phi,
+                total_timesteps=args.ppo_timesteps,
+                seed=0,
+                out_dir=agents_dir,
             )
             metrics = json.loads((run / "metrics.json").read_text())
             optimum = optimal.bellman(params, phi).value_at()
@@ -91,15 +97,6 @@ def main(argv: list[str] | None = None) -> dict:
     plot(curves, rows, args.out)
     faster = min(rows, key=lambda r: r["steps_to_95pct_of_final"])["phi"]
     conservative = min(rows, key=lambda r: r["mean_abs_q_session"])["phi"]
-    payload = {
-        "config": {**vars(args), "out": str(args.out), "market": params},
-        "table": rows,
-        "faster_convergence_phi": faster,
-        "more_conservative_phi": conservative,
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
     for r in rows:
         print(
             f"phi = {r['phi']:g}: {100 * r['test_fraction_of_optimum']:.1f}% of the optimum, "
@@ -107,8 +104,17 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['mean_spread']:.2f}, mean |q| {r['mean_abs_q_session']:.2f}, "
             f"std PnL {r['std_pnl']:.2f}"
         )
-    print(f"results in {args.out}/")
-    return payload
+    return finish(
+        args.out,
+        "summary",
+        {
+            "table": rows,
+            "faster_convergence_phi": faster,
+            "more_conservative_phi": conservative,
+        },
+        config={**vars(args), "market": params},
+        seconds=timer.seconds,
+    )
 
 
 def plot(curves: dict, rows: list[dict], out: Path) -> None:
@@ -123,8 +129,7 @@ def plot(curves: dict, rows: list[dict], out: Path) -> None:
     )
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "training_curves.png")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     labels = [f"phi = {r['phi']:g}" for r in rows]
     for ax, stat, title in zip(
@@ -137,8 +142,7 @@ def plot(curves: dict, rows: list[dict], out: Path) -> None:
         ax.set(title=title, ylabel=title)
     fig.suptitle("Which reward makes the agent more conservative (same 1,000 test paths)")
     fig.tight_layout()
-    fig.savefig(out / "behaviour.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "behaviour.png")
 
 
 if __name__ == "__main__":

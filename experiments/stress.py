@@ -31,17 +31,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    finish,
+    markdown_table,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 from jaxmm import optimal
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 PHI = 0.01
 STATS = ("mean_pnl", "sharpe", "max_drawdown", "mean_abs_q", "pct_profitable")
@@ -77,21 +82,25 @@ def extension_scenarios() -> dict[str, mm.MarketParams]:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.stress", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--n-episodes", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/stress"))
-    args = parser.parse_args(argv)
-    if args.n_episodes < 10:
-        parser.error(f"--n-episodes must be >= 10, got {args.n_episodes}")
-    return args
+QUICK = {"n_episodes": 50}  # experiments.all --quick
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    return study_parser("stress", __doc__, n_episodes=1000).parse(argv, **options)
+
+
+def stats_row(scenario: str, strategy: str, summary: dict) -> dict:
+    """The table's row: ``STATS`` and their standard errors (NaN where there is none)."""
+    row = {"scenario": scenario, "strategy": strategy}
+    for stat in STATS:
+        row[stat] = summary[stat]
+        row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
+    return row
+
+
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=50``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
     baseline_optimum = mm.policies.table(optimal.bellman(mm.presets.homework(), PHI))
@@ -107,54 +116,52 @@ def main(argv: list[str] | None = None) -> dict:
             }
             for strategy, rule in rules.items():
                 summary = mm.metrics.summarize(mm.simulate(params, rule, key, args.n_episodes))
-                row = {"scenario": name, "strategy": strategy}
-                for stat in STATS:
-                    row[stat] = summary[stat]
-                    row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
-                rows.append(row)
+                rows.append(stats_row(name, strategy, summary))
         for name, params in extension_scenarios().items():
             print(f"stress: {name}", file=sys.stderr)
             rule = mm.policies.avellaneda_stoikov(0.1, 1.5)
             summary = mm.metrics.summarize(mm.simulate(params, rule, key, args.n_episodes))
-            row = {"scenario": name, "strategy": "avellaneda_stoikov"}
-            for stat in STATS:
-                row[stat] = summary[stat]
-                row[f"{stat}_se"] = summary.get(f"{stat}_se", float("nan"))
-            rows.append(row)
+            rows.append(stats_row(name, "avellaneda_stoikov", summary))
     write_rows_csv(args.out / "table.csv", rows)
     original = [row for row in rows if row["scenario"] in scenarios()]
     plot(original, args.out / "stress.png")
     plot_extensions(rows, args.out / "extensions.png")
-    payload = {
-        "config": {
+    print(format_table(rows))
+    return finish(
+        args.out,
+        "summary",
+        {"table": rows},
+        config={
             **vars(args),
-            "out": str(args.out),
             "phi": PHI,
             "scenarios": scenarios(),
             "extension_scenarios": extension_scenarios(),
         },
-        "table": rows,
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
-    print(format_table(rows))
-    print(f"results in {args.out}/ ({timer.seconds:.1f} s)")
-    return payload
+        seconds=timer.seconds,
+    )
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| scenario | strategy | mean PnL | Sharpe | max drawdown | mean abs q_T | % profitable |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['scenario']} | {row['strategy']} | {row['mean_pnl']:.2f} ± "
-            f"{row['mean_pnl_se']:.2f} | {row['sharpe']:.2f} ± {row['sharpe_se']:.2f} | "
-            f"{row['max_drawdown']:.2f} | {row['mean_abs_q']:.2f} | {row['pct_profitable']:.1f} |"
-        )
-    return "\n".join(lines)
+    header = (
+        "scenario", "strategy", "mean PnL", "Sharpe", "max drawdown", "mean abs q_T",
+        "% profitable",
+    )  # fmt: skip
+    return markdown_table(
+        header,
+        [
+            (
+                row["scenario"],
+                row["strategy"],
+                f"{row['mean_pnl']:.2f} ± {row['mean_pnl_se']:.2f}",
+                f"{row['sharpe']:.2f} ± {row['sharpe_se']:.2f}",
+                f"{row['max_drawdown']:.2f}",
+                f"{row['mean_abs_q']:.2f}",
+                f"{row['pct_profitable']:.1f}",
+            )
+            for row in rows
+        ],
+        align="llrrrrr",
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -177,8 +184,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.axhline(0, color="k", linewidth=0.5)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_extensions(rows: list[dict], path: Path) -> None:
@@ -214,8 +220,7 @@ def plot_extensions(rows: list[dict], path: Path) -> None:
         )
     axes[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,15 @@
 """Every entry point runs end to end at a tiny size and writes files a person can open."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_module
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return run_module(module, *args, timeout=600)
 
 
 def test_monte_carlo_cli(tmp_path):
@@ -48,12 +36,7 @@ def test_monte_carlo_cli_is_reproducible(tmp_path):
 
 
 def test_monte_carlo_cli_rejects_bad_input():
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.monte_carlo", "--n-episodes", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    out = run_module("experiments.monte_carlo", "--n-episodes", "0", check=False)
     assert out.returncode == 2 and "--n-episodes must be >= 2" in out.stderr
 
 

@@ -18,7 +18,6 @@ the standard error of either mean.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -36,11 +35,24 @@ import jaxmm as mm
 from jaxmm import devices as device_lib
 from jaxmm import market, optimal, rewards
 from jaxmm.env import EnvParams
+from jaxmm.results import write_json
 from train import checkpoint
 from train.config import PPOConfig, market_env
 from train.networks import Agent
 
-STRATEGIES = ("ppo", "naive", "avellaneda_stoikov", "optimal")
+__all__ = [
+    "COLUMNS",
+    "benchmark_policies",
+    "compare",
+    "episode_reward",
+    "evaluate_run",
+    "format_comparison",
+    "make_progress_evaluator",
+    "needs_paths",
+    "optimal_solution",
+    "plot_training_curve",
+    "strategy_stats",
+]
 
 
 def needs_paths(env_params: EnvParams) -> bool:
@@ -198,27 +210,6 @@ def make_progress_evaluator(config: PPOConfig, trainer: Any, env: Any, env_param
         return np.asarray(run(trainer.agent(states)), np.float64)
 
     return evaluate
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON types; non-finite floats become the strings "inf", "-inf", "nan"."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray | jax.Array):
-        return jsonable(np.asarray(value).tolist())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
-    return path
 
 
 COLUMNS = (

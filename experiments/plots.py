@@ -1,15 +1,14 @@
-"""Matplotlib figures used by the studies (headless: the Agg backend, files only)."""
+"""Matplotlib figures of the Monte Carlo study (headless: ``experiments.common`` selects the
+Agg backend; files only)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments.common import save_figure
 from jaxmm.simulate import Rollout
 
 
@@ -17,9 +16,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def histogram(values: np.ndarray, path: Path, *, title: str, xlabel: str, bins=60) -> Path:
