@@ -35,7 +35,7 @@ import numpy as np
 import jaxmm as mm
 from experiments.common import Timer, environment, finish, save_figure, study_parser, write_rows_csv
 from jaxmm import devices as device_lib
-from jaxmm.simulate import to_host
+from jaxmm.simulation import to_host
 
 GAMMAS = (0.01, 0.05, 0.1, 0.5, 1.0)
 KAPPAS = (0.5, 1.0, 1.5, 3.0, 5.0)

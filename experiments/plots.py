@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.common import save_figure
-from jaxmm.simulate import Rollout
+from jaxmm.simulation import Rollout
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

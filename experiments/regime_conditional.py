@@ -40,7 +40,7 @@ from experiments.common import (
     write_rows_csv,
 )
 from jaxmm import optimal
-from jaxmm.simulate import Paths
+from jaxmm.simulation import Paths
 
 PHI = 0.01
 

@@ -17,11 +17,12 @@ from jaxmm import (
     policies,
     presets,
     rewards,
+    simulation,
     streaming,
 )
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
-from jaxmm.simulate import Rollout, rollout, simulate
+from jaxmm.simulation import Rollout, rollout, simulate
 from jaxmm.streaming import simulate_summary
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "rollout",
     "simulate",
     "simulate_summary",
+    "simulation",
     "streaming",
 ]
 __version__ = "0.1.0"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmm.simulate import Rollout
+from jaxmm.simulation import Rollout
 
 __all__ = [
     "MOMENT_FIELDS",

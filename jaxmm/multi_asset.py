@@ -65,7 +65,7 @@ from flax import struct
 from jaxmm import linalg, market, policies, validation
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
-from jaxmm.simulate import Paths, Rollout, Running, path_outputs
+from jaxmm.simulation import Paths, Rollout, Running, path_outputs
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -469,7 +469,7 @@ class MultiRollout:
 
 @struct.dataclass
 class _Running:
-    assets: Running  # jaxmm.simulate's per-episode statistics, [n_assets, n]
+    assets: Running  # jaxmm.simulation's per-episode statistics, [n_assets, n]
     portfolio_peak: jax.Array  # [n]
     portfolio_drawdown: jax.Array
     inventory_variance: jax.Array

@@ -74,7 +74,7 @@ from flax import struct
 from jaxmm import market, policies, validation
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
-from jaxmm.simulate import simulate
+from jaxmm.simulation import simulate
 
 __all__ = [
     "CP_EXTRA",

@@ -57,7 +57,7 @@ from jaxmm import market, policies
 from jaxmm.metrics import MOMENT_FIELDS, Moments, summary_from_statistics
 from jaxmm.params import MarketParams
 from jaxmm.policies import Policy
-from jaxmm.simulate import Rollout, episode_indices, episode_mesh, episode_runner, plan_chunks
+from jaxmm.simulation import Rollout, episode_indices, episode_mesh, episode_runner, plan_chunks
 
 __all__ = [
     "DEFAULT_BINS",

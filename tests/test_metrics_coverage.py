@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from jaxmm import metrics
-from jaxmm.simulate import Rollout
+from jaxmm.simulation import Rollout
 
 SHAPE, SHIFT = 4.0, -2.0  # PnL = Gamma(SHAPE, 1) + SHIFT
 REPLICATIONS, EPISODES = 1000, 1000

@@ -22,7 +22,7 @@ import jaxmm as mm
 from jaxmm import devices as device_lib
 from jaxmm import streaming
 from jaxmm.metrics import Moments
-from jaxmm.simulate import plan_chunks
+from jaxmm.simulation import plan_chunks
 from tests.conftest import ROOT, run_code, run_module
 
 # Statistics that are exact whatever the chunking or devices (integers, extremes, histogram).
