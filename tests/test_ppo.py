@@ -16,7 +16,17 @@ from jaxmm.env import MarketMakingEnv, RegimeRandomization
 from jaxmm.params import NEVER
 from train.config import PPOConfig, agent_spec, initial_action, market_env
 from train.networks import ObsNorm, gaussian_entropy, gaussian_log_prob, squash
-from train.ppo import generalized_advantages, make_train, make_trainer, train_run
+from train.ppo import (
+    VecEnv,
+    batch_advantages,
+    collect_rollout,
+    generalized_advantages,
+    make_optimizer,
+    make_train,
+    make_trainer,
+    train_run,
+    update_epochs,
+)
 
 # ------------------------------------------------------------------------------------- GAE
 
@@ -260,6 +270,31 @@ def test_deployed_agent_is_the_bias_corrected_average_of_the_parameters():
 
 
 # --------------------------------------------------------------------- the market env
+
+
+def test_learner_pieces_have_the_documented_shapes_and_compose_into_update():
+    config = PPOConfig(total_timesteps=4096)
+    trainer = make_trainer(config)
+    env, env_params = market_env(config)
+    spec, optimizer = trainer.spec, make_optimizer(config)
+    venv = VecEnv(env, env_params, config.num_envs)
+    state = trainer.init(jax.random.key(0))
+    steps, envs, obs_dim = config.num_steps, config.num_envs, spec.obs_dim
+    after, batch, stats = collect_rollout(state, config, spec, venv)
+    assert batch.obs.shape == batch.final_obs.shape == (steps, envs, obs_dim)
+    assert batch.raw_action.shape == (steps, envs, np.size(spec.action_low))
+    assert batch.log_prob.shape == batch.value.shape == batch.reward.shape == (steps, envs)
+    assert set(stats) == {"episode_return", "episodes"}
+    advantages, targets = batch_advantages(after, batch, config, spec)
+    assert advantages.shape == targets.shape == (steps, envs)
+    (params, _, _), losses = update_epochs(
+        after, batch, advantages, targets, config, spec.network, optimizer
+    )
+    for value in losses.values():
+        assert value.shape == (config.update_epochs, config.num_minibatches)
+    updated, _ = trainer.update(state)
+    for ours, theirs in zip(jax.tree.leaves(params), jax.tree.leaves(updated.params), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_staggered_market_episodes_cover_the_session():

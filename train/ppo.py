@@ -12,6 +12,12 @@ Environments follow the gymnax 1.0 API (six-value ``step`` with auto-reset and
 ``info["final_observation"]``), with a ``Box`` action space. GAE keeps termination and
 truncation apart: a terminated transition has no successor value, a truncated one bootstraps
 from the value of its final observation.
+
+Read top to bottom: ``generalized_advantages``; the state types; the environment side
+(``VecEnv``, ``redraw_regimes``, ``stagger_envs``); the learner (``make_optimizer``,
+``init_train_state``, ``collect_rollout``, ``batch_advantages``, ``ppo_loss``,
+``update_epochs``, ``finish_update``); ``make_trainer``, whose ``update`` is those calls in
+order; then the chunked runner and the command line.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ if __name__ == "__main__":  # one CPU device per core for the seeds, before JAX 
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -46,16 +53,27 @@ __all__ = [
     "TrainState",
     "Trainer",
     "Transition",
+    "VecEnv",
+    "batch_advantages",
     "benchmark",
+    "collect_rollout",
+    "finish_update",
     "generalized_advantages",
     "init_states",
+    "init_train_state",
+    "main",
     "make_chunk_runner",
+    "make_optimizer",
     "make_train",
     "make_trainer",
     "parse_args",
+    "ppo_loss",
+    "redraw_regimes",
     "seed_devices",
     "seed_keys",
+    "stagger_envs",
     "train_run",
+    "update_epochs",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -177,6 +195,366 @@ class Trainer:
         return self.spec.agent(params, state.obs_norm)
 
 
+# ----------------------------------------------------------------------------------------------
+# The environment side: ``num_envs`` copies stepped together, regime redraws, staggering
+
+
+@dataclasses.dataclass(frozen=True)
+class VecEnv:
+    """``num_envs`` copies of a gymnax-1.0 environment, reset and stepped together (``vmap``).
+
+    ``step_params`` below is ``params`` for a fixed market, or with random regimes a batch of
+    ``EnvParams`` whose leaves have a leading ``num_envs`` axis (one regime per environment).
+
+    Attributes:
+        env, params: the environment and its (base) parameters. num_envs: the batch size.
+        regimes: a ``jaxmm.env.RegimeRandomization`` to draw per-environment parameters from,
+            or None for a fixed market.
+    """
+
+    env: Any
+    params: Any
+    num_envs: int
+    regimes: Any = None
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        return tuple(self.env.action_space(self.params).shape)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.params.max_steps_in_episode)
+
+    def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
+        """Reset every environment from ``split(key, num_envs)``: ``(obs, env_state)``."""
+        reset = jax.vmap(self.env.reset, in_axes=(0, None))
+        return reset(jax.random.split(key, self.num_envs), self.params)
+
+    def step(self, key: jax.Array, env_state: Any, action: jax.Array, step_params: Any) -> tuple:
+        """One gymnax step of every environment from ``split(key, num_envs)``; ``action`` is
+        ``f[num_envs, *action_shape]``. Returns the six gymnax values, each batched."""
+        params_axis = None if self.regimes is None else 0
+        step = jax.vmap(self.env.step, in_axes=(0, 0, 0, params_axis))
+        return step(jax.random.split(key, self.num_envs), env_state, action, step_params)
+
+    def sample_regimes(self, key: jax.Array) -> Any:
+        """``num_envs`` regime draws (``EnvParams`` leaves with a leading ``num_envs`` axis)."""
+        return self.regimes.sample(key, self.params, self.num_envs)
+
+
+def _where_env(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``new`` for the environments where ``mask`` (``bool[num_envs]``) holds, else ``old``."""
+    return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+
+def redraw_regimes(key: jax.Array, venv: VecEnv, step_params: Any, done: jax.Array) -> Any:
+    """New regimes for the environments whose episode just ended (``done``: ``bool[num_envs]``);
+    the others keep theirs. The reset observation does not depend on the regime (trailing
+    volatility and the A-S spread start from the base sigma), so drawing after gymnax's
+    auto-reset is the same as drawing at reset.
+
+    Not a gymnax wrapper: one draw covers all ``num_envs`` environments, from a key split off
+    the rollout's key (not the step key), which a per-environment wrapper cannot reproduce.
+    """
+    fresh = venv.sample_regimes(key)
+    return jax.tree.map(lambda new, old: _where_env(done, new, old), fresh, step_params)
+
+
+def stagger_envs(
+    key: jax.Array, venv: VecEnv, spec: AgentSpec, obs: jax.Array, env_state: Any, step_params: Any
+) -> tuple[jax.Array, Any, jax.Array]:
+    """Advance environment ``i`` by ``offset_i ~ U{0, .., L - 1}`` steps of uniformly random
+    actions (``L = venv.horizon``), so that the parallel episodes are at different times and
+    every rollout covers the whole episode, not one time window.
+
+    Args:
+        obs: ``f[num_envs, obs_dim]``; env_state: the batched states; step_params: as for
+            ``VecEnv.step``.
+
+    Returns:
+        The observations, states and ``offsets`` (``i32[num_envs]``).
+
+    Not a gymnax wrapper: the offsets and the random actions are drawn for all environments at
+    once from one key, which a per-environment reset wrapper cannot reproduce.
+    """
+    num_envs = venv.num_envs
+    action_low = np.asarray(spec.action_low, np.float32)
+    action_high = np.asarray(spec.action_high, np.float32)
+    offset_key, key = jax.random.split(key)
+    offsets = jax.random.randint(offset_key, (num_envs,), 0, venv.horizon)
+
+    def warm_step(carry, index):
+        obs, env_state, key = carry
+        key, action_key, step_key = jax.random.split(key, 3)
+        shape = (num_envs, action_low.size)
+        action = jax.random.uniform(action_key, shape, minval=action_low, maxval=action_high)
+        action = action.reshape((num_envs, *venv.action_shape))
+        next_obs, next_state, *_ = venv.step(step_key, env_state, action, step_params)
+        advance = index < offsets
+        env_state = jax.tree.map(
+            lambda new, old: _where_env(advance, new, old), next_state, env_state
+        )
+        obs = _where_env(advance, next_obs.reshape(obs.shape).astype(obs.dtype), obs)
+        return (obs, env_state, key), None
+
+    (obs, env_state, _), _ = jax.lax.scan(
+        warm_step, (obs, env_state, key), jnp.arange(venv.horizon - 1)
+    )
+    return obs, env_state, offsets
+
+
+# ----------------------------------------------------------------------------------------------
+# The learner: optimizer, initial state, rollout, loss, epochs of minibatch updates
+
+
+def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam whose step size is annealed linearly to 0 over the run
+    (if ``anneal_lr``; optax counts ``update_epochs * num_minibatches`` steps per update)."""
+    steps_per_update = config.update_epochs * config.num_minibatches
+
+    def learning_rate(count: jax.Array) -> jax.Array:
+        if not config.anneal_lr:
+            return jnp.asarray(config.learning_rate, jnp.float32)
+        done = (count // steps_per_update) / config.num_updates
+        return config.learning_rate * (1.0 - done)
+
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.adam(learning_rate, eps=1e-5),
+    )
+
+
+def init_train_state(
+    key: jax.Array,
+    config: PPOConfig,
+    spec: AgentSpec,
+    optimizer: optax.GradientTransformation,
+    venv: VecEnv,
+) -> TrainState:
+    """One seed's initial ``TrainState``: network, optimizer and ``num_envs`` reset (with
+    random regimes: regime-drawn, with ``stagger_envs``: staggered) environments. ``obs`` is
+    ``f[num_envs, obs_dim]``."""
+    key, init_key, reset_key = jax.random.split(key, 3)
+    agent = spec.init(init_key)
+    obs, env_state = venv.reset(reset_key)
+    obs = obs.reshape(config.num_envs, spec.obs_dim)
+    # NaN marks an episode that began before training: its return is not reported.
+    episode_return = jnp.zeros((config.num_envs,), jnp.float32)
+    step_params = venv.params
+    if venv.regimes is not None:
+        key, regime_key = jax.random.split(key)
+        step_params = venv.sample_regimes(regime_key)
+    if config.stagger_envs:
+        key, stagger_key = jax.random.split(key)
+        obs, env_state, offsets = stagger_envs(stagger_key, venv, spec, obs, env_state, step_params)
+        episode_return = jnp.where(offsets > 0, jnp.nan, episode_return)
+    return TrainState(
+        params=agent.params,
+        average_params=jax.tree.map(jnp.zeros_like, agent.params),
+        opt_state=optimizer.init(agent.params),
+        obs_norm=agent.obs_norm,
+        env_state=env_state,
+        obs=obs.astype(jnp.float32),
+        episode_return=episode_return,
+        key=key,
+        update=jnp.zeros((), jnp.int32),
+        env_params=None if venv.regimes is None else step_params,
+    )
+
+
+def collect_rollout(
+    state: TrainState, config: PPOConfig, spec: AgentSpec, venv: VecEnv
+) -> tuple[TrainState, Transition, dict[str, jax.Array]]:
+    """``config.num_steps`` steps of the ``num_envs`` environments under the current policy.
+
+    Returns:
+        The state advanced past the rollout (environments, observations, episode returns, key,
+        regimes); the batch, a ``Transition`` whose leaves are ``[num_steps, num_envs, ...]``
+        (``obs`` and ``final_obs`` ``f[num_steps, num_envs, obs_dim]``, ``raw_action``
+        ``f[num_steps, num_envs, action_dim]``, the rest ``[num_steps, num_envs]``); and stats:
+        the mean unscaled return of the episodes that finished (NaN if none) and their number.
+    """
+    action_low = np.asarray(spec.action_low, np.float32)
+    action_high = np.asarray(spec.action_high, np.float32)
+
+    def env_step(carry, _):
+        env_state, obs, episode_return, finished_sum, finished_count, key, step_params = carry
+        key, action_key, step_key = jax.random.split(key, 3)
+        if venv.regimes is not None:  # a separate split keeps fixed-market runs' numbers
+            key, regime_key = jax.random.split(key)
+        mean, log_std, value = spec.network.apply(state.params, state.obs_norm.normalize(obs))
+        raw_action = mean + jnp.exp(log_std) * jax.random.normal(action_key, mean.shape)
+        action = squash(raw_action, action_low, action_high)
+        next_obs, env_state, reward, terminated, truncated, info = venv.step(
+            step_key,
+            env_state,
+            action.reshape((config.num_envs, *venv.action_shape)),
+            venv.params if venv.regimes is None else step_params,
+        )
+        reward = reward.astype(jnp.float32)
+        done = jnp.logical_or(terminated, truncated)
+        if venv.regimes is not None:
+            step_params = redraw_regimes(regime_key, venv, step_params, done)
+        episode_return = episode_return + reward
+        counted = done & jnp.isfinite(episode_return)
+        finished_sum = finished_sum + jnp.sum(jnp.where(counted, episode_return, 0.0))
+        finished_count = finished_count + jnp.sum(counted)
+        transition = Transition(
+            obs=obs,
+            raw_action=raw_action,
+            log_prob=gaussian_log_prob(raw_action, mean, log_std),
+            value=value,
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            final_obs=info["final_observation"].reshape(obs.shape).astype(jnp.float32),
+        )
+        next_obs = next_obs.reshape(obs.shape).astype(jnp.float32)
+        episode_return = jnp.where(done, 0.0, episode_return)
+        carry = (env_state, next_obs, episode_return, finished_sum, finished_count, key)
+        return (*carry, step_params), transition
+
+    zero = jnp.zeros((), jnp.float32)
+    start = (state.env_state, state.obs, state.episode_return, zero, zero, state.key)
+    (env_state, obs, episode_return, finished_sum, finished_count, key, step_params), batch = (
+        jax.lax.scan(env_step, (*start, state.env_params), None, length=config.num_steps)
+    )
+    state = state.replace(
+        env_state=env_state,
+        obs=obs,
+        episode_return=episode_return,
+        key=key,
+        env_params=step_params,
+    )
+    mean_return = finished_sum / jnp.maximum(finished_count, 1.0)
+    stats = {
+        "episode_return": jnp.where(finished_count > 0, mean_return, jnp.nan),
+        "episodes": finished_count,
+    }
+    return state, batch, stats
+
+
+def batch_advantages(
+    state: TrainState, batch: Transition, config: PPOConfig, spec: AgentSpec
+) -> tuple[jax.Array, jax.Array]:
+    """GAE advantages and value targets (``f[num_steps, num_envs]`` each) of a rollout, on
+    rewards scaled by ``reward_scale``, bootstrapping from the values of the final
+    observations."""
+    _, _, next_values = spec.network.apply(state.params, state.obs_norm.normalize(batch.final_obs))
+    return generalized_advantages(
+        batch.reward * config.reward_scale,
+        batch.value,
+        next_values,
+        batch.terminated,
+        batch.truncated,
+        config.gamma,
+        config.gae_lambda,
+    )
+
+
+def ppo_loss(
+    params: Any,
+    batch: Transition,
+    advantages: jax.Array,
+    targets: jax.Array,
+    obs_norm: ObsNorm,
+    config: PPOConfig,
+    network: Any,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The clipped PPO objective on one minibatch (leaves ``[minibatch_size, ...]``,
+    ``advantages`` and ``targets`` ``f[minibatch_size]``; advantages normalised here).
+
+    Returns ``(total, aux)``: ``total = actor + vf_coef value - ent_coef entropy`` (a scalar)
+    and the scalars ``actor_loss``, ``value_loss``, ``entropy``, ``approx_kl``.
+    """
+    mean, log_std, value = network.apply(params, obs_norm.normalize(batch.obs))
+    log_prob = gaussian_log_prob(batch.raw_action, mean, log_std)
+    ratio = jnp.exp(log_prob - batch.log_prob)
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
+    actor_loss = -jnp.mean(jnp.minimum(ratio * advantages, clipped_ratio * advantages))
+    value_loss = 0.5 * jnp.mean((value - targets) ** 2)
+    entropy = gaussian_entropy(log_std)
+    total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+    approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
+    return total, {
+        "actor_loss": actor_loss,
+        "value_loss": value_loss,
+        "entropy": entropy,
+        "approx_kl": approx_kl,
+    }
+
+
+def update_epochs(
+    state: TrainState,
+    batch: Transition,
+    advantages: jax.Array,
+    targets: jax.Array,
+    config: PPOConfig,
+    network: Any,
+    optimizer: optax.GradientTransformation,
+) -> tuple[tuple[Any, Any, jax.Array], dict[str, jax.Array]]:
+    """``update_epochs`` passes over the rollout (``batch`` leaves and ``advantages`` /
+    ``targets`` ``[num_steps, num_envs, ...]``, flattened to ``batch_size``), each a fresh
+    permutation cut into ``num_minibatches`` minibatches of ``minibatch_size``, one optimizer
+    step per minibatch.
+
+    Returns ``((params, opt_state, key), losses)``, ``losses[name]`` ``f[update_epochs,
+    num_minibatches]``.
+    """
+    loss = functools.partial(ppo_loss, obs_norm=state.obs_norm, config=config, network=network)
+    grad_fn = jax.grad(loss, has_aux=True)
+    flat = jax.tree.map(
+        lambda x: x.reshape((config.batch_size, *x.shape[2:])), (batch, advantages, targets)
+    )
+
+    def minibatch_step(carry, minibatch):
+        params, opt_state = carry
+        grads, losses = grad_fn(params, *minibatch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), losses
+
+    def epoch(carry, _):
+        params, opt_state, key = carry
+        key, perm_key = jax.random.split(key)
+        order = jax.random.permutation(perm_key, config.batch_size)
+        shape = (config.num_minibatches, config.minibatch_size)
+        minibatches = jax.tree.map(lambda x: x[order].reshape((*shape, *x.shape[1:])), flat)
+        (params, opt_state), losses = jax.lax.scan(minibatch_step, (params, opt_state), minibatches)
+        return (params, opt_state, key), losses
+
+    start = (state.params, state.opt_state, state.key)
+    return jax.lax.scan(epoch, start, None, length=config.update_epochs)
+
+
+def finish_update(
+    state: TrainState,
+    params: Any,
+    opt_state: Any,
+    key: jax.Array,
+    batch: Transition,
+    config: PPOConfig,
+) -> TrainState:
+    """The state after one update: new parameters and optimizer state, their moving average
+    (decay ``polyak``), observation statistics updated on the rollout (if ``normalize_obs``),
+    the key, and the update count."""
+    obs_norm = state.obs_norm
+    if config.normalize_obs:
+        obs_norm = obs_norm.update(batch.obs.reshape(config.batch_size, batch.obs.shape[-1]))
+    return state.replace(
+        params=params,
+        average_params=jax.tree.map(
+            lambda avg, new: config.polyak * avg + (1 - config.polyak) * new,
+            state.average_params,
+            params,
+        ),
+        opt_state=opt_state,
+        obs_norm=obs_norm,
+        key=key,
+        update=state.update + 1,
+    )
+
+
 def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> Trainer:
     """Build ``init`` and ``update`` for ``config``.
 
@@ -191,259 +569,23 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
     elif env_params is None:
         env_params = env.default_params
     spec = agent_spec(config, env, env_params)
-    network = spec.network
-    action_low = np.asarray(spec.action_low, np.float32)
-    action_high = np.asarray(spec.action_high, np.float32)
-    action_shape = env.action_space(env_params).shape
-    obs_dim = spec.obs_dim
-    num_updates = config.num_updates
-    steps_per_update = config.update_epochs * config.num_minibatches
-
-    def learning_rate(count: jax.Array) -> jax.Array:
-        if not config.anneal_lr:
-            return jnp.asarray(config.learning_rate, jnp.float32)
-        done = (count // steps_per_update) / num_updates
-        return config.learning_rate * (1.0 - done)
-
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adam(learning_rate, eps=1e-5),
-    )
-    reset = jax.vmap(env.reset, in_axes=(0, None))
-    regimes = config.regimes()
-    # With random regimes every environment carries its own parameters (one draw per episode).
-    step = jax.vmap(env.step, in_axes=(0, 0, 0, None if regimes is None else 0))
-
-    def redraw(key: jax.Array, batched: Any, done: jax.Array) -> Any:
-        """New regimes for the environments whose episode just ended. The reset observation
-        does not depend on the regime (trailing volatility and the A-S spread start from the
-        base sigma), so drawing after gymnax's auto-reset is the same as drawing at reset."""
-        fresh = regimes.sample(key, env_params, config.num_envs)
-        return jax.tree.map(
-            lambda new, old: jnp.where(done.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            fresh,
-            batched,
-        )
-
-    def stagger(
-        key: jax.Array, obs: jax.Array, env_state: Any, step_params: Any
-    ) -> tuple[jax.Array, Any, jax.Array]:
-        """Advance environment ``i`` by ``offset_i ~ U{0, .., L - 1}`` steps of uniformly random
-        actions (``L = env_params.max_steps_in_episode``), so that the parallel episodes are at
-        different times and every rollout covers the whole episode, not one time window.
-        Returns the observations, states and ``offsets`` (``i32[num_envs]``)."""
-        horizon = int(env_params.max_steps_in_episode)
-        offset_key, key = jax.random.split(key)
-        offsets = jax.random.randint(offset_key, (config.num_envs,), 0, horizon)
-
-        def warm_step(carry, index):
-            obs, env_state, key = carry
-            key, action_key, step_key = jax.random.split(key, 3)
-            shape = (config.num_envs, action_low.size)
-            action = jax.random.uniform(action_key, shape, minval=action_low, maxval=action_high)
-            action = action.reshape((config.num_envs, *action_shape))
-            next_obs, next_state, *_ = step(
-                jax.random.split(step_key, config.num_envs), env_state, action, step_params
-            )
-            advance = index < offsets
-
-            def select(new: jax.Array, old: jax.Array) -> jax.Array:
-                return jnp.where(advance.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
-            env_state = jax.tree.map(select, next_state, env_state)
-            obs = select(next_obs.reshape(obs.shape).astype(obs.dtype), obs)
-            return (obs, env_state, key), None
-
-        (obs, env_state, _), _ = jax.lax.scan(
-            warm_step, (obs, env_state, key), jnp.arange(horizon - 1)
-        )
-        return obs, env_state, offsets
+    venv = VecEnv(env, env_params, config.num_envs, config.regimes())
+    optimizer = make_optimizer(config)
 
     def init(key: jax.Array) -> TrainState:
-        key, init_key, reset_key = jax.random.split(key, 3)
-        agent = spec.init(init_key)
-        obs, env_state = reset(jax.random.split(reset_key, config.num_envs), env_params)
-        obs = obs.reshape(config.num_envs, obs_dim)
-        # NaN marks an episode that began before training: its return is not reported.
-        episode_return = jnp.zeros((config.num_envs,), jnp.float32)
-        step_params = env_params
-        if regimes is not None:
-            key, regime_key = jax.random.split(key)
-            step_params = regimes.sample(regime_key, env_params, config.num_envs)
-        if config.stagger_envs:
-            key, stagger_key = jax.random.split(key)
-            obs, env_state, offsets = stagger(stagger_key, obs, env_state, step_params)
-            episode_return = jnp.where(offsets > 0, jnp.nan, episode_return)
-        return TrainState(
-            params=agent.params,
-            average_params=jax.tree.map(jnp.zeros_like, agent.params),
-            opt_state=optimizer.init(agent.params),
-            obs_norm=agent.obs_norm,
-            env_state=env_state,
-            obs=obs.astype(jnp.float32),
-            episode_return=episode_return,
-            key=key,
-            update=jnp.zeros((), jnp.int32),
-            env_params=None if regimes is None else step_params,
-        )
-
-    def rollout(state: TrainState) -> tuple[TrainState, Transition, dict[str, jax.Array]]:
-        def env_step(carry, _):
-            env_state, obs, episode_return, finished_sum, finished_count, key, batched = carry
-            key, action_key, step_key = jax.random.split(key, 3)
-            if regimes is not None:  # a separate split keeps fixed-market runs' numbers
-                key, regime_key = jax.random.split(key)
-            mean, log_std, value = network.apply(state.params, state.obs_norm.normalize(obs))
-            noise = jax.random.normal(action_key, mean.shape)
-            raw_action = mean + jnp.exp(log_std) * noise
-            log_prob = gaussian_log_prob(raw_action, mean, log_std)
-            action = squash(raw_action, action_low, action_high).reshape(
-                (config.num_envs, *action_shape)
-            )
-            step_params = env_params if regimes is None else batched
-            next_obs, env_state, reward, terminated, truncated, info = step(
-                jax.random.split(step_key, config.num_envs), env_state, action, step_params
-            )
-            reward = reward.astype(jnp.float32)
-            done = jnp.logical_or(terminated, truncated)
-            if regimes is not None:
-                batched = redraw(regime_key, batched, done)
-            episode_return = episode_return + reward
-            counted = done & jnp.isfinite(episode_return)
-            finished_sum = finished_sum + jnp.sum(jnp.where(counted, episode_return, 0.0))
-            finished_count = finished_count + jnp.sum(counted)
-            episode_return = jnp.where(done, 0.0, episode_return)
-            transition = Transition(
-                obs=obs,
-                raw_action=raw_action,
-                log_prob=log_prob,
-                value=value,
-                reward=reward,
-                terminated=terminated,
-                truncated=truncated,
-                final_obs=info["final_observation"].reshape(obs.shape).astype(jnp.float32),
-            )
-            next_obs = next_obs.reshape(obs.shape).astype(jnp.float32)
-            carry = (env_state, next_obs, episode_return, finished_sum, finished_count, key)
-            return (*carry, batched), transition
-
-        zero = jnp.zeros((), jnp.float32)
-        start = (
-            state.env_state,
-            state.obs,
-            state.episode_return,
-            zero,
-            zero,
-            state.key,
-            state.env_params,
-        )
-        (env_state, obs, episode_return, finished_sum, finished_count, key, batched), batch = (
-            jax.lax.scan(env_step, start, None, length=config.num_steps)
-        )
-        state = state.replace(
-            env_state=env_state,
-            obs=obs,
-            episode_return=episode_return,
-            key=key,
-            env_params=batched,
-        )
-        stats = {
-            "episode_return": jnp.where(
-                finished_count > 0, finished_sum / jnp.maximum(finished_count, 1.0), jnp.nan
-            ),
-            "episodes": finished_count,
-        }
-        return state, batch, stats
-
-    def loss_fn(params, batch: Transition, obs_norm: ObsNorm, advantages, targets):
-        mean, log_std, value = network.apply(params, obs_norm.normalize(batch.obs))
-        log_prob = gaussian_log_prob(batch.raw_action, mean, log_std)
-        ratio = jnp.exp(log_prob - batch.log_prob)
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
-        actor_loss = -jnp.mean(jnp.minimum(ratio * advantages, clipped_ratio * advantages))
-        value_loss = 0.5 * jnp.mean((value - targets) ** 2)
-        entropy = gaussian_entropy(log_std)
-        total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-        approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
-        return total, {
-            "actor_loss": actor_loss,
-            "value_loss": value_loss,
-            "entropy": entropy,
-            "approx_kl": approx_kl,
-        }
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
+        return init_train_state(key, config, spec, optimizer, venv)
 
     def update(state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
-        state, batch, stats = rollout(state)
-        obs_norm = state.obs_norm
-        _, _, next_values = network.apply(state.params, obs_norm.normalize(batch.final_obs))
-        advantages, targets = generalized_advantages(
-            batch.reward * config.reward_scale,
-            batch.value,
-            next_values,
-            batch.terminated,
-            batch.truncated,
-            config.gamma,
-            config.gae_lambda,
+        state, batch, stats = collect_rollout(state, config, spec, venv)
+        advantages, targets = batch_advantages(state, batch, config, spec)
+        (params, opt_state, key), losses = update_epochs(
+            state, batch, advantages, targets, config, spec.network, optimizer
         )
-        flat = jax.tree.map(
-            lambda x: x.reshape((config.batch_size, *x.shape[2:])),
-            (batch, advantages, targets),
-        )
-
-        def epoch(carry, _):
-            params, opt_state, key = carry
-            key, perm_key = jax.random.split(key)
-            order = jax.random.permutation(perm_key, config.batch_size)
-            minibatches = jax.tree.map(
-                lambda x: x[order].reshape(
-                    (config.num_minibatches, config.minibatch_size, *x.shape[1:])
-                ),
-                flat,
-            )
-
-            def minibatch_step(carry, minibatch):
-                params, opt_state = carry
-                mb_batch, mb_advantages, mb_targets = minibatch
-                grads, losses = grad_fn(params, mb_batch, obs_norm, mb_advantages, mb_targets)
-                updates, opt_state = optimizer.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), losses
-
-            (params, opt_state), losses = jax.lax.scan(
-                minibatch_step, (params, opt_state), minibatches
-            )
-            return (params, opt_state, key), losses
-
-        (params, opt_state, key), losses = jax.lax.scan(
-            epoch, (state.params, state.opt_state, state.key), None, length=config.update_epochs
-        )
-        state = state.replace(
-            params=params,
-            average_params=jax.tree.map(
-                lambda avg, new: config.polyak * avg + (1 - config.polyak) * new,
-                state.average_params,
-                params,
-            ),
-            opt_state=opt_state,
-            obs_norm=(
-                obs_norm.update(batch.obs.reshape(config.batch_size, obs_dim))
-                if config.normalize_obs
-                else obs_norm
-            ),
-            key=key,
-            update=state.update + 1,
-        )
-        metrics = {**stats, **jax.tree.map(jnp.mean, losses)}
-        return state, metrics
+        state = finish_update(state, params, opt_state, key, batch, config)
+        return state, {**stats, **jax.tree.map(jnp.mean, losses)}
 
     return Trainer(
-        init=init,
-        update=update,
-        spec=spec,
-        num_updates=num_updates,
-        polyak=config.polyak,
+        init=init, update=update, spec=spec, num_updates=config.num_updates, polyak=config.polyak
     )
 
 
