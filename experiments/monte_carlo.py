@@ -127,22 +127,9 @@ def quote_skew_data(params: mm.MarketParams, policy: mm.policies.AvellanedaStoik
     return inventories, depths, np.asarray(steps) * params.dt, np.asarray(spread)
 
 
-def main(argv: list[str] | None = None, **options: Any) -> dict:
-    """Run the study; ``options`` override the command line's values (``n_episodes=200``)."""
-    args = parse_args(argv, **options)
-    wall_start = time.perf_counter()
-    params = mm.presets.homework()
-    strategies = {
-        "avellaneda_stoikov": mm.policies.avellaneda_stoikov(args.gamma, k=args.kappa),
-        "naive": mm.policies.symmetric(args.naive_spread / 2),
-    }
-    key = jax.random.key(args.seed)
-    mode = "streamed" if args.stream else "in memory"
-    print(
-        f"Monte Carlo ({mode}): {args.n_episodes:,} episodes x {params.n_steps} steps, "
-        f"seed {args.seed}, {device_lib.describe(args.device_list)['devices_used']} device(s)",
-        file=sys.stderr,
-    )
+def simulate_strategies(params, strategies: dict, key: jax.Array, args: argparse.Namespace):
+    """Simulate every strategy on the same key (in memory or streamed, as ``args`` says).
+    Returns ``(rollouts, statistics, summaries, seconds)``, dicts keyed by strategy."""
     run = {"chunk_size": args.chunk_size, "devices": args.device_list}
     rollouts, statistics, summaries, seconds = {}, {}, {}, {}
     for name, policy in strategies.items():
@@ -158,11 +145,21 @@ def main(argv: list[str] | None = None, **options: Any) -> dict:
                 )
                 summaries[name] = mm.metrics.summarize(rollouts[name])
         seconds[name] = timer.seconds
-    print(mm.metrics.format_table(summaries))
-    print("Sharpe is per episode: mean / std of terminal PnL across episodes.")
+    return rollouts, statistics, summaries, seconds
 
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+
+def write_figures(
+    out: Path,
+    params,
+    strategies: dict,
+    key: jax.Array,
+    args: argparse.Namespace,
+    rollouts: dict,
+    statistics: dict,
+    summaries: dict,
+) -> None:
+    """The episodes CSV (in memory only), PnL and inventory histograms, sample paths and the
+    quote skew of A-S into ``out``."""
     # The first n_paths episodes of the same key: the same episodes as in the statistics.
     with_paths = mm.simulate(
         params, strategies["avellaneda_stoikov"], key, args.n_paths, paths=True
@@ -204,6 +201,31 @@ def main(argv: list[str] | None = None, **options: Any) -> dict:
     plots.quote_skew(
         inventories, depths, times, spread, out / "quote_skew.png", title=f"Quote skew, {label}"
     )
+
+
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``n_episodes=200``)."""
+    args = parse_args(argv, **options)
+    wall_start = time.perf_counter()
+    params = mm.presets.homework()
+    strategies = {
+        "avellaneda_stoikov": mm.policies.avellaneda_stoikov(args.gamma, k=args.kappa),
+        "naive": mm.policies.symmetric(args.naive_spread / 2),
+    }
+    key = jax.random.key(args.seed)
+    mode = "streamed" if args.stream else "in memory"
+    print(
+        f"Monte Carlo ({mode}): {args.n_episodes:,} episodes x {params.n_steps} steps, "
+        f"seed {args.seed}, {device_lib.describe(args.device_list)['devices_used']} device(s)",
+        file=sys.stderr,
+    )
+    rollouts, statistics, summaries, seconds = simulate_strategies(params, strategies, key, args)
+    print(mm.metrics.format_table(summaries))
+    print("Sharpe is per episode: mean / std of terminal PnL across episodes.")
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    write_figures(out, params, strategies, key, args, rollouts, statistics, summaries)
     notes = {"sharpe": "per episode: mean / std of terminal PnL across episodes"}
     if args.stream:
         notes["quantiles"] = (
