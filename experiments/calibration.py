@@ -342,13 +342,89 @@ def close_the_loop(
     return out
 
 
-def amzn_study(args, key) -> dict[str, Any]:
-    day = lobster.read_lobster(args.data)
+def amzn_study(
+    key,
+    *,
+    data: Path,
+    out: Path,
+    max_depth: float = 0.20,
+    depth_step: float = 0.01,
+    block_seconds: float = 300.0,
+    vol_seconds: float = 60.0,
+    inverse_episodes: int = 256,
+    inverse_iterations: int = 300,
+    loop_gamma: float = 0.01,
+    loop_q_max: int = 30,
+    loop_steps: int = 23_400,
+    loop_episodes: int = 10_000,
+) -> dict[str, Any]:
+    """The AMZN part: the LOBSTER day in ``data``, files written into ``out``; the flags of the
+    same names (``parse_args``) set the depth grid, error blocks, volatility sampling, the
+    inverse calibration and the closed loop."""
+    day = lobster.read_lobster(data)
     orders = lobster.market_orders(day)
-    session = day.end - day.start
-    depths = np.round(np.arange(0.0, args.max_depth + 1e-9, args.depth_step), 6)
+    depths = np.round(np.arange(0.0, max_depth + 1e-9, depth_step), 6)
+    fits = fit_tape(day, orders, depths, block_seconds)
+    records, fit = fits["records"], fits["fit"]
+    rates = calibrate.exceedance_rates(records)
+    gof = calibrate.reach_goodness_of_fit(orders.reach, depths, fit.k)
+    write_fit_outputs(out, orders, rates, fit, gof)
+    surface = plot_surface(records, fit, block_seconds, out / "likelihood_surface.png")
+    volatility, chosen = amzn_volatility(day, vol_seconds, out)
 
-    def tape(grid: np.ndarray, block: float = args.block_seconds, side: str = "both"):
+    progress("AMZN: inverse calibration by gradients")
+    inverse = amzn_inverse(
+        rates,
+        fit,
+        chosen,
+        depths.size,
+        vol_seconds,
+        jax.random.fold_in(key, 1),
+        n_episodes=inverse_episodes,
+        n_iterations=inverse_iterations,
+    )
+
+    progress("AMZN: closing the loop (exact optimum and A-S in the calibrated market)")
+    s0 = float(lobster.mid_path(day)[1][0])
+    loop = close_the_loop(
+        fit,
+        volatility["sigma_per_sqrt_session"],
+        s0,
+        jax.random.fold_in(key, 2),
+        gamma=loop_gamma,
+        q_max=loop_q_max,
+        n_steps=loop_steps,
+        n_episodes=loop_episodes,
+    )
+    return {
+        "data": data_summary(day, orders, data),
+        "method": {
+            "records": "tape_records: per time block and depth, the number of market orders "
+            "reaching that depth (reach = side * (worst price - prior mid)); both sides pooled, "
+            "exposure 2 x block length",
+            "depth_grid_dollars": depths,
+            "block_seconds": block_seconds,
+            "standard_errors": "nominal: observed Fisher information (assumes independent "
+            "records: too small, records share orders and orders cluster); robust: sandwich "
+            "over time blocks -- quote these",
+        },
+        "intensity": fit_summary(fit, day.end - day.start),
+        "robust_stderr_by_block_length": fits["sensitivity"],
+        "intensity_by_side": fits["sides"],
+        "goodness_of_fit": goodness_of_fit_summary(gof, rates, fit, fits["windows"]),
+        "likelihood_surface": surface,
+        "volatility": volatility,
+        "inverse_calibration": inverse,
+        "closed_loop": loop,
+    }
+
+
+def fit_tape(day, orders, depths: np.ndarray, block_seconds: float) -> dict[str, Any]:
+    """The MLE of ``(A, k)`` on the tape's records (``block_seconds`` blocks), and the same fit
+    under other block lengths, per side and on depth grids starting further out."""
+    session = day.end - day.start
+
+    def tape(grid: np.ndarray, block: float = block_seconds, side: str = "both"):
         """The tape's records on a depth grid (one call site for every fit below)."""
         return calibrate.tape_records(
             orders.times,
@@ -367,8 +443,7 @@ def amzn_study(args, key) -> dict[str, Any]:
     fit = calibrate.fit_intensity(*records)
     sensitivity = {}
     for block in (60.0, 300.0, 1800.0):
-        blocked = tape(depths, block=block)
-        other = calibrate.fit_intensity(*blocked)
+        other = calibrate.fit_intensity(*tape(depths, block=block))
         sensitivity[f"{block:g}s"] = {
             "stderr_A_robust": other.stderr_A_robust,
             "stderr_k_robust": other.stderr_k_robust,
@@ -376,8 +451,7 @@ def amzn_study(args, key) -> dict[str, Any]:
         }
     sides = {}
     for side in ("bid", "ask"):
-        one = tape(depths, side=side)
-        side_fit = calibrate.fit_intensity(*one)
+        side_fit = calibrate.fit_intensity(*tape(depths, side=side))
         sides[side] = {
             "A_per_session": side_fit.A,
             "stderr_A_robust": side_fit.stderr_A_robust,
@@ -387,8 +461,7 @@ def amzn_study(args, key) -> dict[str, Any]:
     windows = []  # where does the exponential hold? fits on depth grids starting further out
     for lowest in (0.0, 0.03, 0.05, 0.08):
         grid = depths[depths >= lowest - 1e-9]
-        window = tape(grid)
-        window_fit = calibrate.fit_intensity(*window)
+        window_fit = calibrate.fit_intensity(*tape(grid))
         window_gof = calibrate.reach_goodness_of_fit(orders.reach, grid, window_fit.k)
         windows.append(
             {
@@ -402,11 +475,19 @@ def amzn_study(args, key) -> dict[str, Any]:
                 "p_value": window_gof.p_value,
             }
         )
-    rates = calibrate.exceedance_rates(records)
-    gof = calibrate.reach_goodness_of_fit(orders.reach, depths, fit.k)
-    worst = int(np.argmax(np.abs(gof.residuals)))
+    return {
+        "records": records,
+        "fit": fit,
+        "sensitivity": sensitivity,
+        "sides": sides,
+        "windows": windows,
+    }
+
+
+def write_fit_outputs(out: Path, orders, rates, fit, gof) -> None:
+    """``exceedance.csv`` and ``intensity_fit.png``: empirical rates against the fit."""
     write_csv(
-        args.out / "exceedance.csv",
+        out / "exceedance.csv",
         {
             "depth": rates.depths,
             "rate_per_session": rates.rate,
@@ -418,21 +499,46 @@ def amzn_study(args, key) -> dict[str, Any]:
         },
     )
     title = f"AMZN 2012-06-21: {orders.times.size:,} market orders, both sides pooled"
-    plot_intensity(rates, fit, gof, args.out / "intensity_fit.png", title)
-    surface = plot_surface(records, fit, args.block_seconds, args.out / "likelihood_surface.png")
+    plot_intensity(rates, fit, gof, out / "intensity_fit.png", title)
 
+
+def amzn_volatility(day, vol_seconds: float, out: Path) -> tuple[dict[str, Any], dict]:
+    """Realised volatility sampled every ``vol_seconds`` and the signature plot around it
+    (``signature.csv``, ``volatility_signature.png``): the payload's ``volatility``, and the
+    signature's row at ``vol_seconds``."""
     intervals = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0]
-    if args.vol_seconds not in intervals:
-        intervals = sorted([*intervals, args.vol_seconds])
+    if vol_seconds not in intervals:
+        intervals = sorted([*intervals, vol_seconds])
     signature = volatility_signature(day, intervals)
-    write_csv(args.out / "signature.csv", {k: [r[k] for r in signature] for k in signature[0]})
-    plot_signature(signature, args.vol_seconds, args.out / "volatility_signature.png")
-    chosen = next(r for r in signature if r["interval_seconds"] == args.vol_seconds)
-    sigma = chosen["sigma_per_sqrt_session"]
+    write_csv(out / "signature.csv", {k: [r[k] for r in signature] for k in signature[0]})
+    plot_signature(signature, vol_seconds, out / "volatility_signature.png")
+    chosen = next(r for r in signature if r["interval_seconds"] == vol_seconds)
+    return {
+        "interval_seconds": vol_seconds,
+        "sigma_per_sqrt_session": chosen["sigma_per_sqrt_session"],
+        "stderr_per_sqrt_session": chosen["stderr_per_sqrt_session"],
+        "sigma_per_sqrt_second": chosen["sigma_per_sqrt_second"],
+        "stderr_per_sqrt_second": chosen["stderr_per_sqrt_second"],
+        "signature": signature,
+    }, chosen
 
-    progress("AMZN: inverse calibration by gradients")
+
+def amzn_inverse(
+    rates,
+    fit,
+    chosen: dict[str, float],
+    n_depths: int,
+    vol_seconds: float,
+    key,
+    *,
+    n_episodes: int,
+    n_iterations: int,
+) -> dict[str, Any]:
+    """``(A, k, sigma)`` by gradients on the tape's moments (``chosen``: the signature's row of
+    the volatility used), against the MLE: the payload's ``inverse_calibration``."""
     dt_seconds = 0.02
-    steps = depths.size * 50
+    steps = n_depths * 50
+    sigma = chosen["sigma_per_sqrt_session"]
     template = mm.MarketParams(
         S0=100.0,
         sigma=sigma,
@@ -442,92 +548,60 @@ def amzn_study(args, key) -> dict[str, Any]:
         n_steps=steps,
         fill_model="exponential",
     )
-    volatility = calibrate.VolatilityEstimate(
+    estimate = calibrate.VolatilityEstimate(
         sigma,
         chosen["stderr_per_sqrt_session"],
         chosen["n_increments"],
-        args.vol_seconds / SESSION_SECONDS,
+        vol_seconds / SESSION_SECONDS,
     )
-    targets = calibrate.moment_targets(rates, volatility)
+    targets = calibrate.moment_targets(rates, estimate)
     inverse = calibrate.fit_market_by_gradient(
-        targets,
-        template,
-        jax.random.fold_in(key, 1),
-        n_episodes=args.inverse_episodes,
-        n_iterations=args.inverse_iterations,
-    )
-
-    progress("AMZN: closing the loop (exact optimum and A-S in the calibrated market)")
-    s0 = float(lobster.mid_path(day)[1][0])
-    loop = close_the_loop(
-        fit,
-        sigma,
-        s0,
-        jax.random.fold_in(key, 2),
-        gamma=args.loop_gamma,
-        q_max=args.loop_q_max,
-        n_steps=args.loop_steps,
-        n_episodes=args.loop_episodes,
+        targets, template, key, n_episodes=n_episodes, n_iterations=n_iterations
     )
     return {
-        "data": {
-            "path": str(args.data),
-            "ticker": day.ticker,
-            "date": day.date,
-            "window_seconds_after_midnight": [day.start, day.end],
-            "session_seconds": session,
-            "n_events": int(day.times.size),
-            "n_executions": int(np.isin(day.event_type, lobster.EXECUTIONS).sum()),
-            "n_market_orders": int(orders.times.size),
-            "n_buy_orders": int((orders.side > 0).sum()),
-            "n_hidden_only_orders": int(orders.hidden.sum()),
-            "licence": "LOBSTER free sample terms; data not redistributed",
-        },
-        "method": {
-            "records": "tape_records: per time block and depth, the number of market orders "
-            "reaching that depth (reach = side * (worst price - prior mid)); both sides pooled, "
-            "exposure 2 x block length",
-            "depth_grid_dollars": depths,
-            "block_seconds": args.block_seconds,
-            "standard_errors": "nominal: observed Fisher information (assumes independent "
-            "records: too small, records share orders and orders cluster); robust: sandwich "
-            "over time blocks -- quote these",
-        },
-        "intensity": fit_summary(fit, session),
-        "robust_stderr_by_block_length": sensitivity,
-        "intensity_by_side": sides,
-        "goodness_of_fit": {
-            "test": "Pearson chi-square of reach bins vs the fitted exponential shape "
-            "(conditional on the number of orders; Wilson-Hilferty p-value)",
-            "statistic": gof.statistic,
-            "dof": gof.dof,
-            "p_value": gof.p_value,
-            "worst_bin_lower_edge": float(gof.edges[worst]),
-            "worst_residual": float(gof.residuals[worst]),
-            "rate_at_depth_0": {"empirical": rates.rate[0], "fitted": fit.A},
-            "by_depth_window": windows,
-        },
-        "likelihood_surface": surface,
-        "volatility": {
-            "interval_seconds": args.vol_seconds,
-            "sigma_per_sqrt_session": sigma,
-            "stderr_per_sqrt_session": chosen["stderr_per_sqrt_session"],
-            "sigma_per_sqrt_second": chosen["sigma_per_sqrt_second"],
-            "stderr_per_sqrt_second": chosen["stderr_per_sqrt_second"],
-            "signature": signature,
-        },
-        "inverse_calibration": {
-            "method": "simulated moments through the relaxed simulator (expected fills), "
-            f"dt = {dt_seconds} s, weights 1/stderr^2 of the targets",
-            "A_per_session": inverse.A,
-            "k": inverse.k,
-            "sigma_per_sqrt_session": inverse.sigma,
-            "loss": inverse.loss,
-            "dof": depths.size + 1 - 3,
-            "mle": {"A_per_session": fit.A, "k": fit.k, "sigma_per_sqrt_session": sigma},
-            "seconds": inverse.seconds,
-        },
-        "closed_loop": loop,
+        "method": "simulated moments through the relaxed simulator (expected fills), "
+        f"dt = {dt_seconds} s, weights 1/stderr^2 of the targets",
+        "A_per_session": inverse.A,
+        "k": inverse.k,
+        "sigma_per_sqrt_session": inverse.sigma,
+        "loss": inverse.loss,
+        "dof": n_depths + 1 - 3,
+        "mle": {"A_per_session": fit.A, "k": fit.k, "sigma_per_sqrt_session": sigma},
+        "seconds": inverse.seconds,
+    }
+
+
+def goodness_of_fit_summary(gof, rates, fit, windows: list[dict]) -> dict[str, Any]:
+    """The payload's ``goodness_of_fit``: the reach-bin test of the fitted shape, its worst bin,
+    and the fits on depth windows (``fit_tape``)."""
+    worst = int(np.argmax(np.abs(gof.residuals)))
+    return {
+        "test": "Pearson chi-square of reach bins vs the fitted exponential shape "
+        "(conditional on the number of orders; Wilson-Hilferty p-value)",
+        "statistic": gof.statistic,
+        "dof": gof.dof,
+        "p_value": gof.p_value,
+        "worst_bin_lower_edge": float(gof.edges[worst]),
+        "worst_residual": float(gof.residuals[worst]),
+        "rate_at_depth_0": {"empirical": rates.rate[0], "fitted": fit.A},
+        "by_depth_window": windows,
+    }
+
+
+def data_summary(day, orders, data: Path) -> dict[str, Any]:
+    """The payload's ``data``: what the LOBSTER day in ``data`` holds."""
+    return {
+        "path": str(data),
+        "ticker": day.ticker,
+        "date": day.date,
+        "window_seconds_after_midnight": [day.start, day.end],
+        "session_seconds": day.end - day.start,
+        "n_events": int(day.times.size),
+        "n_executions": int(np.isin(day.event_type, lobster.EXECUTIONS).sum()),
+        "n_market_orders": int(orders.times.size),
+        "n_buy_orders": int((orders.side > 0).sum()),
+        "n_hidden_only_orders": int(orders.hidden.sum()),
+        "licence": "LOBSTER free sample terms; data not redistributed",
     }
 
 
@@ -649,17 +723,84 @@ def inverse_on_simulation(key, *, n_episodes: int = 256, n_iterations: int = 300
     }
 
 
-def homework_study(args, key) -> tuple[dict[str, Any], dict]:
-    params = mm.presets.homework()
-    gammas = np.geomspace(0.005, 1.0, args.grid_size)
-    kappas = np.geomspace(0.5, 5.0, args.grid_size)
-    progress(f"homework: grid {args.grid_size}x{args.grid_size}, {args.grid_episodes:,} episodes")
-    with Timer() as grid_timer:
-        grid = objective_grid(
-            params, gammas, kappas, jax.random.fold_in(key, 10), args.grid_episodes
+def tuned_against_grid_best(
+    params,
+    result,
+    best_cell: tuple[float, float],
+    grid_best_on_grid: float,
+    objective: tuple[str, float, str],
+    eval_key,
+    eval_episodes: int,
+) -> dict[str, Any]:
+    """The tuned A-S (``result`` of ``calibrate.tune_as``) and the grid's best cell
+    ``(gamma, kappa)`` on the same ``eval_episodes`` fresh episodes, for one of ``OBJECTIVES``
+    (``grid_best_on_grid``: that cell's value on the grid's episodes): a row of the payload's
+    ``objectives``."""
+    name, risk_aversion, label = objective
+    pnl = {}
+    for which, (g, k) in (
+        ("tuned", (result.gamma, result.kappa)),
+        ("grid_best", best_cell),
+    ):
+        rollout = mm.simulate(
+            params, mm.policies.avellaneda_stoikov(g, k=k), eval_key, eval_episodes
         )
+        pnl[which] = np.asarray(rollout.pnl, np.float64)
+    value_t, se_t = calibrate.objective_estimate(pnl["tuned"], name, risk_aversion)
+    value_g, se_g = calibrate.objective_estimate(pnl["grid_best"], name, risk_aversion)
+    gap, gap_se = calibrate.objective_estimate(
+        pnl["tuned"], name, risk_aversion, baseline=pnl["grid_best"]
+    )
+    return {
+        "label": label,
+        "risk_aversion": risk_aversion,
+        "tuned": {
+            "gamma": result.gamma,
+            "kappa": result.kappa,
+            "objective": value_t,
+            "stderr": se_t,
+        },
+        "grid_best": {
+            "gamma": best_cell[0],
+            "kappa": best_cell[1],
+            "objective": value_g,
+            "stderr": se_g,
+            "objective_on_grid_episodes": grid_best_on_grid,
+        },
+        "tuned_minus_grid_best": {
+            "value": gap,
+            "stderr_paired": gap_se,
+            "relative": gap / abs(value_g),
+        },
+        "relaxed_objective_last_iterations": float(result.relaxed_objective[-20:].mean()),
+        "tuning_seconds": result.seconds,
+    }
+
+
+def homework_study(
+    key,
+    *,
+    out: Path,
+    grid_size: int = 25,
+    grid_episodes: int = 20_000,
+    tune_iterations: int = 200,
+    tune_episodes: int = 1024,
+    temperature: float = 0.1,
+    eval_episodes: int = 100_000,
+    inverse_episodes: int = 256,
+    inverse_iterations: int = 300,
+) -> tuple[dict[str, Any], dict]:
+    """The homework part, files written into ``out``: the ``grid_size`` x ``grid_size`` grid
+    search, A-S tuned by gradients for each objective and measured against the grid's best cell
+    on ``eval_episodes`` fresh episodes, and the inverse calibration on simulated data."""
+    params = mm.presets.homework()
+    gammas = np.geomspace(0.005, 1.0, grid_size)
+    kappas = np.geomspace(0.5, 5.0, grid_size)
+    progress(f"homework: grid {grid_size}x{grid_size}, {grid_episodes:,} episodes")
+    with Timer() as grid_timer:
+        grid = objective_grid(params, gammas, kappas, jax.random.fold_in(key, 10), grid_episodes)
     write_csv(
-        args.out / "grid.csv",
+        out / "grid.csv",
         {
             "gamma": np.repeat(gammas, kappas.size),
             "kappa": np.tile(kappas, gammas.size),
@@ -677,9 +818,9 @@ def homework_study(args, key) -> tuple[dict[str, Any], dict]:
             risk_aversion=risk_aversion,
             gamma=0.1,
             kappa=1.5,
-            n_iterations=args.tune_iterations,
-            n_episodes=args.tune_episodes,
-            temperature=args.temperature,
+            n_iterations=tune_iterations,
+            n_episodes=tune_episodes,
+            temperature=temperature,
             progress=lambda i, g, k, v: progress(
                 f"  iter {i}: gamma {g:.4f} kappa {k:.3f} relaxed objective {v:.4g}"
             ),
@@ -687,70 +828,41 @@ def homework_study(args, key) -> tuple[dict[str, Any], dict]:
         tuned[name] = result
         cell = np.unravel_index(np.argmax(grid[index]), grid[index].shape)
         best_cells[name] = (float(gammas[cell[0]]), float(kappas[cell[1]]))
-        pnl = {}
-        for which, (g, k) in (
-            ("tuned", (result.gamma, result.kappa)),
-            ("grid_best", best_cells[name]),
-        ):
-            rollout = mm.simulate(
-                params, mm.policies.avellaneda_stoikov(g, k=k), eval_key, args.eval_episodes
-            )
-            pnl[which] = np.asarray(rollout.pnl, np.float64)
-        value_t, se_t = calibrate.objective_estimate(pnl["tuned"], name, risk_aversion)
-        value_g, se_g = calibrate.objective_estimate(pnl["grid_best"], name, risk_aversion)
-        gap, gap_se = calibrate.objective_estimate(
-            pnl["tuned"], name, risk_aversion, baseline=pnl["grid_best"]
+        rows[name] = tuned_against_grid_best(
+            params,
+            result,
+            best_cells[name],
+            float(grid[index].max()),
+            OBJECTIVES[index],
+            eval_key,
+            eval_episodes,
         )
-        rows[name] = {
-            "label": label,
-            "risk_aversion": risk_aversion,
-            "tuned": {
-                "gamma": result.gamma,
-                "kappa": result.kappa,
-                "objective": value_t,
-                "stderr": se_t,
-            },
-            "grid_best": {
-                "gamma": best_cells[name][0],
-                "kappa": best_cells[name][1],
-                "objective": value_g,
-                "stderr": se_g,
-                "objective_on_grid_episodes": float(grid[index].max()),
-            },
-            "tuned_minus_grid_best": {
-                "value": gap,
-                "stderr_paired": gap_se,
-                "relative": gap / abs(value_g),
-            },
-            "relaxed_objective_last_iterations": float(result.relaxed_objective[-20:].mean()),
-            "tuning_seconds": result.seconds,
-        }
         trajectories[f"{name}_gamma"] = result.gammas
         trajectories[f"{name}_kappa"] = result.kappas
-    write_csv(args.out / "tuning.csv", trajectories)
-    plot_heatmaps(gammas, kappas, grid, tuned, best_cells, args.out / "tuning_heatmap.png")
+    write_csv(out / "tuning.csv", trajectories)
+    plot_heatmaps(gammas, kappas, grid, tuned, best_cells, out / "tuning_heatmap.png")
     progress("homework: inverse calibration on simulated data")
     inverse = inverse_on_simulation(
         jax.random.fold_in(key, 30),
-        n_episodes=args.inverse_episodes,
-        n_iterations=args.inverse_iterations,
+        n_episodes=inverse_episodes,
+        n_iterations=inverse_iterations,
     )
     return {
         "market": params,
         "grid": {
             "gammas": gammas,
             "kappas": kappas,
-            "n_episodes": args.grid_episodes,
+            "n_episodes": grid_episodes,
             "seconds": grid_timer.seconds,
         },
-        "evaluation": f"exact simulator, {args.eval_episodes:,} fresh episodes shared by the "
+        "evaluation": f"exact simulator, {eval_episodes:,} fresh episodes shared by the "
         "tuned point and the grid-best cell (paired standard errors)",
         "tuning": {
             "optimizer": "Adam on (log gamma, log kappa), fresh episodes per iteration, "
             "answer = geometric mean of the last 25% of iterates",
-            "temperature": args.temperature,
-            "iterations": args.tune_iterations,
-            "episodes_per_iteration": args.tune_episodes,
+            "temperature": temperature,
+            "iterations": tune_iterations,
+            "episodes_per_iteration": tune_episodes,
         },
         "objectives": rows,
         "inverse_calibration_simulated": inverse,
@@ -843,11 +955,36 @@ def main(argv: list[str] | None = None, **options: Any) -> dict[str, Any]:
             available, reason = False, str(error)
         if available:
             progress(f"AMZN: reading {args.data}")
-            amzn = amzn_study(args, jax.random.fold_in(key, 1))
+            amzn = amzn_study(
+                jax.random.fold_in(key, 1),
+                data=args.data,
+                out=args.out,
+                max_depth=args.max_depth,
+                depth_step=args.depth_step,
+                block_seconds=args.block_seconds,
+                vol_seconds=args.vol_seconds,
+                inverse_episodes=args.inverse_episodes,
+                inverse_iterations=args.inverse_iterations,
+                loop_gamma=args.loop_gamma,
+                loop_q_max=args.loop_q_max,
+                loop_steps=args.loop_steps,
+                loop_episodes=args.loop_episodes,
+            )
         else:
             progress(f"AMZN part skipped: {reason}")
             amzn = {"skipped": reason}
-        homework, _ = homework_study(args, jax.random.fold_in(key, 2))
+        homework, _ = homework_study(
+            jax.random.fold_in(key, 2),
+            out=args.out,
+            grid_size=args.grid_size,
+            grid_episodes=args.grid_episodes,
+            tune_iterations=args.tune_iterations,
+            tune_episodes=args.tune_episodes,
+            temperature=args.temperature,
+            eval_episodes=args.eval_episodes,
+            inverse_episodes=args.inverse_episodes,
+            inverse_iterations=args.inverse_iterations,
+        )
     payload = {
         "study": "calibration",
         "amzn": amzn,

@@ -29,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from experiments.common import environment, save_figure, write_csv, write_json
+from experiments.common import StudyParser, finish, save_figure, write_csv
 from jaxmm import optimal
 
 PACKAGE = "avellaneda-stoikov==0.1.0"
@@ -202,8 +203,12 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+QUICK = {"phi": [0.1], "alpha": [0.0], "n_steps": [100, 200]}  # a smoke run
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    # StudyParser rather than study_parser: the benchmark is deterministic, so no --seed.
+    parser = StudyParser(
         prog="python -m experiments.cj_package", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--A", type=float, default=100.0, help="arrivals per time unit")
@@ -217,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.001])
     parser.add_argument("--n-steps", type=int, nargs="+", default=[100, 200, 400, 800, 1600, 3200])
     parser.add_argument("--out", type=Path, default=Path("results/cj_package"))
-    args = parser.parse_args(argv)
+    args = parser.parse(argv, **options)
     if args.A <= 0 or args.k <= 0 or args.T <= 0:
         parser.error("--A, --k and --T must be > 0")
     if args.q_max < 1:
@@ -230,25 +235,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the benchmark; ``options`` override the command line's values (``phi=[0.1]``)."""
+    args = parse_args(argv, **options)
     package = load_package()
-    rows = []
-    for phi in args.phi:
-        for alpha in args.alpha:
-            for n_steps in args.n_steps:
-                row = compare(args.A, args.k, phi, alpha, args.q_max, args.T, n_steps)
-                rows.append(row)
-                if row["status"] == "ok":
-                    print(
-                        f"phi={phi:g} alpha={alpha:g} n={n_steps}: |dh(0,0)|="
-                        f"{row['error_h00']:.3e} max|d depth|={row['max_error_depth']:.3e} "
-                        f"package {row['seconds_package'] * 1e3:.1f} ms",
-                        file=sys.stderr,
-                    )
-                else:
-                    print(f"phi={phi:g} alpha={alpha:g} n={n_steps}: {row['status']}",
-                          file=sys.stderr)  # fmt: skip
+    rows = run_grid(args.A, args.k, args.T, args.q_max, args.phi, args.alpha, args.n_steps)
     out = args.out
     ok = [r for r in rows if r["status"] == "ok"]
     columns = [
@@ -279,11 +270,34 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "rows": rows,
         "observed_order_h00": observed_orders(rows),
-        "environment": environment(),
     }
-    write_json(out / "cj_package.json", payload)
-    print(f"wrote {out}/", file=sys.stderr)
-    return payload
+    return finish(out, "cj_package", payload)
+
+
+def run_grid(
+    A: float,
+    k: float,
+    T: float,
+    q_max: int,
+    phis: list[float],
+    alphas: list[float],
+    n_steps: list[int],
+) -> list[dict]:
+    """``compare`` for every (phi, alpha, n_steps), in that order, each reported on stderr."""
+    rows = []
+    for phi, alpha, steps in itertools.product(phis, alphas, n_steps):
+        row = compare(A, k, phi, alpha, q_max, T, steps)
+        rows.append(row)
+        if row["status"] == "ok":
+            print(
+                f"phi={phi:g} alpha={alpha:g} n={steps}: |dh(0,0)|="
+                f"{row['error_h00']:.3e} max|d depth|={row['max_error_depth']:.3e} "
+                f"package {row['seconds_package'] * 1e3:.1f} ms",
+                file=sys.stderr,
+            )
+        else:
+            print(f"phi={phi:g} alpha={alpha:g} n={steps}: {row['status']}", file=sys.stderr)
+    return rows
 
 
 if __name__ == "__main__":

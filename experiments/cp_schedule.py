@@ -35,13 +35,21 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, save_figure, write_json, write_rows_csv
+from experiments.common import (
+    Timer,
+    finish,
+    markdown_table,
+    save_figure,
+    study_parser,
+    write_rows_csv,
+)
 from jaxmm import optimal, schedule
 
 EVAL_STREAM = 1_000_003  # fold_in index of the evaluation key: disjoint from every replicate
@@ -51,10 +59,11 @@ AS_GAMMA = 0.1
 DEFAULT_LEVELS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.cp_schedule", description=__doc__.split("\n")[0]
-    )
+QUICK = {"quick": True}  # a smoke run
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser("cp_schedule", __doc__)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (numbers mean little)")
     parser.add_argument("--n-steps", type=int, default=None, help="steps (default 50; quick 12)")
     parser.add_argument("--dt", type=float, default=0.005, help="step length (T = n_steps dt)")
@@ -76,9 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=1, help="CP-SAT workers")
     parser.add_argument("--n-episodes", type=int, default=None, help="Monte Carlo episodes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/cp_schedule"))
-    args = parser.parse_args(argv)
+    args = parser.parse(argv, **options)
     defaults = {
         "n_steps": (12, 50),
         "scenarios": ([5, 10], [10, 30, 100]),
@@ -104,9 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def market(args) -> mm.MarketParams:
+def market(n_steps: int, dt: float) -> mm.MarketParams:
     """The homework market with ``n_steps`` steps of length ``dt``."""
-    return mm.presets.homework().replace(n_steps=args.n_steps, T=args.n_steps * args.dt)
+    return mm.presets.homework().replace(n_steps=n_steps, T=n_steps * dt)
 
 
 def monte_carlo(params, policies: dict, key, n_episodes: int, phi: float) -> dict[str, np.ndarray]:
@@ -121,10 +128,26 @@ def stderr(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(x.size))
 
 
-def run_phi(params, phi: float, args, eval_key) -> dict:
-    """Solve every (S, replicate), evaluate everything exactly and on the fresh paths."""
+def run_phi(
+    params,
+    phi: float,
+    eval_key,
+    *,
+    levels: list[float],
+    scenarios: list[int],
+    replicates: int,
+    seed: int,
+    q_bound: int,
+    time_limit: float,
+    workers: int,
+    deterministic_time: float,
+    n_episodes: int,
+) -> dict:
+    """Solve every (S in ``scenarios``, replicate), evaluate everything exactly and on the fresh
+    paths of ``eval_key`` (``n_episodes``). Replicate ``r`` samples its scenarios from
+    ``fold_in(key(seed), r)``; the other arguments go to ``schedule.solve_schedule``."""
     bellman = optimal.bellman(params, phi)
-    best = schedule.best_open_loop(params, phi, args.levels)
+    best = schedule.best_open_loop(params, phi, levels)
     policies = {
         "bellman": mm.policies.table(bellman),
         f"avellaneda_stoikov(gamma={AS_GAMMA:g})": mm.policies.avellaneda_stoikov(
@@ -133,19 +156,19 @@ def run_phi(params, phi: float, args, eval_key) -> dict:
         "best_open_loop": schedule.schedule(best),
     }
     solves = []
-    for n_scenarios in args.scenarios:
-        for replicate in range(args.replicates):
-            key = jax.random.fold_in(jax.random.key(args.seed), replicate)
+    for n_scenarios in scenarios:
+        for replicate in range(replicates):
+            key = jax.random.fold_in(jax.random.key(seed), replicate)
             solution = schedule.solve_schedule(
                 params,
                 phi,
                 n_scenarios=n_scenarios,
-                levels=args.levels,
+                levels=levels,
                 key=key,
-                q_bound=args.q_bound,
-                time_limit=args.time_limit,
-                workers=args.workers,
-                deterministic_time=args.deterministic_time,
+                q_bound=q_bound,
+                time_limit=time_limit,
+                workers=workers,
+                deterministic_time=deterministic_time,
             )
             name = f"cp(S={n_scenarios}, rep={replicate})"
             policies[name] = solution.policy()
@@ -159,7 +182,7 @@ def run_phi(params, phi: float, args, eval_key) -> dict:
     exact = {
         name: optimal.evaluate(params, policy, phi).value_at() for name, policy in policies.items()
     }
-    rewards = monte_carlo(params, policies, eval_key, args.n_episodes, phi)
+    rewards = monte_carlo(params, policies, eval_key, n_episodes, phi)
     optimum = exact["bellman"]
     values = []
     for name in policies:
@@ -177,32 +200,10 @@ def run_phi(params, phi: float, args, eval_key) -> dict:
                 "bellman_minus_this_exact": optimum - exact[name],
             }
         )
-    solve_rows = []
-    for name, n_scenarios, replicate, solution in solves:
-        solve_rows.append(
-            {
-                "phi": phi,
-                "n_scenarios": n_scenarios,
-                "replicate": replicate,
-                "status": solution.status,
-                "in_sample": solution.objective,
-                "in_sample_spread": solution.spread_capture,
-                "in_sample_mark_to_market": solution.mark_to_market,
-                "in_sample_penalty": solution.penalty,
-                "solver_objective": solution.solver_objective,
-                "best_bound": solution.best_bound,
-                "gap": solution.gap,
-                "rounding_bound": solution.rounding_bound,
-                "wall_seconds": solution.wall_seconds,
-                "build_seconds": solution.build_seconds,
-                "max_abs_inventory_in_sample": solution.max_abs_inventory,
-                "n_variables": solution.n_variables,
-                "n_constraints": solution.n_constraints,
-                "out_of_sample_exact": exact[name],
-                "out_of_sample_mc": float(rewards[name].mean()),
-                "out_of_sample_mc_stderr": stderr(rewards[name]),
-            }
-        )
+    solve_rows = [
+        solve_row(phi, n_scenarios, replicate, solution, exact[name], rewards[name])
+        for name, n_scenarios, replicate, solution in solves
+    ]
     depths = {
         name: optimal.tabulate(policy, params, np.array([0])) for name, policy in policies.items()
     }
@@ -211,6 +212,35 @@ def run_phi(params, phi: float, args, eval_key) -> dict:
         "solves": solve_rows,
         "depths": {name: (bid[:, 0], ask[:, 0]) for name, (bid, ask) in depths.items()},
         "solutions": {name: solution.summary() for name, _, _, solution in solves},
+    }
+
+
+def solve_row(
+    phi: float, n_scenarios: int, replicate: int, solution, exact: float, rewards: np.ndarray
+) -> dict:
+    """One row of ``solves.csv``: a CP-SAT solve, its exact value and its Monte Carlo
+    ``rewards`` on the fresh paths."""
+    return {
+        "phi": phi,
+        "n_scenarios": n_scenarios,
+        "replicate": replicate,
+        "status": solution.status,
+        "in_sample": solution.objective,
+        "in_sample_spread": solution.spread_capture,
+        "in_sample_mark_to_market": solution.mark_to_market,
+        "in_sample_penalty": solution.penalty,
+        "solver_objective": solution.solver_objective,
+        "best_bound": solution.best_bound,
+        "gap": solution.gap,
+        "rounding_bound": solution.rounding_bound,
+        "wall_seconds": solution.wall_seconds,
+        "build_seconds": solution.build_seconds,
+        "max_abs_inventory_in_sample": solution.max_abs_inventory,
+        "n_variables": solution.n_variables,
+        "n_constraints": solution.n_constraints,
+        "out_of_sample_exact": exact,
+        "out_of_sample_mc": float(rewards.mean()),
+        "out_of_sample_mc_stderr": stderr(rewards),
     }
 
 
@@ -285,60 +315,79 @@ def plot_overfitting(results: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    params = market(args)
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``quick=True``)."""
+    args = parse_args(argv, **options)
+    params = market(args.n_steps, args.dt)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     eval_key = jax.random.fold_in(jax.random.key(args.seed), EVAL_STREAM)
     results = {}
     with Timer() as timer:
         for phi in args.phis:
-            results[phi] = run_phi(params, phi, args, eval_key)
+            results[phi] = run_phi(
+                params,
+                phi,
+                eval_key,
+                levels=args.levels,
+                scenarios=args.scenarios,
+                replicates=args.replicates,
+                seed=args.seed,
+                q_bound=args.q_bound,
+                time_limit=args.time_limit,
+                workers=args.workers,
+                deterministic_time=args.deterministic_time,
+                n_episodes=args.n_episodes,
+            )
     values = [row for phi in args.phis for row in results[phi]["values"]]
     solves = [row for phi in args.phis for row in results[phi]["solves"]]
     write_rows_csv(out / "values.csv", values)
     write_rows_csv(out / "solves.csv", solves)
-    schedule_rows = []
-    for t in range(params.n_steps):
-        row = {"step": t, "time": t * float(params.dt)}
-        for phi in args.phis:
-            for name, (bid, ask) in results[phi]["depths"].items():
-                row[f"phi={phi:g} {name} bid"] = float(bid[t])
-                row[f"phi={phi:g} {name} ask"] = float(ask[t])
-        schedule_rows.append(row)
-    write_rows_csv(out / "schedules.csv", schedule_rows)
+    write_rows_csv(out / "schedules.csv", schedule_rows(params, args.phis, results))
     plot_depths(params, results, out / "schedule_depths.png")
     plot_values(results, out / "values.png")
     plot_overfitting(results, out / "overfitting.png")
+    print(format_values(values))
     payload = {
-        "config": {**vars(args), "out": str(out), "params": params, "eval_stream": EVAL_STREAM},
         "values": values,
         "solves": solves,
         "solutions": {f"{phi:g}": results[phi]["solutions"] for phi in args.phis},
         "wall_seconds": timer.seconds,
-        "environment": environment(),
     }
-    write_json(out / "summary.json", payload)
-    print(format_values(values))
-    print(f"results in {out}/")
-    return payload
+    config = {**vars(args), "out": str(out), "params": params, "eval_stream": EVAL_STREAM}
+    return finish(out, "summary", payload, config=config)
+
+
+def schedule_rows(params, phis: list[float], results: dict) -> list[dict]:
+    """``schedules.csv``: one row per step, the bid and ask depth of every strategy and phi."""
+    rows = []
+    for t in range(params.n_steps):
+        row = {"step": t, "time": t * float(params.dt)}
+        for phi in phis:
+            for name, (bid, ask) in results[phi]["depths"].items():
+                row[f"phi={phi:g} {name} bid"] = float(bid[t])
+                row[f"phi={phi:g} {name} ask"] = float(ask[t])
+        rows.append(row)
+    return rows
 
 
 def format_values(values: list[dict]) -> str:
     """Markdown table of exact and Monte Carlo values."""
-    lines = [
-        "| phi | strategy | exact | % of Bellman | MC mean +- SE | Bellman - this (MC, paired) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in values:
-        lines.append(
-            f"| {row['phi']:g} | {row['strategy']} | {row['exact']:.3f} | "
-            f"{100 * row['fraction_of_bellman']:.1f}% | {row['mc_mean']:.3f} +- "
-            f"{row['mc_stderr']:.3f} | {row['bellman_minus_this_mc']:.3f} +- "
-            f"{row['bellman_minus_this_stderr']:.3f} |"
+    header = (
+        "phi", "strategy", "exact", "% of Bellman", "MC mean +- SE", "Bellman - this (MC, paired)",
+    )  # fmt: skip
+    rows = [
+        (
+            f"{row['phi']:g}",
+            row["strategy"],
+            f"{row['exact']:.3f}",
+            f"{100 * row['fraction_of_bellman']:.1f}%",
+            f"{row['mc_mean']:.3f} +- {row['mc_stderr']:.3f}",
+            f"{row['bellman_minus_this_mc']:.3f} +- {row['bellman_minus_this_stderr']:.3f}",
         )
-    return "\n".join(lines)
+        for row in values
+    ]
+    return markdown_table(header, rows, align="l" * len(header))
 
 
 if __name__ == "__main__":

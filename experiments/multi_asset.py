@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, environment, save_figure, write_json, write_rows_csv
+from experiments.common import Timer, finish, save_figure, study_parser, write_rows_csv
 from jaxmm import multi_asset as ma
 
 SIGMAS = {2: (2.0, 1.0), 3: (2.0, 1.5, 1.0)}
@@ -52,16 +53,15 @@ STATS = (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.multi_asset", description=__doc__.split("\n")[0]
-    )
+QUICK = {"quick": True}  # a smoke run
+
+
+def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
+    parser = study_parser("multi_asset", __doc__)
     parser.add_argument("--n-episodes", type=int, default=None, help="default 20000 (quick 2000)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gammas", type=float, nargs="+", default=list(GAMMAS))
     parser.add_argument("--quick", action="store_true", help="2 assets, rho in {0, 0.9}")
-    parser.add_argument("--out", type=Path, default=Path("results/multi_asset"))
-    args = parser.parse_args(argv)
+    args = parser.parse(argv, **options)
     if args.n_episodes is None:
         args.n_episodes = 2000 if args.quick else 20_000
     if args.n_episodes < 10:
@@ -76,17 +76,16 @@ def equicorrelation(n_assets: int, rho: float) -> np.ndarray:
     return np.full((n_assets, n_assets), rho) + (1.0 - rho) * np.eye(n_assets)
 
 
-def cell(n_assets: int, rho: float, gamma: float, args: argparse.Namespace) -> dict:
-    """Both rules on the same ``n_episodes`` paths: one row of the comparison table."""
+def cell(n_assets: int, rho: float, gamma: float, *, n_episodes: int, seed: int) -> dict:
+    """Both rules on the same ``n_episodes`` paths (``jax.random.key(seed)``): one row of the
+    comparison table."""
     params = ma.make_params(
         mm.presets.homework(), equicorrelation(n_assets, rho), sigma=SIGMAS[n_assets]
     )
-    key = jax.random.key(args.seed)
-    portfolio = ma.simulate_multi(
-        params, ma.portfolio_avellaneda_stoikov(gamma), key, args.n_episodes
-    )
+    key = jax.random.key(seed)
+    portfolio = ma.simulate_multi(params, ma.portfolio_avellaneda_stoikov(gamma), key, n_episodes)
     alone = ma.simulate_multi(
-        params, ma.per_asset(mm.policies.avellaneda_stoikov(gamma)), key, args.n_episodes
+        params, ma.per_asset(mm.policies.avellaneda_stoikov(gamma)), key, n_episodes
     )
     row: dict = {"n_assets": n_assets, "rho": rho, "gamma": gamma}
     summaries = {
@@ -101,8 +100,9 @@ def cell(n_assets: int, rho: float, gamma: float, args: argparse.Namespace) -> d
     return row
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, **options: Any) -> dict:
+    """Run the study; ``options`` override the command line's values (``quick=True``)."""
+    args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     grid = QUICK_RHOS if args.quick else RHOS
     rows = []
@@ -110,32 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
         for n_assets, rhos in grid.items():
             for gamma in args.gammas:
                 for rho in rhos:
-                    rows.append(cell(n_assets, rho, gamma, args))
+                    rows.append(
+                        cell(n_assets, rho, gamma, n_episodes=args.n_episodes, seed=args.seed)
+                    )
     write_rows_csv(args.out / "comparison.csv", rows)
     plot(rows, args.out)
-    payload = {
-        "config": {
-            **vars(args),
-            "out": str(args.out),
-            "market_per_asset": mm.presets.homework(),
-            "sigmas": {str(n): SIGMAS[n] for n in grid},
-            "rhos": {str(n): grid[n] for n in grid},
-            "correlation": "equicorrelation: every pair of assets has correlation rho",
-            "key": f"jax.random.key({args.seed}) for every cell and both rules",
-        },
-        "definitions": {
-            "sharpe": "per episode: mean / std of terminal portfolio PnL across episodes",
-            "mean_variance": "E[PnL] - (gamma/2) Var[PnL] of the terminal portfolio PnL",
-            "inventory_variance": "E[sum_t q_{t+1}' Sigma q_{t+1} dt], price units^2",
-            "penalised_pnl": "E[PnL - (gamma/2) sum_t q_{t+1}' Sigma q_{t+1} dt]",
-            "difference": "portfolio - alone on the same paths; paired standard errors",
-            "standard_errors": "delta method (influence values), n_episodes i.i.d. episodes",
-        },
-        "table": rows,
-        "seconds": timer.seconds,
-        "environment": environment(),
-    }
-    write_json(args.out / "summary.json", payload)
     for r in rows:
         print(
             f"n = {r['n_assets']}, rho = {r['rho']:+.2f}, gamma = {r['gamma']:g}: "
@@ -144,8 +123,30 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['portfolio_inventory_variance']:.2f} vs {r['alone_inventory_variance']:.2f}, "
             f"mean PnL {r['difference_mean_pnl']:+.3f} ± {r['difference_mean_pnl_se']:.3f}"
         )
-    print(f"results in {args.out}/ ({timer.seconds:.0f} s)")
-    return payload
+    config = {
+        **vars(args),
+        "out": str(args.out),
+        "market_per_asset": mm.presets.homework(),
+        "sigmas": {str(n): SIGMAS[n] for n in grid},
+        "rhos": {str(n): grid[n] for n in grid},
+        "correlation": "equicorrelation: every pair of assets has correlation rho",
+        "key": f"jax.random.key({args.seed}) for every cell and both rules",
+    }
+    definitions = {
+        "sharpe": "per episode: mean / std of terminal portfolio PnL across episodes",
+        "mean_variance": "E[PnL] - (gamma/2) Var[PnL] of the terminal portfolio PnL",
+        "inventory_variance": "E[sum_t q_{t+1}' Sigma q_{t+1} dt], price units^2",
+        "penalised_pnl": "E[PnL - (gamma/2) sum_t q_{t+1}' Sigma q_{t+1} dt]",
+        "difference": "portfolio - alone on the same paths; paired standard errors",
+        "standard_errors": "delta method (influence values), n_episodes i.i.d. episodes",
+    }
+    return finish(
+        args.out,
+        "summary",
+        {"definitions": definitions, "table": rows},
+        config=config,
+        seconds=timer.seconds,
+    )
 
 
 def plot(rows: list[dict], out: Path) -> None:
