@@ -525,26 +525,40 @@ def rollout_multi(
     ``f[n_assets]`` (or scalars, the same for every asset).
     """
     n = episodes.shape[0]
-    n_assets = params.n_assets
     dtype = market.float_dtype()
     state = initial_states(params, n)
-    cholesky = params.cholesky
-    correlation = jnp.asarray(params.correlation, dtype)
-    dt = jnp.asarray(params.market.dt, dtype)[0]  # T is common to the assets
+    running = _zero_running(params.n_assets, n, dtype)
+    body = _scan_body(params, policy, streams, episodes, paths, n, dtype)
+    (final, running), per_step = jax.lax.scan(
+        body, (state, running), None, length=params.market.n_steps
+    )
+    path_data, pnl_path = _assemble_paths(state, per_step) if paths else (None, None)
+    return _assemble_rollout(params, final, running, path_data, pnl_path)
+
+
+def _zero_running(n_assets: int, n: int, dtype) -> _Running:
+    """The running statistics before the first step: all zero (``[n_assets, n]`` per asset,
+    ``[n]`` for the portfolio)."""
     zeros = jnp.zeros((n_assets, n), dtype)
-    running = _Running(
+    return _Running(
         assets=Running.zeros((n_assets, n), dtype),
         portfolio_peak=zeros[0],
         portfolio_drawdown=zeros[0],
         inventory_variance=zeros[0],
         n_marketable=zeros,
     )
-    asset_axes = state_axes(params)
-    episode_axes = _episode_axes(asset_axes)
-    quote = jax.vmap(policy, in_axes=(episode_axes, None), out_axes=-1)
-    # The step runs as ONE vmap over the flattened (asset, episode) axis, the layout of
-    # jaxmm.simulate: nested vmaps made XLA transpose every intermediate between the two
-    # batch axes. [..., n_assets, n] <-> [..., n_assets * n] are free reshapes.
+
+
+def _flat_advance(params: MultiAssetParams, asset_axes: MarketState, n: int) -> Callable:
+    """``advance(state, quotes, noise) -> (next_state, info, sigma)``: one market step of all
+    assets and ``n`` episodes (state in the batched layout, quotes and noise ``[n_assets, n]``;
+    ``sigma`` ``[n_assets, n]`` the volatilities in force over the step).
+
+    The step runs as ONE vmap over the flattened (asset, episode) axis, the layout of
+    jaxmm.simulate: nested vmaps made XLA transpose every intermediate between the two batch
+    axes. ``[..., n_assets, n] <-> [..., n_assets * n]`` are free reshapes.
+    """
+    n_assets = params.n_assets
     step = jax.vmap(market.step_with_noise, in_axes=(asset_axes, 0, 0, 0), out_axes=(asset_axes, 0))
     flat_params = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), params.market)
 
@@ -568,8 +582,31 @@ def rollout_multi(
         sigma = unflatten_batch(volatility(flat_state, flat_params))
         return next_state.replace(t=next_flat.t), jax.tree.map(unflatten_batch, info), sigma
 
-    draw = jax.vmap(market.counter_noise, in_axes=(0, None, None))  # -> [n_assets, n]
     volatility = jax.vmap(market.volatility, in_axes=(asset_axes, 0))
+    return advance
+
+
+def _scan_body(
+    params: MultiAssetParams,
+    policy: Callable,
+    streams: jax.Array,
+    episodes: jax.Array,
+    paths: bool,
+    n: int,
+    dtype,
+) -> Callable:
+    """The ``lax.scan`` body of ``rollout_multi``: ``((state, running), _) -> ((next_state,
+    running), per-step path outputs or None)``. One step: correlated noise, the policy's
+    quotes, the market step, then the portfolio statistics (PnL peak and drawdown,
+    ``q' Sigma_t q dt``, marketable quotes) and each asset's ``Running`` update."""
+    n_assets = params.n_assets
+    cholesky = params.cholesky
+    correlation = jnp.asarray(params.correlation, dtype)
+    dt = jnp.asarray(params.market.dt, dtype)[0]  # T is common to the assets
+    asset_axes = state_axes(params)
+    quote = jax.vmap(policy, in_axes=(_episode_axes(asset_axes), None), out_axes=-1)
+    advance = _flat_advance(params, asset_axes, n)
+    draw = jax.vmap(market.counter_noise, in_axes=(0, None, None))  # -> [n_assets, n]
     geometric = params.market.price_model == "geometric"
 
     def body(carry, _):
@@ -600,29 +637,41 @@ def rollout_multi(
         out = path_outputs(state, next_state, info, bid_depth, ask_depth) if paths else None
         return (next_state, running), out
 
-    (final, running), per_step = jax.lax.scan(
-        body, (state, running), None, length=params.market.n_steps
+    return body
+
+
+def _assemble_paths(state: MarketState, per_step) -> tuple[Paths, jax.Array]:
+    """``(Paths, pnl_path)`` from the scan's per-step outputs (``[N, n_assets, n]`` each) and
+    the initial ``state``: paths ``[n, n_assets, N (+ 1)]``, portfolio PnL ``[n, N + 1]``."""
+    # per step [N, n_assets, n] -> [n, n_assets, N]
+    mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (
+        jnp.transpose(x, (2, 1, 0)) for x in per_step
     )
-    path_data, pnl_path = None, None
-    if paths:
-        # per step [N, n_assets, n] -> [n, n_assets, N]
-        mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (
-            jnp.transpose(x, (2, 1, 0)) for x in per_step
-        )
 
-        def with_start(start: jax.Array, rest: jax.Array) -> jax.Array:
-            return jnp.concatenate([start.T[..., None], rest], axis=-1)
+    def with_start(start: jax.Array, rest: jax.Array) -> jax.Array:
+        return jnp.concatenate([start.T[..., None], rest], axis=-1)
 
-        path_data = Paths(
-            mid=with_start(state.mid, mid),
-            inventory=with_start(state.inventory, inventory),
-            pnl=with_start(state.pnl, pnl),
-            bid=bid,
-            ask=ask,
-            bid_fill=bid_fill,
-            ask_fill=ask_fill,
-        )
-        pnl_path = jnp.sum(path_data.pnl, axis=1)
+    path_data = Paths(
+        mid=with_start(state.mid, mid),
+        inventory=with_start(state.inventory, inventory),
+        pnl=with_start(state.pnl, pnl),
+        bid=bid,
+        ask=ask,
+        bid_fill=bid_fill,
+        ask_fill=ask_fill,
+    )
+    return path_data, jnp.sum(path_data.pnl, axis=1)
+
+
+def _assemble_rollout(
+    params: MultiAssetParams,
+    final: MarketState,
+    running: _Running,
+    path_data: Paths | None,
+    pnl_path: jax.Array | None,
+) -> MultiRollout:
+    """The ``MultiRollout`` from the final state and running statistics: per-asset fields
+    transposed to ``[n_episodes, n_assets]``, portfolio fields summed over the assets."""
     per_asset = running.assets
     assets = Rollout(
         pnl=final.pnl.T,

@@ -469,6 +469,47 @@ def solve_schedule(
         ImportError: OR-Tools is not installed (``pip install 'jaxmm[cp]'``).
         RuntimeError: no feasible schedule found (INFEASIBLE, or none within the time limit).
     """
+    inputs = _check_solve_inputs(
+        params, phi, n_scenarios, levels, q_bound, time_limit, workers, seed,
+        deterministic_time, objective_scale, hint,
+    )  # fmt: skip
+    phi, n_scenarios, grid, q_bound, time_limit, workers, seed = inputs[:7]
+    deterministic_time, objective_scale, hint = inputs[7:]
+    cp_model = _cp_model()
+
+    started = time.perf_counter()
+    scenarios = sample_scenarios(params, key, n_scenarios, grid)
+    hint_index = (
+        _warm_start(scenarios, params, phi, q_bound)
+        if hint is None
+        else np.searchsorted(grid, hint)
+    )
+    model, choices, inventories, squares, counts = _build(
+        cp_model, scenarios, phi, q_bound, symmetric, mark_to_market, objective_scale
+    )
+    if hint_index is not None:
+        _add_hint(model, scenarios, phi, hint_index, choices, inventories, squares)
+    build_seconds = time.perf_counter() - started
+
+    solver, name = _run_solver(
+        cp_model, model, time_limit, workers, seed, deterministic_time, q_bound, n_scenarios
+    )
+    return _solution(
+        solver, name, scenarios, grid, choices, phi, q_bound, symmetric, mark_to_market,
+        objective_scale, build_seconds, counts,
+    )  # fmt: skip
+
+
+def _check_solve_inputs(
+    params, phi, n_scenarios, levels, q_bound, time_limit, workers, seed, deterministic_time,
+    objective_scale, hint,
+) -> tuple:  # fmt: skip
+    """Validate ``solve_schedule``'s inputs (in this order), before any scenario is drawn.
+
+    Returns ``(phi, n_scenarios, grid, q_bound, time_limit, workers, seed,
+    deterministic_time, objective_scale, hint)``, normalised (``grid`` sorted ``f64[L]``,
+    ``hint`` ``f64[N]`` or None); ValueError on the first bad one.
+    """
     _check_market(params)
     phi = validation.number("phi", phi, lambda v: 0 <= v < math.inf, "0 <= phi < inf")
     n_scenarios = validation.integer("n_scenarios", n_scenarios, 1, "an integer >= 1")
@@ -494,32 +535,33 @@ def solve_schedule(
         hint = np.asarray(hint, np.float64)
         if hint.shape != (n_steps,) or not np.all(np.isin(hint, grid)):
             raise ValueError(f"hint must be f[{n_steps}] with every entry one of levels")
-    cp_model = _cp_model()
+    return (
+        phi, n_scenarios, grid, q_bound, time_limit, workers, seed, deterministic_time,
+        objective_scale, hint,
+    )  # fmt: skip
 
-    started = time.perf_counter()
-    scenarios = sample_scenarios(params, key, n_scenarios, grid)
-    hint_index = (
-        _warm_start(scenarios, params, phi, q_bound)
-        if hint is None
-        else np.searchsorted(grid, hint)
-    )
-    model, choices, inventories, squares, counts = _build(
-        cp_model, scenarios, phi, q_bound, symmetric, mark_to_market, objective_scale
-    )
-    if hint_index is not None:
-        # A complete hint (choices, inventories, squares): CP-SAT starts from a feasible point.
-        for side in choices:
-            for t in range(n_steps):
-                for j in range(grid.size):
-                    model.AddHint(side[t][j], int(hint_index[t] == j))
-        path = sample_average(scenarios, hint_index, hint_index, phi)["inventory"][:, 1:]
-        for s in range(n_scenarios):
-            for t in range(n_steps):
-                model.AddHint(inventories[s][t], int(path[s, t]))
-                if squares:
-                    model.AddHint(squares[s][t], int(path[s, t]) ** 2)
-    build_seconds = time.perf_counter() - started
 
+def _add_hint(model, scenarios: Scenarios, phi, hint_index, choices, inventories, squares):
+    """Give CP-SAT a complete hint (choices, inventories, squares) of the symmetric schedule
+    ``hint_index`` (``i64[N]`` level indices): the search starts from a feasible point."""
+    n_scen, n_steps, n_levels = scenarios.bid_fills.shape
+    for side in choices:
+        for t in range(n_steps):
+            for j in range(n_levels):
+                model.AddHint(side[t][j], int(hint_index[t] == j))
+    path = sample_average(scenarios, hint_index, hint_index, phi)["inventory"][:, 1:]
+    for s in range(n_scen):
+        for t in range(n_steps):
+            model.AddHint(inventories[s][t], int(path[s, t]))
+            if squares:
+                model.AddHint(squares[s][t], int(path[s, t]) ** 2)
+
+
+def _run_solver(cp_model, model, time_limit, workers, seed, deterministic_time, q_bound, n_scen):
+    """Solve ``model`` with CP-SAT under the limits: ``(solver, status name)``.
+
+    RuntimeError when the model is INFEASIBLE or no solution is found within the limits.
+    """
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = workers
@@ -532,24 +574,37 @@ def solve_schedule(
     if status == cp_model.INFEASIBLE:
         raise RuntimeError(
             f"CP-SAT status INFEASIBLE: no schedule on the grid keeps |q| <= q_bound = {q_bound} "
-            f"in all {n_scenarios} scenarios; raise q_bound or add wider levels"
+            f"in all {n_scen} scenarios; raise q_bound or add wider levels"
         )
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise RuntimeError(
             f"CP-SAT status {name} after {solver.WallTime():.1f} s: no schedule found within "
             "the limits; raise time_limit (or deterministic_time)"
         )
+    return solver, name
 
-    def chosen(side) -> np.ndarray:
-        return np.array(
-            [
-                max(range(grid.size), key=lambda j, t=t: solver.Value(side[t][j]))
-                for t in range(n_steps)
-            ]
-        )
 
-    bid_level = chosen(choices[0])
-    ask_level = bid_level if symmetric else chosen(choices[1])
+def _chosen_levels(solver, side) -> np.ndarray:
+    """The level index ``i64[N]`` picked at each step by one side's ``[N][L]`` one-hot
+    variables in ``solver``'s solution."""
+    n_levels = len(side[0])
+    return np.array(
+        [
+            max(range(n_levels), key=lambda j, t=t: solver.Value(side[t][j]))
+            for t in range(len(side))
+        ]
+    )
+
+
+def _solution(
+    solver, name, scenarios: Scenarios, grid, choices, phi, q_bound, symmetric, mark_to_market,
+    objective_scale, build_seconds, counts,
+) -> ScheduleSolution:  # fmt: skip
+    """Read the schedule off the solved model, recompute its sample average in float64 and
+    assemble the ``ScheduleSolution`` (solver values per episode, the rounding bound)."""
+    n_scenarios, n_steps = scenarios.mid_change.shape
+    bid_level = _chosen_levels(solver, choices[0])
+    ask_level = bid_level if symmetric else _chosen_levels(solver, choices[1])
     value = sample_average(scenarios, bid_level, ask_level, phi)
     model_objective = value["objective"] - (0.0 if mark_to_market else value["mark_to_market"])
     per_episode = objective_scale * n_scenarios

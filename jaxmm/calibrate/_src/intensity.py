@@ -452,62 +452,16 @@ def fit_intensity(
         raise ValueError(f"level = {level!r}; allowed: in (0, 1)")
     records = _validate_records(depths, exposure, fills, clusters, fill_model, dt)
     likelihood = _Likelihood(records, fill_model)
-    theta, loglik, converged = _newton(
-        lambda t: likelihood.derivatives(t[0], t[1]), _starting_point(records)
-    )
-    if not np.isfinite(theta).all() or _separated(records, theta, fill_model):
-        raise ValueError(
-            "the likelihood has no finite maximum for these records (fills separated by depth: "
-            f"the search ran off to log A = {theta[0]:.3g}, k = {theta[1]:.3g})"
-        )
-    if not converged:
-        raise ValueError(
-            "the Newton iteration did not converge (stopped at log A = "
-            f"{theta[0]:.3g}, k = {theta[1]:.3g}): that point is not a maximum of the likelihood, "
-            "which may have no finite maximum for these records"
-        )
-    if not theta[1] > 0:
-        raise ValueError(
-            f"the fitted k = {theta[1]:.3g} <= 0: fill rates do not fall with depth in these "
-            "records, so lambda(delta) = A exp(-k delta) with k > 0 does not describe them "
-            "(check that depths are distances from the mid and that each record's exposure and "
-            "fills belong to its depth)"
-        )
-    _, _, hessian = likelihood.derivatives(theta[0], theta[1])
-    information = -hessian
-    if not np.all(np.linalg.eigvalsh(information) > 0):
-        raise ValueError("the observed information is singular: (A, k) are not identifiable")
-    cov_theta = np.linalg.inv(information)
+    theta, loglik = _maximise(records, likelihood, fill_model)
+    cov_theta = _inverse_information(likelihood, theta)
     A = math.exp(theta[0])
     to_A = np.diag([A, 1.0])  # d(A, k) / d(log A, k)
     cov = to_A @ cov_theta @ to_A
     drop = 0.5 * _NORMAL.inv_cdf(0.5 + level / 2) ** 2  # half the chi-square(1) quantile
-
-    def intervals(cov: np.ndarray, inflation: np.ndarray) -> list[list[float]]:
-        stderr = np.sqrt(np.diag(cov))
-        return [
-            [
-                _profile_bound(likelihood, i, theta, stderr[i], sign, drop * inflation[i], loglik)
-                for sign in (-1.0, 1.0)
-            ]
-            for i in (0, 1)
-        ]
-
-    bounds = intervals(cov_theta, np.ones(2))
-    cov_robust, stderr_robust, n_clusters = None, (math.nan, math.nan), 0
-    robust_bounds = [[math.nan, math.nan], [math.nan, math.nan]]
-    if records.clusters is not None:
-        labels, index = np.unique(records.clusters, return_inverse=True)
-        n_clusters = labels.size
-        cluster_scores = np.zeros((n_clusters, 2))
-        np.add.at(cluster_scores, index, likelihood.scores(theta[0], theta[1]))
-        meat = cluster_scores.T @ cluster_scores * n_clusters / (n_clusters - 1)
-        cov_theta_robust = cov_theta @ meat @ cov_theta
-        cov_robust = to_A @ cov_theta_robust @ to_A
-        stderr_robust = tuple(float(s) for s in np.sqrt(np.diag(cov_robust)))
-        # a parameter's profile deviance over-counts the information by the variance ratio
-        inflation = np.diag(cov_theta_robust) / np.diag(cov_theta)
-        robust_bounds = intervals(cov_theta_robust, inflation)
+    bounds = _intervals(likelihood, theta, loglik, drop, cov_theta, np.ones(2))
+    cov_robust, stderr_robust, n_clusters, robust_bounds = _cluster_robust(
+        records, likelihood, theta, loglik, drop, cov_theta, to_A
+    )
     return IntensityFit(
         A=A,
         k=float(theta[1]),
@@ -530,6 +484,93 @@ def fit_intensity(
         fill_model=fill_model,
         dt=math.nan if dt is None else float(dt),
     )
+
+
+def _maximise(records: _Records, likelihood: _Likelihood, fill_model: str):
+    """The maximum-likelihood ``(theta, loglik)``, ``theta = (log A, k)``, by Newton's method
+    from ``_starting_point``; ValueError unless it is a finite, converged maximum with ``k > 0``.
+    """
+    theta, loglik, converged = _newton(
+        lambda t: likelihood.derivatives(t[0], t[1]), _starting_point(records)
+    )
+    if not np.isfinite(theta).all() or _separated(records, theta, fill_model):
+        raise ValueError(
+            "the likelihood has no finite maximum for these records (fills separated by depth: "
+            f"the search ran off to log A = {theta[0]:.3g}, k = {theta[1]:.3g})"
+        )
+    if not converged:
+        raise ValueError(
+            "the Newton iteration did not converge (stopped at log A = "
+            f"{theta[0]:.3g}, k = {theta[1]:.3g}): that point is not a maximum of the likelihood, "
+            "which may have no finite maximum for these records"
+        )
+    if not theta[1] > 0:
+        raise ValueError(
+            f"the fitted k = {theta[1]:.3g} <= 0: fill rates do not fall with depth in these "
+            "records, so lambda(delta) = A exp(-k delta) with k > 0 does not describe them "
+            "(check that depths are distances from the mid and that each record's exposure and "
+            "fills belong to its depth)"
+        )
+    return theta, loglik
+
+
+def _inverse_information(likelihood: _Likelihood, theta: np.ndarray) -> np.ndarray:
+    """The nominal covariance of ``(log A, k)``: the inverse observed Fisher information at
+    ``theta``; ValueError when the information is not positive definite."""
+    _, _, hessian = likelihood.derivatives(theta[0], theta[1])
+    information = -hessian
+    if not np.all(np.linalg.eigvalsh(information) > 0):
+        raise ValueError("the observed information is singular: (A, k) are not identifiable")
+    return np.linalg.inv(information)
+
+
+def _intervals(
+    likelihood: _Likelihood,
+    theta: np.ndarray,
+    loglik: float,
+    drop: float,
+    cov: np.ndarray,
+    inflation: np.ndarray,
+) -> list[list[float]]:
+    """Profile-likelihood intervals ``[[lo, hi] of log A, [lo, hi] of k]``: where the profile
+    falls ``drop * inflation[i]`` below ``loglik`` (searched on the scale of ``cov``'s
+    standard errors)."""
+    stderr = np.sqrt(np.diag(cov))
+    return [
+        [
+            _profile_bound(likelihood, i, theta, stderr[i], sign, drop * inflation[i], loglik)
+            for sign in (-1.0, 1.0)
+        ]
+        for i in (0, 1)
+    ]
+
+
+def _cluster_robust(
+    records: _Records,
+    likelihood: _Likelihood,
+    theta: np.ndarray,
+    loglik: float,
+    drop: float,
+    cov_theta: np.ndarray,
+    to_A: np.ndarray,
+):
+    """The cluster-robust (sandwich) results: ``(cov_robust, (stderr_A, stderr_k),
+    n_clusters, intervals)``; ``cov_robust`` in ``(A, k)``, intervals as ``_intervals``.
+    Without cluster labels: ``(None, (nan, nan), 0, nan intervals)``."""
+    if records.clusters is None:
+        return None, (math.nan, math.nan), 0, [[math.nan, math.nan], [math.nan, math.nan]]
+    labels, index = np.unique(records.clusters, return_inverse=True)
+    n_clusters = labels.size
+    cluster_scores = np.zeros((n_clusters, 2))
+    np.add.at(cluster_scores, index, likelihood.scores(theta[0], theta[1]))
+    meat = cluster_scores.T @ cluster_scores * n_clusters / (n_clusters - 1)
+    cov_theta_robust = cov_theta @ meat @ cov_theta
+    cov_robust = to_A @ cov_theta_robust @ to_A
+    stderr_robust = tuple(float(s) for s in np.sqrt(np.diag(cov_robust)))
+    # a parameter's profile deviance over-counts the information by the variance ratio
+    inflation = np.diag(cov_theta_robust) / np.diag(cov_theta)
+    robust_bounds = _intervals(likelihood, theta, loglik, drop, cov_theta_robust, inflation)
+    return cov_robust, stderr_robust, n_clusters, robust_bounds
 
 
 def intensity_loglik(

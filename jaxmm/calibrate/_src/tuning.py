@@ -164,6 +164,46 @@ def tune_as(
         chunk: iterations per compiled chunk (one ``lax.scan``); ``progress(iteration, gamma,
             kappa, relaxed objective)`` is called after each chunk.
     """
+    gamma, kappa, n_iterations, n_episodes, chunk, learning_rate, temperature = (
+        _check_tune_inputs(
+            params, objective, risk_aversion, gamma, kappa, n_iterations, n_episodes,
+            learning_rate, temperature, average_fraction, chunk,
+        )
+    )  # fmt: skip
+    start_time = time.perf_counter()
+    stream = stream_key(key)
+    optimizer = optax.adam(learning_rate)
+    log_point = jnp.log(jnp.asarray([gamma, kappa], float_dtype()))
+    opt_state = optimizer.init(log_point)
+    run = _chunk_runner(
+        params, stream, optimizer, objective, risk_aversion, temperature, n_episodes
+    )
+    points, values = _optimise(run, log_point, opt_state, n_iterations, chunk, progress)
+    trajectory = np.exp(np.concatenate(points))
+    tail = max(1, round(average_fraction * n_iterations))
+    final = np.exp(np.log(trajectory[-tail:]).mean(axis=0))
+    return TuneResult(
+        gamma=float(final[0]),
+        kappa=float(final[1]),
+        gammas=trajectory[:, 0],
+        kappas=trajectory[:, 1],
+        relaxed_objective=np.concatenate(values),
+        risk_aversion=float(risk_aversion),
+        temperature=temperature,
+        n_episodes=n_episodes,
+        learning_rate=learning_rate,
+        seconds=time.perf_counter() - start_time,
+        objective=objective,
+    )
+
+
+def _check_tune_inputs(
+    params, objective, risk_aversion, gamma, kappa, n_iterations, n_episodes, learning_rate,
+    temperature, average_fraction, chunk,
+) -> tuple:  # fmt: skip
+    """Validate ``tune_as``'s inputs (in this order), before anything is compiled: ``(gamma,
+    kappa, n_iterations, n_episodes, chunk, learning_rate, temperature)``, normalised
+    (``kappa`` defaults to ``params.k``); ValueError on the first bad one."""
     params.validate()
     _check_objective(objective, risk_aversion if objective != "sharpe" else 1.0)
     gamma = validation.positive("gamma", gamma)
@@ -177,11 +217,25 @@ def tune_as(
         raise ValueError(f"average_fraction = {average_fraction!r}; allowed: in (0, 1]")
     if n_iterations * n_episodes >= 2**32:
         raise ValueError("n_iterations * n_episodes must be < 2**32 (episode counters)")
-    start_time = time.perf_counter()
-    stream = stream_key(key)
-    optimizer = optax.adam(learning_rate)
-    log_point = jnp.log(jnp.asarray([gamma, kappa], float_dtype()))
-    opt_state = optimizer.init(log_point)
+    return gamma, kappa, n_iterations, n_episodes, chunk, learning_rate, temperature
+
+
+def _chunk_runner(
+    params: MarketParams,
+    stream: jax.Array,
+    optimizer: optax.GradientTransformation,
+    objective: str,
+    risk_aversion: float,
+    temperature: float,
+    n_episodes: int,
+) -> Callable:
+    """The compiled chunk of Adam iterations: ``run(point, opt_state, first, length) ->
+    ((point, opt_state), (points [length, 2], relaxed objectives [length]))``.
+
+    Iteration ``i`` (``first, first + 1, ...``) simulates episodes ``i * n_episodes ..`` of
+    ``stream`` with ``relaxed_rollout`` and takes one Adam step on the negated objective's
+    gradient in ``(log gamma, log kappa)``; ``length`` is static (one ``lax.scan``).
+    """
     batch = jnp.arange(n_episodes, dtype=jnp.uint32)
 
     def loss(point: jax.Array, episodes: jax.Array) -> jax.Array:
@@ -202,6 +256,20 @@ def tune_as(
         iterations = first + jnp.arange(length, dtype=jnp.uint32)
         return jax.lax.scan(update, (point, opt_state), iterations)
 
+    return run
+
+
+def _optimise(
+    run: Callable,
+    log_point: jax.Array,
+    opt_state: Any,
+    n_iterations: int,
+    chunk: int,
+    progress: Callable[[int, float, float, float], None] | None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Run ``n_iterations`` in chunks of at most ``chunk`` (calling ``progress`` after each):
+    ``(points, values)``, lists of ``f64`` blocks of the log-point trajectory (starting point
+    first) and of the relaxed objectives."""
     points, values = [np.asarray(log_point, np.float64)[None]], []
     done = 0
     while done < n_iterations:
@@ -215,19 +283,4 @@ def tune_as(
         if progress is not None:
             g, k = np.exp(points[-1][-1])
             progress(done, float(g), float(k), float(values[-1][-1]))
-    trajectory = np.exp(np.concatenate(points))
-    tail = max(1, round(average_fraction * n_iterations))
-    final = np.exp(np.log(trajectory[-tail:]).mean(axis=0))
-    return TuneResult(
-        gamma=float(final[0]),
-        kappa=float(final[1]),
-        gammas=trajectory[:, 0],
-        kappas=trajectory[:, 1],
-        relaxed_objective=np.concatenate(values),
-        risk_aversion=float(risk_aversion),
-        temperature=temperature,
-        n_episodes=n_episodes,
-        learning_rate=learning_rate,
-        seconds=time.perf_counter() - start_time,
-        objective=objective,
-    )
+    return points, values
