@@ -65,7 +65,7 @@ from flax import struct
 from jaxmm import linalg, market, policies, validation
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
-from jaxmm.simulation import Paths, Rollout, Running, path_outputs
+from jaxmm.simulation import Paths, Rollout, Running, equal_chunks, path_outputs
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -731,15 +731,7 @@ def simulate_multi(
     params.validate()
     if not callable(policy):
         raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
-    if isinstance(n_episodes, bool) or not isinstance(n_episodes, int | np.integer):
-        raise ValueError(f"n_episodes = {n_episodes!r}; allowed: an integer in [1, 2**32)")
-    if not 1 <= n_episodes < 2**32:
-        raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer in [1, 2**32)")
-    chunk = DEFAULT_CHUNK if chunk_size is None else chunk_size
-    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
-        raise ValueError(f"chunk_size = {chunk_size!r}; allowed: an integer >= 1")
-    n_chunks = math.ceil(n_episodes / chunk)
-    chunk = math.ceil(n_episodes / n_chunks)
+    n_chunks, chunk = equal_chunks(n_episodes, chunk_size, DEFAULT_CHUNK)
     streams = asset_streams(key, params.n_assets)
     policy = policies.as_pytree(policy)
     results = []

@@ -42,6 +42,7 @@ __all__ = [
     "episode_indices",
     "episode_mesh",
     "episode_runner",
+    "equal_chunks",
     "initial_states",
     "path_outputs",
     "plan_chunks",
@@ -295,19 +296,26 @@ def rollout(
     )
 
 
-def plan_chunks(n_episodes: int, chunk_size: int | None, n_devices: int) -> tuple[int, int]:
-    """Validate ``n_episodes`` and ``chunk_size``; return ``(n_chunks, chunk)``: equal chunks of
-    ``chunk`` episodes (one compiled shape, little padding), every device's share of a chunk
-    the same multiple of ``EPISODE_ALIGNMENT``."""
+def equal_chunks(n_episodes: int, chunk_size: int | None, default: int) -> tuple[int, int]:
+    """Validate ``n_episodes`` (an integer in ``[1, 2**32)``) and ``chunk_size`` (an integer >= 1;
+    ``None``: ``default``); return ``(n_chunks, chunk)``, the fewest chunks of at most
+    ``chunk_size`` episodes, all of the same size ``chunk``."""
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, int | np.integer):
         raise ValueError(f"n_episodes = {n_episodes!r}; allowed: an integer in [1, 2**32)")
     if not 1 <= n_episodes < 2**32:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer in [1, 2**32)")
-    chunk = DEFAULT_CHUNK if chunk_size is None else chunk_size
+    chunk = default if chunk_size is None else chunk_size
     if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
         raise ValueError(f"chunk_size = {chunk_size!r}; allowed: an integer >= 1")
     n_chunks = math.ceil(n_episodes / chunk)
-    chunk = math.ceil(n_episodes / n_chunks)
+    return n_chunks, math.ceil(n_episodes / n_chunks)
+
+
+def plan_chunks(n_episodes: int, chunk_size: int | None, n_devices: int) -> tuple[int, int]:
+    """Validate ``n_episodes`` and ``chunk_size``; return ``(n_chunks, chunk)``: equal chunks of
+    ``chunk`` episodes (one compiled shape, little padding), every device's share of a chunk
+    the same multiple of ``EPISODE_ALIGNMENT``."""
+    n_chunks, chunk = equal_chunks(n_episodes, chunk_size, DEFAULT_CHUNK)
     share = EPISODE_ALIGNMENT * math.ceil(chunk / (n_devices * EPISODE_ALIGNMENT))
     chunk = n_devices * share
     n_chunks = math.ceil(n_episodes / chunk)  # rounding up can make the last chunks redundant
