@@ -1,14 +1,14 @@
 """Every study in one command, and ``results/REPORT.md`` written from their measured numbers.
 
 ``python -m experiments.all`` runs, in order: monte_carlo, optimal_quotes, heatmap, stress,
-calibration, compare, rewards, regime, regime_conditional, ablation (PPO agents are trained once,
-in ``results/agents/``, and shared between studies), times each, and writes ``REPORT.md`` into
-the results folder: every table and figure, the run time of each study, where our measurements
-contradict the course notes, and the section "When should a market maker use analytics vs. ML?"
-whose numbers are read from the results. ``--quick`` runs everything at a tiny size (a smoke
-run, minutes; its numbers mean nothing); ``--out`` moves the whole results folder, the agents
-included (each study's ``main`` is given ``agents_dir=<out>/agents``). Every study module has
-``QUICK``, the keyword arguments of its ``main`` for the smoke run.
+calibration, compare, rewards, regime, regime_conditional, ablation, backtest (PPO agents are
+trained once, in ``results/agents/``, and shared between studies), times each, and writes
+``REPORT.md`` into the results folder: every table and figure, the run time of each study, where
+our measurements contradict the course notes, and the section "When should a market maker use
+analytics vs. ML?" whose numbers are read from the results. ``--quick`` runs everything at a
+tiny size (a smoke run, minutes; its numbers mean nothing); ``--out`` moves the whole results
+folder, the agents included (each study's ``main`` is given ``agents_dir=<out>/agents``). Every
+study module has ``QUICK``, the keyword arguments of its ``main`` for the smoke run.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from experiments import (
     ablation,
+    backtest,
     calibration,
     compare,
     heatmap,
@@ -45,6 +46,7 @@ MODULES = {
     "regime": regime,
     "regime_conditional": regime_conditional,
     "ablation": ablation,
+    "backtest": backtest,
 }
 
 

@@ -18,6 +18,10 @@ N devices (``--scaling-devices``), each configuration in its own process (on a C
 split into N devices by ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must be
 set before JAX starts), and reports throughput ratios N / 1. Every result records the devices
 it ran on (platform, kind, count); ``--platform``/``--device`` choose the platform.
+
+The ``backtest`` part replays the AMZN day with ``backtest.sweep`` for 1, 100 and 1,000
+strategies, on one device and sharded, beside the plain-Python oracle event loop of the tests
+(strategy-events per second).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 import jaxmm as mm
 from experiments import baselines
@@ -46,9 +51,11 @@ from experiments.common import Timer, environment, write_json
 from jaxmm import devices as device_lib
 from jaxmm import optimal, streaming
 
-PARTS = ("simulate", "solvers", "ppo", "scaling")
+PARTS = ("simulate", "solvers", "ppo", "scaling", "backtest")
 LOOP_TARGET = 500.0  # simulate / per-episode Python loop, at >= 100k episodes
 NUMPY_TARGET = 6.0  # simulate / vectorised NumPy, at >= 100k episodes
+BACKTEST_SECONDS_TARGET = 2.0  # 1,000 strategies over the full AMZN day, after compilation
+BACKTEST_LOOP_TARGET = 500.0  # backtest.sweep / the plain-Python oracle, per strategy-event
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +95,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=device_lib.PLATFORMS,
         default=None,
         help="JAX platform (default: JAX's default backend)",
+    )
+    parser.add_argument(
+        "--backtest-strategies",
+        type=int,
+        nargs="+",
+        default=[1, 100, 1000],
+        help="strategy counts of the backtest part (A-S gamma grids over the AMZN day)",
+    )
+    parser.add_argument(
+        "--backtest-data",
+        type=Path,
+        default=None,
+        help="LOBSTER day of the backtest part (default: ../shared/data/lobster-amzn-2012-06-21)",
     )
     parser.add_argument("--scaling-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
@@ -446,6 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
         parts["ppo"] = ppo_part(args)
     if "scaling" in args.parts:
         parts["scaling"] = scaling_part(args)
+    if "backtest" in args.parts:
+        parts["backtest"] = backtest_part(args)
     devices = device_lib.describe(device_lib.select(args.platform))
     header = (
         f"Devices: {devices['devices_used']} x {devices['platform']} ({devices['device_kind']}), "
@@ -466,6 +488,98 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(out / "benchmark.json", payload)
     print(f"wrote {out}/", file=sys.stderr)
     return payload
+
+
+def backtest_part(args: argparse.Namespace) -> dict:
+    """``backtest.sweep`` over a full LOBSTER day (A-S, one gamma per strategy) on one device and
+    sharded over every device, against the plain-Python oracle event loop of the tests
+    (strategy-events per second; best of ``--repeats`` after compilation)."""
+    from experiments.calibration import default_data_dir
+    from jaxmm import backtest, lobster
+    from tests.oracles import backtest as oracle
+
+    data = args.backtest_data or default_data_dir()
+    day = lobster.read_lobster(data)
+    tape = backtest.tape(day)
+    config = backtest.Config(quote_size=100, requote=1.0)
+    params = backtest.market_params(tape, config, sigma=0.02, A=0.2, k=27.0)
+    devices = device_lib.select(args.platform)
+    variants = {"backtest.sweep (1 device)": None if args.platform is None else devices[:1]}
+    if len(devices) > 1:
+        variants[f"backtest.sweep ({len(devices)} devices)"] = devices
+    rows = []
+    for n in args.backtest_strategies:
+        policies = mm.policies.AvellanedaStoikov(
+            gamma=np.geomspace(1e-4, 1.0, n), k=np.full(n, 27.0), sigma=np.full(n, 0.02)
+        )
+        for name, devs in variants.items():
+
+            def run(policies=policies, devs=devs):
+                return backtest.sweep(tape, policies, params, config, devices=devs)
+
+            first = time_best(run, 1)
+            seconds = time_best(run, args.repeats)
+            rows.append(
+                {
+                    "implementation": name,
+                    "strategies": n,
+                    "seconds": seconds,
+                    "compile_seconds": max(first - seconds, 0.0),
+                    "strategy_events_per_second": n * tape.n_events / seconds,
+                }
+            )
+            print(f"{name} {n:>6,} strategies {seconds:7.3f} s", file=sys.stderr, flush=True)
+    message, book = lobster.find_files(data)
+    oracle_tape = oracle.read_tape(message, book)
+    strategy = oracle.avellaneda_stoikov(0.01, 27.0, 0.02)
+    window = {"start": tape.start, "end": tape.end, "session_T": tape.end - tape.start}
+    with Timer() as timer:
+        oracle.replay(oracle_tape, strategy, n_steps=int(params.n_steps), **window)
+    loop_rate = tape.n_events / timer.seconds
+    rows.append(
+        {
+            "implementation": "python event loop (tests/oracles/backtest.py)",
+            "strategies": 1,
+            "seconds": timer.seconds,
+            "compile_seconds": None,
+            "strategy_events_per_second": loop_rate,
+        }
+    )
+    jax_rows = [r for r in rows if r["compile_seconds"] is not None]
+    largest = max(args.backtest_strategies)
+    best_large = min(r["seconds"] for r in jax_rows if r["strategies"] == largest)
+    best_rate = max(r["strategy_events_per_second"] for r in jax_rows)
+    lines = [
+        f"Backtest: {tape.ticker} {tape.date}, {tape.n_events:,} events, requote 1 s "
+        f"({int(params.n_steps):,} decisions), conservative queue, A-S gammas:",
+        "",
+        "| implementation | strategies | seconds | M strategy-events/s | compile s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        compile_s = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
+        lines.append(
+            f"| {r['implementation']} | {r['strategies']:,} | {r['seconds']:.3f} | "
+            f"{r['strategy_events_per_second'] / 1e6:.3f} | {compile_s} |"
+        )
+    ratio = best_rate / loop_rate
+    lines += [
+        "",
+        f"Targets: {largest:,} strategies in <= {BACKTEST_SECONDS_TARGET:g} s: best "
+        f"{best_large:.2f} s ({'met' if best_large <= BACKTEST_SECONDS_TARGET else 'NOT met'}"
+        f"); >= {BACKTEST_LOOP_TARGET:g}x the Python loop per strategy-event: {ratio:.0f}x "
+        f"({'met' if ratio >= BACKTEST_LOOP_TARGET else 'NOT met'}).",
+    ]
+    return {
+        "rows": rows,
+        "data": str(data),
+        "n_events": tape.n_events,
+        "targets": {
+            "seconds_at_largest": {"value": best_large, "target": BACKTEST_SECONDS_TARGET},
+            "vs_python_loop": {"value": ratio, "target": BACKTEST_LOOP_TARGET},
+        },
+        "markdown": "\n".join(lines),
+    }
 
 
 def markdown(rows: list[dict], ratios: list[dict], targets: dict) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import compare, optimal_quotes, regime, regime_conditional, stress
+from experiments.common import markdown_table
 
 
 def _load(out: Path, study: str) -> dict | None:
@@ -238,6 +239,56 @@ def _section_ablation(out: Path, ab: dict | None) -> list[str]:
     return parts
 
 
+def _section_backtest(out: Path, bt: dict | None) -> list[str]:
+    """Backtesting on real tapes: the tables of ``backtest/results.json`` and its figures."""
+    parts = ["## 11. Backtesting on real tapes (`backtest`)", ""]
+    if not bt:
+        return parts
+    config = bt.get("config", {})
+    parts += [
+        f"LOBSTER 2012-06-21 samples; calibrated on {config.get('open')}-{config.get('split')}, "
+        f"replayed {config.get('split')}-{config.get('close')} with {config.get('quote_size')}-"
+        f"share quotes, requote 1 s, conservative queue; A-S and GLFT at gamma = "
+        f"{config.get('gamma')} per dollar per quote, the Bellman table of the fitted market "
+        f"(q_max = {config.get('q_max')} quotes) and the symmetric quote at the fitted optimal "
+        f"half-spread; simulated with {config.get('n_episodes', 0):,} episodes in the same market.",
+        "",
+    ]
+    for ticker, stock in bt.get("stocks", {}).items():
+        if "skipped" in stock:
+            parts += [f"{ticker} skipped: {stock['skipped']}", ""]
+    titles = {
+        "calibration": "Calibration (morning; robust standard errors)",
+        "out_of_sample": "Out of sample (afternoon replay, dollars)",
+        "sim_vs_replay": "Simulated vs realised (afternoon, dollars; block = "
+        f"{config.get('block_minutes', 30):g} min, 95% block-bootstrap CI)",
+        "sweep": "A-S sweep over the whole day (one `backtest.sweep` call per stock)",
+    }
+    for name, title in titles.items():
+        table = _get(bt, "tables", name)
+        if table and table.get("rows"):
+            parts += [f"**{title}**", "", markdown_table(table["header"], table["rows"]), ""]
+    for ticker, stock in bt.get("stocks", {}).items():
+        text = _get(stock, "replay", "sim_vs_replay", "avellaneda_stoikov", "explanation")
+        if text:
+            parts += [f"- {ticker}, A-S: {text}"]
+    robust = bt.get("robust_settings") or {}
+    if robust:
+        pairs = ", ".join(
+            f"{pair} {_num(rho)}"
+            for pair, rho in robust.get("rank_correlation_between_stocks", {}).items()
+        )
+        parts += [
+            "",
+            f"Rank correlation of the settings' PnL between stocks: {pairs or 'n/a'}; settings "
+            f"in the top decile of every stock: {robust.get('top_decile_every_stock_count')}; in "
+            "the top decile of every stock and every half-hour: "
+            f"{robust.get('top_decile_every_stock_and_block_count')}.",
+        ]
+    parts += ["", _figures(out, "backtest"), ""]
+    return parts
+
+
 def render(out: Path, timings: dict[str, float], *, quick: bool = False) -> str:
     mc = _load(out, "monte_carlo")
     oq = _load(out, "optimal_quotes")
@@ -249,6 +300,8 @@ def render(out: Path, timings: dict[str, float], *, quick: bool = False) -> str:
     rg = _load(out, "regime")
     rc = _load(out, "regime_conditional")
     ab = _load(out, "ablation")
+    bt_path = out / "backtest" / "results.json"
+    bt = json.loads(bt_path.read_text()) if bt_path.is_file() else None
     parts = ["# jaxmm studies: report", ""]
     if quick:
         parts += ["**Smoke run (`--quick`): tiny sizes, the numbers below mean nothing.**", ""]
@@ -277,6 +330,7 @@ def render(out: Path, timings: dict[str, float], *, quick: bool = False) -> str:
     parts += _section_regime(out, rg)
     parts += _section_regime_conditional(out, rc)
     parts += _section_ablation(out, ab)
+    parts += _section_backtest(out, bt)
     parts += contradictions(mc, st, cmp_, rc)
     parts += discussion(oq, cmp_, st, rg, ab, cal)
     return "\n".join(parts) + "\n"

@@ -762,8 +762,12 @@ def _end(carry: _Carry, x: dict, data: dict, config: Config) -> _Carry:
     return carry.replace(bid=bid, ask=ask, pnl=_pnl(carry, mid2), pnl_flat=flat)
 
 
-def _run(stream: dict, data: dict, policy: Any, params: MarketParams, config: Config, shape):
-    """The replay of one strategy: one ``lax.scan`` over the merged steps."""
+def _run(
+    stream: dict, data: dict, policy: Any, params: MarketParams, config: Config, shape, unroll=1
+):
+    """The replay of one strategy: one ``lax.scan`` over the merged steps (``unroll`` steps per
+    loop iteration: 16 runs a 1,000-strategy sweep 1.7x faster on a CPU than 1, and compiles
+    slower)."""
     window, n_horizons, n_marks, start = shape
     no_log = (jnp.zeros((), jnp.int64),) * 4
 
@@ -804,7 +808,7 @@ def _run(stream: dict, data: dict, policy: Any, params: MarketParams, config: Co
         return carry, (log if config.log else None)
 
     carry0 = _initial(window, n_horizons, n_marks, start)
-    return jax.lax.scan(step, carry0, stream)
+    return jax.lax.scan(step, carry0, stream, unroll=unroll)
 
 
 # ---------------------------------------------------------------------------- public calls
@@ -923,7 +927,7 @@ def _result(carry: _Carry, tape: Tape) -> Result:
 @functools.partial(jax.jit, static_argnames=("config", "shape", "batched"))
 def _program(stream, data, policy, params, config, shape, batched):
     def one(pol):
-        return _run(stream, data, pol, params, config, shape)
+        return _run(stream, data, pol, params, config, shape, unroll=16 if batched else 1)
 
     if batched:
         return jax.vmap(one)(policy)
