@@ -7,9 +7,11 @@ conventions, the module layout and the order of one market step.
 import importlib
 
 from jaxmm import (
+    backtest,
     calibrate,
     devices,
     linalg,
+    lobster,
     market,
     metrics,
     multi_asset,
@@ -30,10 +32,12 @@ __all__ = [
     "MarketState",
     "Quotes",
     "Rollout",
+    "backtest",
     "calibrate",
     "devices",
     "env",
     "linalg",
+    "lobster",
     "market",
     "metrics",
     "multi_asset",
