@@ -41,12 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxmm import devices as devices_lib
 from jaxmm import policies as policies_lib
 from jaxmm import validation
 from jaxmm.market import MarketState
 from jaxmm.params import MarketParams
+from jaxmm.simulation import to_host
 
 __all__ = [
     "QUEUE_MODELS",
@@ -924,14 +926,28 @@ def _result(carry: _Carry, tape: Tape) -> Result:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "shape", "batched"))
-def _program(stream, data, policy, params, config, shape, batched):
-    def one(pol):
+@functools.partial(jax.jit, static_argnames=("config", "shape", "batched", "mesh"))
+def _program(stream, data, policy, params, config, shape, batched, mesh=None):
+    """One strategy, or (``batched``) a vmap over the policies' leading axis; with a ``mesh``,
+    a ``shard_map`` that runs each device's share of the strategies as its own program (no
+    communication: strategies are independent)."""
+
+    def one(pol, stream, data, params):
         return _run(stream, data, pol, params, config, shape, unroll=16 if batched else 1)
 
-    if batched:
-        return jax.vmap(one)(policy)
-    return one(policy)
+    if not batched:
+        return one(policy, stream, data, params)
+    many = jax.vmap(one, in_axes=(0, None, None, None))
+    if mesh is None:
+        return many(policy, stream, data, params)
+    spec, whole = devices_lib.batch_spec(mesh), PartitionSpec()
+    return jax.shard_map(
+        many,
+        mesh=mesh,
+        in_specs=(spec, whole, whole, whole),
+        out_specs=spec,
+        check_vma=False,
+    )(policy, stream, data, params)
 
 
 def _prepare(tape: Tape, params: MarketParams | None, config: Config):
@@ -1028,17 +1044,21 @@ def sweep(
         raise ValueError("policies: every leaf needs the same leading axis length")
     xs, data, params, shape = _prepare(tape, params, config)
     mesh = devices_lib.mesh(devices, "strategies")
+    host = jax.tree.map(np.asarray, policies)
     with jax.enable_x64(True):
-        batch = jax.tree.map(lambda v: jnp.asarray(v), policies)
-        if mesh is not None:
-            size = mesh.size
-            padded = -(-n // size) * size
-            batch = jax.tree.map(
-                lambda v: jnp.concatenate([v, jnp.repeat(v[-1:], padded - n, axis=0)]), batch
-            )
-            batch = devices_lib.shard_batch(batch, mesh)
-        carry, _ = _program(xs, data, batch, params, config, shape, True)
-        result = jax.tree.map(lambda v: np.asarray(v)[:n], _result(carry, tape))
+        if mesh is None:
+            batch = jax.tree.map(jnp.asarray, host)
+        else:  # pad to a multiple of the devices; build each device's shard (any process)
+            padded = -(-n // mesh.size) * mesh.size
+            sharding = NamedSharding(mesh, devices_lib.batch_spec(mesh))
+
+            def place(v):
+                v = np.concatenate([v, np.repeat(v[-1:], padded - n, axis=0)])
+                return jax.make_array_from_callback(v.shape, sharding, lambda index: v[index])
+
+            batch = jax.tree.map(place, host)
+        carry, _ = _program(xs, data, batch, params, config, shape, True, mesh)
+        result = jax.tree.map(lambda v: to_host(v)[:n], _result(carry, tape))
     return result
 
 

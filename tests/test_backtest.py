@@ -325,3 +325,64 @@ def test_bad_windows_and_times_are_refused(tmp_path):
     with pytest.raises(ValueError, match="log"):
         backtest.sweep(tape, mm.policies.Symmetric(np.ones(2)), config=backtest.Config(log=True))
     assert backtest.parse_time("12:45") == 45900.0 and backtest.parse_time(3.5) == 3.5
+
+
+MULTI_PROCESS_SWEEP = r"""
+import json, sys
+import jax
+
+jax.distributed.initialize(
+    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2])
+)
+import numpy as np
+import jaxmm as mm
+from jaxmm import backtest, lobster
+
+assert jax.process_count() == 2 and len(jax.devices()) == 4
+tape = backtest.tape(lobster.read_lobster(sys.argv[3]), "09:30", "10:00")
+config = backtest.Config()
+params = backtest.market_params(tape, config, sigma=0.02, A=0.2, k=27.0)
+batch = mm.policies.AvellanedaStoikov(
+    gamma=np.geomspace(1e-3, 1, 7), k=np.full(7, 27.0), sigma=np.full(7, 0.02))
+result = backtest.sweep(tape, batch, params, config, devices=jax.devices())
+if jax.process_index() == 0:
+    print(json.dumps({"pnl": result.pnl.tolist(), "fills": result.n_ask_fills.tolist()}))
+"""
+
+
+@needs_data
+@pytest.mark.slow
+def test_sweep_over_two_processes_with_jax_distributed_equals_one_process():
+    """The strategy axis over 2 processes x 2 CPU devices (jax.distributed on this machine):
+    7 strategies, padded to 8, the same numbers as one process on one device."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        address = f"localhost:{sock.getsockname()[1]}"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_PROCESS_SWEEP, address, str(i), str(AMZN)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [worker.communicate(timeout=900) for worker in workers]
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err[-3000:]
+    got = json.loads(outputs[0][0].strip().splitlines()[-1])
+    tape = backtest.tape(lobster.read_lobster(AMZN), "09:30", "10:00")
+    config = backtest.Config()
+    params = backtest.market_params(tape, config, sigma=0.02, A=0.2, k=27.0)
+    batch = mm.policies.AvellanedaStoikov(
+        gamma=np.geomspace(1e-3, 1, 7), k=np.full(7, 27.0), sigma=np.full(7, 0.02)
+    )
+    single = backtest.sweep(tape, batch, params, config)
+    assert got["pnl"] == single.pnl.tolist() and got["fills"] == single.n_ask_fills.tolist()
