@@ -52,6 +52,11 @@ def _finite(rows: list[dict], skip: tuple[str, ...] = ()) -> None:
                 assert np.isfinite(value), (name, row)
 
 
+def _no_tapes(results) -> bool:
+    stocks = json.loads((results / "backtest" / "results.json").read_text())["stocks"]
+    return all("skipped" in stock for stock in stocks.values())
+
+
 def test_every_study_ran_and_the_report_cites_them(results):
     timings = json.loads((results / "timings.json").read_text())
     assert set(timings) == set(all_studies.MODULES)
@@ -61,6 +66,8 @@ def test_every_study_ran_and_the_report_cites_them(results):
     assert "not run" not in report
     for study in all_studies.MODULES:
         assert f"`{study}`" in report
+        if study == "backtest" and _no_tapes(results):
+            continue  # the LOBSTER data is absent: every stock skipped, with its reason
         pngs = list((results / study).glob("*.png"))
         assert pngs and all(p.stat().st_size > 1000 for p in pngs), study
 
