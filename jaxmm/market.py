@@ -65,6 +65,7 @@ explicitly instead (``u_vol``, ``u_jump_count``, ``u_jump_size``, ``u_bid_size``
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +85,9 @@ __all__ = [
     "fill_probability",
     "fill_probability_numpy",
     "float_dtype",
+    "intensity_shape",
+    "intensity_shape_numpy",
+    "intensity_shape_slope",
     "noise_from_words",
     "normal_from_uniform",
     "recent_fill_rate",
@@ -403,6 +407,47 @@ def fill_probability(intensity_dt: jax.Array, fill_model: str) -> jax.Array:
     return -jnp.expm1(-intensity_dt)
 
 
+_POWER_FLOOR = 1e-6  # the power shape's base below the mid: the fill is then certain
+
+
+def intensity_shape(
+    depth: jax.Array, k: jax.Array, shape: str = "exponential", alpha: Any = None
+) -> jax.Array:
+    """``lambda(delta) / A`` of the fill shape ``shape`` (``MarketParams.fill_shape``, with
+    ``alpha = fill_shape_alpha``); the JAX form. ``intensity_shape_numpy`` is the same function
+    in NumPy and ``intensity_shape_slope`` its derivative in depth."""
+    if shape == "power":
+        return jnp.maximum(1.0 + k * depth / alpha, _POWER_FLOOR) ** (-alpha)
+    if shape == "linear":
+        return jnp.maximum(1.0 - k * depth, 0.0)
+    return jnp.exp(-k * depth)
+
+
+def intensity_shape_slope(
+    depth: jax.Array, k: jax.Array, shape: str = "exponential", alpha: Any = None
+) -> jax.Array:
+    """``d intensity_shape / d delta`` (0 where the shape is floored or zero)."""
+    if shape == "power":
+        base = 1.0 + k * depth / alpha
+        slope = -k * jnp.maximum(base, _POWER_FLOOR) ** (-alpha - 1)
+        return jnp.where(base > _POWER_FLOOR, slope, 0.0)
+    if shape == "linear":
+        return jnp.where(1.0 - k * depth > 0, -k, 0.0)
+    return -k * jnp.exp(-k * depth)
+
+
+def intensity_shape_numpy(
+    depth: np.ndarray, k: float, shape: str = "exponential", alpha: Any = None
+) -> np.ndarray:
+    """``intensity_shape`` in NumPy (float64, on the host)."""
+    depth = np.asarray(depth, np.float64)
+    if shape == "power":
+        return np.maximum(1.0 + k * depth / float(alpha), _POWER_FLOOR) ** (-float(alpha))
+    if shape == "linear":
+        return np.maximum(1.0 - k * depth, 0.0)
+    return np.exp(-k * depth)
+
+
 def fill_probability_numpy(intensity_dt: np.ndarray, fill_model: str) -> np.ndarray:
     """``fill_probability`` in NumPy, for the host-side code (calibration, CP-SAT schedules)."""
     if fill_model == "linear":
@@ -571,8 +616,16 @@ def _quote_fill_probabilities(
     dt = params.dt
     bid_depth = jnp.asarray(quotes.bid_depth, dtype)
     ask_depth = jnp.asarray(quotes.ask_depth, dtype)
-    bid_intensity = params.A * params.bid_intensity_mult * jnp.exp(-params.k * bid_depth)
-    ask_intensity = params.A * params.ask_intensity_mult * jnp.exp(-params.k * ask_depth)
+    bid_intensity = (
+        params.A
+        * params.bid_intensity_mult
+        * intensity_shape(bid_depth, params.k, params.fill_shape, params.fill_shape_alpha)
+    )
+    ask_intensity = (
+        params.A
+        * params.ask_intensity_mult
+        * intensity_shape(ask_depth, params.k, params.fill_shape, params.fill_shape_alpha)
+    )
     bid_prob = fill_probability(bid_intensity * dt, params.fill_model)
     ask_prob = fill_probability(ask_intensity * dt, params.fill_model)
     return bid_depth, ask_depth, bid_prob, ask_prob

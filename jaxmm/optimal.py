@@ -44,7 +44,7 @@ from flax import struct
 
 from jaxmm import linalg, rewards, validation
 from jaxmm import policies as policies_lib
-from jaxmm.market import fill_probability, reset
+from jaxmm.market import fill_probability, intensity_shape, intensity_shape_slope, reset
 from jaxmm.params import MarketParams
 
 __all__ = [
@@ -343,25 +343,31 @@ def cartea_jaimungal_fd(
 
 
 def _best_depth(
-    arrivals_dt: float, k: float, offset: jax.Array, bounds: tuple[float, float], fill_model: str
+    arrivals_dt: float, offset: jax.Array, bounds: tuple[float, float], consts: dict
 ) -> jax.Array:
-    """``argmax_{lo <= d <= hi} p(d) (d + offset)`` with ``p(d) = fill_probability(a e^{-k d})``.
+    """``argmax_{lo <= d <= hi} p(d) (d + offset)`` with ``p(d) = fill_probability(a s(d))``
+    and ``s`` the fill shape (``market.intensity_shape``).
 
-    The objective increases while ``d + offset <= 0`` and is log-concave beyond (``p`` is
-    log-concave for both fill models), so its derivative changes sign once: bisection on the
-    sign of ``p(d) + p'(d) (d + offset)`` finds the maximiser to machine precision. Works
-    elementwise on ``offset``.
+    The objective increases while ``d + offset <= 0``; beyond, its derivative changes sign
+    once: for the exponential and linear shapes ``p`` is log-concave under both fill models,
+    and for the power shape ``(d + offset) s(d)`` has a derivative of the sign of
+    ``alpha/k + d - alpha (d + offset)``, decreasing in ``d`` for ``alpha > 1`` (the tests
+    check every shape and fill model against a brute-force search). Bisection on the sign of
+    ``p(d) + p'(d) (d + offset)`` finds the maximiser to machine precision. Works elementwise
+    on ``offset``.
     """
     lo, hi = bounds
+    k, fill_model, shape, alpha = (consts[n] for n in ("k", "fill_model", "fill_shape", "alpha"))
 
     def slope(depth):
-        y = arrivals_dt * jnp.exp(-k * depth)
+        y = arrivals_dt * intensity_shape(depth, k, shape, alpha)
+        dy = arrivals_dt * intensity_shape_slope(depth, k, shape, alpha)
         if fill_model == "linear":
             prob = jnp.minimum(1.0, y)
-            dprob = jnp.where(y < 1.0, -k * y, 0.0)
+            dprob = jnp.where(y < 1.0, dy, 0.0)
         else:
             prob = -jnp.expm1(-y)
-            dprob = -k * y * jnp.exp(-y)
+            dprob = dy * jnp.exp(-y)
         return prob + dprob * (depth + offset)
 
     def halve(_, interval):
@@ -462,12 +468,17 @@ def _offsets(later, q, penalty, consts):
     return up, down, -(up + down)
 
 
+def _probability(arrivals_dt, depth, consts):
+    """Per-step fill probability of a quote at ``depth`` (the market's shape and fill model)."""
+    shape = intensity_shape(depth, consts["k"], consts["fill_shape"], consts["alpha"])
+    return fill_probability(arrivals_dt * shape, consts["fill_model"])
+
+
 def _probabilities(bid_depth, ask_depth, consts):
-    k, model = consts["k"], consts["fill_model"]
     finite_bid = jnp.where(jnp.isfinite(bid_depth), bid_depth, 0.0)
     finite_ask = jnp.where(jnp.isfinite(ask_depth), ask_depth, 0.0)
-    prob_bid = fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * finite_bid), model)
-    prob_ask = fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * finite_ask), model)
+    prob_bid = _probability(consts["bid_arrivals_dt"], finite_bid, consts)
+    prob_ask = _probability(consts["ask_arrivals_dt"], finite_ask, consts)
     prob_bid = jnp.where(consts["can_bid"] & jnp.isfinite(bid_depth), prob_bid, 0.0)
     prob_ask = jnp.where(consts["can_ask"] & jnp.isfinite(ask_depth), prob_ask, 0.0)
     return prob_bid, prob_ask
@@ -483,6 +494,7 @@ def _constants(params: MarketParams, inventories: np.ndarray) -> dict:
         "ask_arrivals_dt": params.A * params.ask_intensity_mult * dt,
         "drift_dt": params.mu * dt,
         "adverse_selection": params.adverse_selection,
+        "alpha": 1.0 if params.fill_shape_alpha is None else params.fill_shape_alpha,
     }
     consts = {name: jnp.asarray(float(value), jnp.float64) for name, value in numbers.items()}
     consts["can_bid"] = jnp.asarray(inventories < q_top)
@@ -492,7 +504,6 @@ def _constants(params: MarketParams, inventories: np.ndarray) -> dict:
 
 def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
     can_bid, can_ask = consts["can_bid"], consts["can_ask"]
-    k, model = consts["k"], consts["fill_model"]
 
     def best_pair(offset_bid, offset_ask, cross):
         """Joint argmax over (bid, ask) by exact alternating best responses.
@@ -503,21 +514,15 @@ def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
 
         def respond(prob_ask):
             depth = _best_depth(
-                consts["bid_arrivals_dt"], k, offset_bid + prob_ask * cross, bounds, model
+                consts["bid_arrivals_dt"], offset_bid + prob_ask * cross, bounds, consts
             )
             prob_bid = jnp.where(
-                can_bid,
-                fill_probability(consts["bid_arrivals_dt"] * jnp.exp(-k * depth), model),
-                0.0,
+                can_bid, _probability(consts["bid_arrivals_dt"], depth, consts), 0.0
             )
             other = _best_depth(
-                consts["ask_arrivals_dt"], k, offset_ask + prob_bid * cross, bounds, model
+                consts["ask_arrivals_dt"], offset_ask + prob_bid * cross, bounds, consts
             )
-            prob = jnp.where(
-                can_ask,
-                fill_probability(consts["ask_arrivals_dt"] * jnp.exp(-k * other), model),
-                0.0,
-            )
+            prob = jnp.where(can_ask, _probability(consts["ask_arrivals_dt"], other, consts), 0.0)
             return depth, other, prob
 
         def not_done(carry):
@@ -548,14 +553,20 @@ def _solve_mdp(consts, q, penalties, terminal, bounds, tol):
     return values, bids, asks
 
 
-@functools.partial(jax.jit, static_argnames=("fill_model", "bounds", "tol"))
-def _solve_mdp_jit(numbers, q, penalties, terminal, fill_model, bounds, tol):
-    return _solve_mdp({**numbers, "fill_model": fill_model}, q, penalties, terminal, bounds, tol)
+def _models(params: MarketParams) -> tuple[str, str]:
+    """The MDP's static choices: ``(fill_model, fill_shape)``."""
+    return params.fill_model, params.fill_shape
 
 
-@functools.partial(jax.jit, static_argnames=("fill_model",))
-def _evaluate_mdp(numbers, q, penalties, terminal, bids, asks, fill_model):
-    consts = {**numbers, "fill_model": fill_model}
+@functools.partial(jax.jit, static_argnames=("models", "bounds", "tol"))
+def _solve_mdp_jit(numbers, q, penalties, terminal, models, bounds, tol):
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
+    return _solve_mdp(consts, q, penalties, terminal, bounds, tol)
+
+
+@functools.partial(jax.jit, static_argnames=("models",))
+def _evaluate_mdp(numbers, q, penalties, terminal, bids, asks, models):
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
 
     def back(later, inputs):
         penalty, bid, ask = inputs
@@ -608,7 +619,7 @@ def bellman(
         q = jnp.asarray(inventories, jnp.float64)
         terminal = -terminal_penalty * q**2
         values, bids, asks = _solve_mdp_jit(
-            consts, q, jnp.asarray(penalties), terminal, params.fill_model, bounds, float(tol)
+            consts, q, jnp.asarray(penalties), terminal, _models(params), bounds, float(tol)
         )
         values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
         nan_row = np.full((1, inventories.size), np.nan)
@@ -685,7 +696,7 @@ def evaluate(
             terminal,
             jnp.asarray(bids, jnp.float64),
             jnp.asarray(asks, jnp.float64),
-            params.fill_model,
+            _models(params),
         )
         values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
     nan_row = np.full((1, inventories.size), np.nan)

@@ -42,6 +42,7 @@ from flax import struct
 
 __all__ = [
     "FILL_MODELS",
+    "FILL_SHAPES",
     "JUMP_MODELS",
     "MAX_JUMP_RATE_PER_STEP",
     "MAX_STEPS_WITH_EXTRA_NOISE",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 FILL_MODELS = ("linear", "exponential")
+FILL_SHAPES = ("exponential", "power", "linear")
 PRICE_MODELS = ("arithmetic", "binary", "geometric")
 VOL_MODELS = ("constant", "heston")
 JUMP_MODELS = ("none", "compound_poisson")
@@ -112,6 +114,16 @@ class MarketParams:
         n_steps: number of decision steps in the session (static).
         fill_model: per-step fill probability, ``"linear"``: ``min(1, lambda dt)`` (Avellaneda &
             Stoikov 2008) or ``"exponential"``: ``1 - exp(-lambda dt)`` (exact Poisson clock).
+        fill_shape: how the arrival intensity falls with depth (static): ``"exponential"``
+            ``lambda = A exp(-k delta)`` (Avellaneda-Stoikov, the default); ``"power"``
+            ``lambda = A (1 + k delta / alpha)^(-alpha)`` (a power-law tail, ``alpha =
+            fill_shape_alpha > 1``; it tends to the exponential as ``alpha -> inf``);
+            ``"linear"`` ``lambda = A max(0, 1 - k delta)`` (triangular: no fills beyond
+            ``1/k``). All three have ``lambda(0) = A`` and log-slope ``-k`` at the mid; below
+            the mid (negative depth) the power base is floored at ``1e-6`` (then the fill is
+            certain).
+        fill_shape_alpha: the power shape's exponent (``> 1``; required by ``"power"``,
+            ``None`` otherwise).
         price_model: ``"arithmetic"`` (Gaussian increments), ``"binary"`` (``+-sigma sqrt(dt)``
             with probability 1/2 each, the 2008 paper's simulation), or ``"geometric"``.
         history_window: number of past steps kept in the state for trailing statistics
@@ -151,6 +163,7 @@ class MarketParams:
     taker_fee: float | None = None
     spread_floor: float | None = None
     loss_limit: float | None = None
+    fill_shape_alpha: float | None = None
     n_steps: int = struct.field(pytree_node=False, default=200)
     fill_model: str = struct.field(pytree_node=False, default="linear")
     price_model: str = struct.field(pytree_node=False, default="arithmetic")
@@ -159,6 +172,7 @@ class MarketParams:
     jump_model: str = struct.field(pytree_node=False, default="none")
     order_size: str = struct.field(pytree_node=False, default="unit")
     latency: int = struct.field(pytree_node=False, default=0)
+    fill_shape: str = struct.field(pytree_node=False, default="exponential")
 
     @property
     def dt(self) -> Any:
@@ -227,6 +241,7 @@ _RULES = (
     ("taker_fee", lambda x: np.isfinite(x), "finite (negative: a rebate) or None"),
     ("spread_floor", lambda x: x >= 0, ">= 0 or None"),
     ("loss_limit", lambda x: x >= 0, ">= 0, inf or None"),
+    ("fill_shape_alpha", lambda x: x > 1, "> 1 (fill_shape 'power') or None"),
 )
 _MAY_BE_INFINITE = ("q_max", "loss_limit")
 # desk fields that are None (off, not in the pytree) by default
@@ -278,6 +293,12 @@ def validate(params: MarketParams) -> None:
             f"MarketParams.history_window = {params.history_window!r}; allowed: an integer >= 1"
         )
     _validate_extensions(params)
+    _choice(params, "fill_shape", FILL_SHAPES)
+    if (params.fill_shape == "power") != (params.fill_shape_alpha is not None):
+        raise ValueError(
+            f"MarketParams.fill_shape_alpha = {params.fill_shape_alpha!r} with fill_shape = "
+            f"{params.fill_shape!r}; allowed: a number > 1 exactly when fill_shape is 'power'"
+        )
 
 
 def _choice(params: MarketParams, name: str, allowed: tuple[str, ...]) -> None:

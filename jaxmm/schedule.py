@@ -281,7 +281,10 @@ def fill_probabilities(params: MarketParams, depths: Any) -> tuple[np.ndarray, n
     """Per-step fill probabilities ``(bid, ask)`` (float64) of quotes at ``depths``."""
     depths = np.asarray(depths, np.float64)
     dt = float(params.dt)
-    base = float(params.A) * np.exp(-float(params.k) * depths) * dt
+    shape = market.intensity_shape_numpy(
+        depths, float(params.k), params.fill_shape, params.fill_shape_alpha
+    )
+    base = float(params.A) * shape * dt
     bid = base * float(params.bid_intensity_mult)
     ask = base * float(params.ask_intensity_mult)
     return (
