@@ -27,14 +27,23 @@ Files: ``results.json`` (config, seed, environment, every table), ``calibration.
 ``signature.csv``, ``out_of_sample.csv``, ``sim_vs_replay.csv``, ``fills_<TICKER>_as.csv``,
 ``sweep_<TICKER>.csv``, and the figures ``pnl_path.png``, ``markouts.png``,
 ``inventory_hist.png``, ``sim_pnl.png``, ``sweep_pnl.png``, ``sweep_pnl_per_risk.png``.
+
+From the command line the CPU is split into one host device per core (``jaxmm.devices``), and
+the sweeps and simulations use them all (``--devices`` chooses).
 """
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__":  # one CPU device per core, before JAX starts
+    from jaxmm.devices import request_host_devices
+
+    request_host_devices()
+
 import argparse
 import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,6 +123,7 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
     parser.add_argument("--kappa-range", type=float, nargs=2, default=(3.0, 300.0))
     parser.add_argument("--no-level10", action="store_true", help="skip the GOOG level-10 row")
     device_lib.add_arguments(parser)
+    parser.set_defaults(devices=0)  # every device (one per core from the command line)
     args = parser.parse(argv, **options)
     args.device_list = device_lib.from_arguments(parser, args)
     for name in ("open", "split", "close"):
