@@ -714,6 +714,13 @@ def _apply_fills(
         if params.jump_model != "none":
             log_return = log_return + jump_sum(noise, params)
         next_mid = (mid + jump) * jnp.exp(log_return)
+    elif params.price_model == "ou":  # exact Ornstein-Uhlenbeck step (see MarketParams)
+        level = params.S0 if params.ou_level is None else params.ou_level
+        decay = jnp.exp(-params.ou_rate * dt)
+        spread = jnp.sqrt(-jnp.expm1(-2.0 * params.ou_rate * dt) / (2.0 * params.ou_rate))
+        next_mid = level + (mid + jump - level) * decay + sigma * spread * shock
+        if params.jump_model != "none":
+            next_mid = next_mid + jump_sum(noise, params)
     else:
         move = jump + params.mu * dt + sigma * sqrt_dt * shock
         if params.jump_model != "none":

@@ -257,10 +257,11 @@ def validate(params: MultiAssetParams) -> None:
                 f"axis of length n_assets = {n}"
             )
     params.market.validate()
-    if params.market.price_model == "binary":
+    if params.market.price_model in ("binary", "ou"):
         raise ValueError(
-            "MultiAssetParams.market.price_model = 'binary' is not supported (correlated signs "
-            "have correlation (2/pi) arcsin(rho)); allowed: 'arithmetic' or 'geometric'"
+            f"MultiAssetParams.market.price_model = {params.market.price_model!r} is not "
+            "supported (correlated binary signs have correlation (2/pi) arcsin(rho); the OU "
+            "mid's covariance is not Sigma dt); allowed: 'arithmetic' or 'geometric'"
         )
     session = np.asarray(params.market.T, np.float64)
     if not isinstance(params.market.T, jax.core.Tracer) and np.ptp(session) > 0:

@@ -396,10 +396,11 @@ def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: An
     for name in ("S0", "sigma", "T", "A", "k", "mu", "adverse_selection", "q_max"):
         if np.ndim(getattr(params, name)) != 0:
             raise ValueError(f"params.{name} must be a scalar for the exact solvers (no sweeps)")
-    if params.price_model == "geometric":
+    if params.price_model in ("geometric", "ou"):
         raise ValueError(
-            "params.price_model = 'geometric' is not supported by the exact solvers; allowed: "
-            "'arithmetic' or 'binary' (additive increments keep the value a function of (t, q))"
+            f"params.price_model = {params.price_model!r} is not supported by the exact "
+            "solvers; allowed: 'arithmetic' or 'binary' (additive increments independent of "
+            "the mid keep the value a function of (t, q))"
         )
     rewards.check(reward)
     phi = validation.nonnegative("phi", phi)

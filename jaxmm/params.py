@@ -56,7 +56,7 @@ __all__ = [
 
 FILL_MODELS = ("linear", "exponential")
 FILL_SHAPES = ("exponential", "power", "linear")
-PRICE_MODELS = ("arithmetic", "binary", "geometric")
+PRICE_MODELS = ("arithmetic", "binary", "geometric", "ou")
 VOL_MODELS = ("constant", "heston")
 JUMP_MODELS = ("none", "compound_poisson")
 ORDER_SIZES = ("unit", "fixed", "geometric")
@@ -122,6 +122,11 @@ class MarketParams:
             ``1/k``). All three have ``lambda(0) = A`` and log-slope ``-k`` at the mid; below
             the mid (negative depth) the power base is floored at ``1e-6`` (then the fill is
             certain).
+        ou_rate, ou_level: the Ornstein-Uhlenbeck mid (``price_model="ou"``):
+            ``dS = ou_rate (ou_level - S) dt + sigma dW``, stepped exactly
+            (``S' = m + (S - m) e^{-rate dt} + sigma sqrt((1 - e^{-2 rate dt}) / (2 rate)) Z``);
+            ``ou_rate > 0`` per time unit is required, ``ou_level`` defaults to ``S0``; ``mu``
+            must be 0. ``None`` (off) otherwise.
         fill_shape_alpha: the power shape's exponent (``> 1``; required by ``"power"``,
             ``None`` otherwise).
         price_model: ``"arithmetic"`` (Gaussian increments), ``"binary"`` (``+-sigma sqrt(dt)``
@@ -164,6 +169,8 @@ class MarketParams:
     spread_floor: float | None = None
     loss_limit: float | None = None
     fill_shape_alpha: float | None = None
+    ou_rate: float | None = None
+    ou_level: float | None = None
     n_steps: int = struct.field(pytree_node=False, default=200)
     fill_model: str = struct.field(pytree_node=False, default="linear")
     price_model: str = struct.field(pytree_node=False, default="arithmetic")
@@ -242,6 +249,8 @@ _RULES = (
     ("spread_floor", lambda x: x >= 0, ">= 0 or None"),
     ("loss_limit", lambda x: x >= 0, ">= 0, inf or None"),
     ("fill_shape_alpha", lambda x: x > 1, "> 1 (fill_shape 'power') or None"),
+    ("ou_rate", lambda x: x > 0, "> 0 (price_model 'ou') or None"),
+    ("ou_level", lambda x: np.isfinite(x), "finite (price_model 'ou') or None"),
 )
 _MAY_BE_INFINITE = ("q_max", "loss_limit")
 # desk fields that are None (off, not in the pytree) by default
@@ -294,6 +303,19 @@ def validate(params: MarketParams) -> None:
         )
     _validate_extensions(params)
     _choice(params, "fill_shape", FILL_SHAPES)
+    ou = params.price_model == "ou"
+    if ou != (params.ou_rate is not None) or (params.ou_level is not None and not ou):
+        raise ValueError(
+            f"MarketParams.ou_rate = {params.ou_rate!r}, ou_level = {params.ou_level!r} with "
+            f"price_model = {params.price_model!r}; allowed: ou_rate > 0 (and optionally "
+            "ou_level) exactly when price_model is 'ou'"
+        )
+    mu = _concrete(params.mu)
+    if ou and mu is not None and np.any(mu != 0):
+        raise ValueError(
+            f"MarketParams.mu = {mu} with price_model = 'ou'; allowed: 0 (the OU mid's drift "
+            "is its mean reversion)"
+        )
     if (params.fill_shape == "power") != (params.fill_shape_alpha is not None):
         raise ValueError(
             f"MarketParams.fill_shape_alpha = {params.fill_shape_alpha!r} with fill_shape = "

@@ -267,10 +267,10 @@ def _check_market(params: MarketParams) -> None:
             f"params.adverse_selection = {params.adverse_selection}; allowed: 0 (a fill-driven "
             "mid jump makes the mark-to-market term quadratic in the choices)"
         )
-    if params.price_model == "geometric":
+    if params.price_model in ("geometric", "ou"):
         raise ValueError(
-            "params.price_model = 'geometric'; allowed: 'arithmetic' or 'binary' (additive "
-            "increments, as in jaxmm.optimal)"
+            f"params.price_model = {params.price_model!r}; allowed: 'arithmetic' or 'binary' "
+            "(additive increments, as in jaxmm.optimal)"
         )
 
 
