@@ -149,3 +149,17 @@ def test_environment_steps_with_a_shape(shape, alpha):
     for _ in range(3):
         obs, state, reward, *_ = step(key, state, jnp.array([0.5, 0.5]), params)
     assert np.isfinite(np.asarray(obs)).all() and np.isfinite(float(reward))
+
+
+def test_ppo_config_sets_the_shape_and_refuses_bad_ones():
+    """``python -m train.ppo --fill-shape power --fill-shape-alpha 2.5`` trains on the shaped
+    market, scored against its exact optimum."""
+    from train.config import PPOConfig, market_env
+
+    _, env_params = market_env(PPOConfig(fill_shape="power", fill_shape_alpha=2.5))
+    assert env_params.market.fill_shape == "power"
+    assert env_params.market.fill_shape_alpha == 2.5
+    _, plain = market_env(PPOConfig(fill_shape="linear", fill_shape_alpha=2.5))
+    assert plain.market.fill_shape_alpha is None  # the alpha only belongs to the power shape
+    with pytest.raises(ValueError, match="fill_shape"):
+        PPOConfig(fill_shape="power", fill_shape_alpha=0.5).validate()

@@ -95,6 +95,10 @@ class PPOConfig:
             Excludes ``vol_switch_step``. Evaluation stays on the configured market.
         as_gamma: risk aversion of the Avellaneda-Stoikov benchmark (k is the market's), of
             the environment's A-S spread feature and of its ``as_skew`` action mode.
+        fill_shape, fill_shape_alpha: the market's fill-probability shape
+            (``MarketParams.fill_shape``: ``"exponential"``, ``"power"`` with
+            ``fill_shape_alpha > 1``, ``"linear"``; the alpha is ignored by the other shapes).
+            The optimum, A-S and every evaluation use the same shaped market.
     """
 
     phi: float = 0.01
@@ -142,6 +146,8 @@ class PPOConfig:
     regime_step_high: int = 180
     regime_factor_low: float = 0.5
     regime_factor_high: float = 3.0
+    fill_shape: str = "exponential"
+    fill_shape_alpha: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -220,6 +226,11 @@ class PPOConfig:
                     "when random_regimes is on (each episode draws its own switch)"
                 )
             self.regimes().validate(market_env(self)[1].max_steps_in_episode)
+        if self.fill_shape != "exponential" or self.fill_shape_alpha:
+            try:
+                market_env(self)
+            except ValueError as error:  # MarketParams names fill_shape / fill_shape_alpha
+                raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -268,7 +279,10 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
     describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``)."""
     env = MarketMakingEnv(features=config.features, action_mode=config.action_mode)
     market_params = env.default_params.market.replace(
-        vol_switch_step=config.vol_switch_step, vol_switch_factor=config.vol_switch_factor
+        vol_switch_step=config.vol_switch_step,
+        vol_switch_factor=config.vol_switch_factor,
+        fill_shape=config.fill_shape,
+        fill_shape_alpha=config.fill_shape_alpha if config.fill_shape == "power" else None,
     )
     env_params = env.default_params.replace(
         market=market_params.validate(),
