@@ -17,7 +17,7 @@ import pytest
 
 import jaxmm as mm
 from jaxmm import backtest, lobster
-from tests.conftest import ROOT, run_code
+from tests.conftest import ROOT, run_code, run_distributed
 from tests.oracles import backtest as oracle
 from tests.oracles import backtest_tapes
 
@@ -355,29 +355,7 @@ if jax.process_index() == 0:
 def test_sweep_over_two_processes_with_jax_distributed_equals_one_process():
     """The strategy axis over 2 processes x 2 CPU devices (jax.distributed on this machine):
     7 strategies, padded to 8, the same numbers as one process on one device."""
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        address = f"localhost:{sock.getsockname()[1]}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", MULTI_PROCESS_SWEEP, address, str(i), str(AMZN)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [worker.communicate(timeout=900) for worker in workers]
-    for worker, (_, err) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, err[-3000:]
-    got = json.loads(outputs[0][0].strip().splitlines()[-1])
+    got = json.loads(run_distributed(MULTI_PROCESS_SWEEP, str(AMZN)).strip().splitlines()[-1])
     tape = backtest.tape(lobster.read_lobster(AMZN), "09:30", "10:00")
     config = backtest.Config()
     params = backtest.market_params(tape, config, sigma=0.02, A=0.2, k=27.0)

@@ -7,10 +7,6 @@ join with ``jax.distributed.initialize`` on this machine (slow).
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +19,7 @@ from jaxmm import devices as device_lib
 from jaxmm import streaming
 from jaxmm.metrics import Moments
 from jaxmm.simulation import plan_chunks
-from tests.conftest import ROOT, run_code, run_module
+from tests.conftest import run_code, run_distributed, run_module
 
 # Statistics that are exact whatever the chunking or devices (integers, extremes, histogram).
 EXACT = ("n_episodes", "min_pnl", "max_pnl", "max_drawdown_worst", "pct_profitable")
@@ -371,32 +367,9 @@ if jax.process_index() == 0:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_with_jax_distributed_give_the_single_process_results():
-    address = f"localhost:{free_port()}"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    command = [sys.executable, "-c", MULTI_PROCESS, address]
-    workers = [
-        subprocess.Popen(
-            [*command, str(i)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [worker.communicate(timeout=900) for worker in workers]
-    for worker, (_, err) in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, err[-3000:]
-    result = json.loads(outputs[0][0].strip().splitlines()[-1])
+    result = json.loads(run_distributed(MULTI_PROCESS).strip().splitlines()[-1])
     p = mm.presets.homework().replace(n_steps=50)
     pol = mm.policies.avellaneda_stoikov(0.1)
     single = streaming.simulate_summary(p, pol, jax.random.key(3), 5000, chunk_size=2000)
