@@ -262,6 +262,8 @@ class Config:
     log: bool = False
 
     def __post_init__(self):
+        for name in ("marks", "markout_horizons"):  # tuples: a Config is a static jit argument
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         validation.integer("quote_size", self.quote_size, 1, ">= 1")
         validation.integer("max_position", self.max_position, 0, ">= 0")
         validation.nonnegative("latency", self.latency)

@@ -364,3 +364,10 @@ def test_sweep_over_two_processes_with_jax_distributed_equals_one_process():
     )
     single = backtest.sweep(tape, batch, params, config)
     assert got["pnl"] == single.pnl.tolist() and got["fills"] == single.n_ask_fills.tolist()
+
+
+def test_config_takes_lists_and_stays_hashable():
+    """A Config is a static argument of the compiled replay: lists become tuples."""
+    config = backtest.Config(marks=["10:00", 36000.0], markout_horizons=[1, 5])
+    assert config.marks == ("10:00", 36000.0) and config.markout_horizons == (1, 5)
+    assert hash(config) == hash(backtest.Config(marks=("10:00", 36000.0), markout_horizons=(1, 5)))
