@@ -1,7 +1,7 @@
 """Independent oracle for the LOBSTER replay backtester (``jaxmm.backtest``).
 
 This module is an independent oracle written, top to bottom, from the reference rules
-(``backtest_rules_spec.md``, "Replay reference rules"), not from jaxmm's code, against which the
+(the README section "Backtesting on real tapes"), not from jaxmm's code, against which the
 JAX engine is checked fill by fill. It is a plain-Python event loop: prices and cash are Python
 ints (units of $0.0001, cash in units x shares), fees and all dollar outputs are Python floats
 (float64). It favours obvious correctness over speed.

@@ -1,5 +1,6 @@
 """Hand-built LOBSTER tapes for the replay backtester, each with its result worked out by hand
-from the reference rules (``backtest_rules_spec.md``), not by running any engine.
+from the reference rules (the README section "Backtesting on real tapes"), not by running any
+engine.
 
 Every case is a tiny LOBSTER day (a message file and an order-book file, no header, LF), a
 replay configuration, a strategy and the expected result. ``CASES`` is a list of :class:`Case`:
