@@ -349,6 +349,39 @@ def cartea_jaimungal_fd(
 # ---------------------------------------------------------- the simulator's exact MDP
 
 
+def _fill_and_slope(arrivals_dt: float, depth: jax.Array, consts: dict):
+    """``(p(d), p'(d))``: the per-step fill probability of a quote at ``depth`` under the
+    market's fill shape and fill model, and its derivative in depth."""
+    k, shape, alpha = consts["k"], consts["fill_shape"], consts["alpha"]
+    y = arrivals_dt * intensity_shape(depth, k, shape, alpha)
+    dy = arrivals_dt * intensity_shape_slope(depth, k, shape, alpha)
+    if consts["fill_model"] == "linear":
+        return jnp.minimum(1.0, y), jnp.where(y < 1.0, dy, 0.0)
+    return -jnp.expm1(-y), dy * jnp.exp(-y)
+
+
+def _argmax_single_crossing(
+    slope: Callable, like: jax.Array, bounds: tuple[float, float]
+) -> jax.Array:
+    """The maximiser on ``[lo, hi]`` of an objective whose derivative ``slope`` is positive
+    and then negative (one sign change): 64 bisection steps on its sign, elementwise on
+    ``like``'s shape; the bounds when the derivative keeps one sign."""
+    lo, hi = bounds
+
+    def halve(_, interval):
+        left, right = interval
+        middle = 0.5 * (left + right)
+        rising = slope(middle) > 0
+        return jnp.where(rising, middle, left), jnp.where(rising, right, middle)
+
+    left = jnp.full_like(like, lo)
+    right = jnp.full_like(like, hi)
+    left, right = jax.lax.fori_loop(0, 64, halve, (left, right))
+    depth = 0.5 * (left + right)
+    depth = jnp.where(slope(jnp.full_like(like, hi)) > 0, hi, depth)
+    return jnp.where(slope(jnp.full_like(like, lo)) <= 0, lo, depth)
+
+
 def _best_depth(
     arrivals_dt: float, offset: jax.Array, bounds: tuple[float, float], consts: dict
 ) -> jax.Array:
@@ -363,32 +396,12 @@ def _best_depth(
     ``p(d) + p'(d) (d + offset)`` finds the maximiser to machine precision. Works elementwise
     on ``offset``.
     """
-    lo, hi = bounds
-    k, fill_model, shape, alpha = (consts[n] for n in ("k", "fill_model", "fill_shape", "alpha"))
 
     def slope(depth):
-        y = arrivals_dt * intensity_shape(depth, k, shape, alpha)
-        dy = arrivals_dt * intensity_shape_slope(depth, k, shape, alpha)
-        if fill_model == "linear":
-            prob = jnp.minimum(1.0, y)
-            dprob = jnp.where(y < 1.0, dy, 0.0)
-        else:
-            prob = -jnp.expm1(-y)
-            dprob = dy * jnp.exp(-y)
+        prob, dprob = _fill_and_slope(arrivals_dt, depth, consts)
         return prob + dprob * (depth + offset)
 
-    def halve(_, interval):
-        left, right = interval
-        middle = 0.5 * (left + right)
-        rising = slope(middle) > 0
-        return jnp.where(rising, middle, left), jnp.where(rising, right, middle)
-
-    left = jnp.full_like(offset, lo)
-    right = jnp.full_like(offset, hi)
-    left, right = jax.lax.fori_loop(0, 64, halve, (left, right))
-    depth = 0.5 * (left + right)
-    depth = jnp.where(slope(jnp.full_like(offset, hi)) > 0, hi, depth)
-    return jnp.where(slope(jnp.full_like(offset, lo)) <= 0, lo, depth)
+    return _argmax_single_crossing(slope, offset, bounds)
 
 
 def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: Any, bounds):
@@ -629,12 +642,18 @@ def bellman(
         values, bids, asks = _solve_mdp_jit(
             consts, q, jnp.asarray(penalties), terminal, _models(params), bounds, float(tol)
         )
-        values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
-        nan_row = np.full((1, inventories.size), np.nan)
-        bids = np.vstack([np.asarray(bids), nan_row])
-        asks = np.vstack([np.asarray(asks), nan_row])
+    return _mdp_table(params, inventories, values, bids, asks, terminal, "bellman")
+
+
+def _mdp_table(params, inventories, values, bids, asks, terminal, method: str) -> QuoteTable:
+    """A solver's ``QuoteTable``: ``n_steps + 1`` times, the terminal values as the last row
+    (where nothing is quoted)."""
+    values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
+    nan_row = np.full((1, inventories.size), np.nan)
+    bids = np.vstack([np.asarray(bids), nan_row])
+    asks = np.vstack([np.asarray(asks), nan_row])
     times = np.arange(params.n_steps + 1) * float(params.dt)
-    return QuoteTable(times, inventories, bids, asks, values, method="bellman")
+    return QuoteTable(times, inventories, bids, asks, values, method=method)
 
 
 def _cara_best_depth(
@@ -646,30 +665,13 @@ def _cara_best_depth(
     (``p`` log-concave times the concave ``log(gain - loss e^{-gamma d})``), so its derivative
     ``p' (gain - loss e^{-gamma d}) + p gamma loss e^{-gamma d}`` changes sign once: bisection.
     """
-    lo, hi = bounds
-    k, fill_model, shape, alpha = (consts[n] for n in ("k", "fill_model", "fill_shape", "alpha"))
 
     def slope(depth):
-        y = arrivals_dt * intensity_shape(depth, k, shape, alpha)
-        dy = arrivals_dt * intensity_shape_slope(depth, k, shape, alpha)
-        if fill_model == "linear":
-            prob, dprob = jnp.minimum(1.0, y), jnp.where(y < 1.0, dy, 0.0)
-        else:
-            prob, dprob = -jnp.expm1(-y), dy * jnp.exp(-y)
+        prob, dprob = _fill_and_slope(arrivals_dt, depth, consts)
         discount = loss * jnp.exp(-gamma * depth)
         return dprob * (gain - discount) + prob * gamma * discount
 
-    def halve(_, interval):
-        left, right = interval
-        middle = 0.5 * (left + right)
-        rising = slope(middle) > 0
-        return jnp.where(rising, middle, left), jnp.where(rising, right, middle)
-
-    left, right = jnp.full_like(gain, lo), jnp.full_like(gain, hi)
-    left, right = jax.lax.fori_loop(0, 64, halve, (left, right))
-    depth = 0.5 * (left + right)
-    depth = jnp.where(slope(jnp.full_like(gain, hi)) > 0, hi, depth)
-    return jnp.where(slope(jnp.full_like(gain, lo)) <= 0, lo, depth)
+    return _argmax_single_crossing(slope, gain, bounds)
 
 
 @functools.partial(jax.jit, static_argnames=("models", "bounds", "tol"))
@@ -790,12 +792,7 @@ def bellman_cara(
             bounds,
             float(tol),
         )
-        values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
-        nan_row = np.full((1, inventories.size), np.nan)
-        bids = np.vstack([np.asarray(bids), nan_row])
-        asks = np.vstack([np.asarray(asks), nan_row])
-    times = np.arange(params.n_steps + 1) * float(params.dt)
-    return QuoteTable(times, inventories, bids, asks, values, method="bellman_cara")
+    return _mdp_table(params, inventories, values, bids, asks, terminal, "bellman_cara")
 
 
 def tabulate(
