@@ -34,8 +34,6 @@ the sweeps and simulations use them all (``--devices`` chooses).
 
 from __future__ import annotations
 
-import os
-
 if __name__ == "__main__":  # one CPU device per core, before JAX starts
     from jaxmm.devices import request_host_devices
 
@@ -56,6 +54,7 @@ from scipy import stats
 import jaxmm as mm
 from experiments.common import (
     Timer,
+    data_dir,
     finish,
     markdown_table,
     save_figure,
@@ -67,7 +66,6 @@ from jaxmm import backtest, calibrate, lobster
 from jaxmm import devices as device_lib
 from jaxmm.policies import AvellanedaStoikov
 
-ROOT = Path(__file__).resolve().parent.parent
 STOCKS = ("amzn", "aapl", "goog")
 SIGNATURE_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 STRATEGIES = ("avellaneda_stoikov", "glft", "optimal_bellman", "symmetric")
@@ -84,15 +82,6 @@ QUICK = {  # experiments.all --quick: 30 minutes each side of the split, one sto
 }
 
 
-def default_data_dir() -> Path:
-    """``$JAXMM_DATA_DIR``, else the ``shared/data`` folder beside the repository (as
-    ``calibration.default_data_dir`` resolves it)."""
-    env = os.environ.get("JAXMM_DATA_DIR")
-    if env:
-        return Path(env)
-    return ROOT.parent / "shared" / "data"
-
-
 def stock_folder(data_dir: Path, stock: str, level: int = 1) -> Path:
     suffix = "" if level == 1 else f"-level{level}"
     return Path(data_dir) / f"lobster-{stock}-2012-06-21{suffix}"
@@ -100,7 +89,7 @@ def stock_folder(data_dir: Path, stock: str, level: int = 1) -> Path:
 
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser("backtest", __doc__, n_episodes=5_000, min_episodes=10)
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument("--stocks", nargs="+", choices=STOCKS, default=list(STOCKS))
     parser.add_argument("--open", default="09:30", help="calibration (and sweep) start")
     parser.add_argument("--split", default="12:45", help="end of calibration, start of replay")

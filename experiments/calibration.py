@@ -36,11 +36,10 @@ import matplotlib.ticker
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, finish, save_figure, study_parser, write_csv
+from experiments.common import Timer, data_dir, finish, save_figure, study_parser, write_csv
 from jaxmm import calibrate, lobster, market
 from jaxmm.policies import AvellanedaStoikov
 
-ROOT = Path(__file__).resolve().parent.parent
 SESSION_SECONDS = 23_400.0  # 09:30-16:00
 OBJECTIVES = (  # (objective, risk aversion, label)
     ("mean_variance", 0.2, "mean - 0.1 var"),  # risk_aversion a: mean - (a/2) var
@@ -50,11 +49,11 @@ OBJECTIVES = (  # (objective, risk aversion, label)
 
 
 def default_data_dir() -> Path:
-    """``$JAXMM_LOBSTER_DIR``, else ``../shared/data/lobster-amzn-2012-06-21`` beside the repo."""
+    """``$JAXMM_LOBSTER_DIR``, else the AMZN day in ``common.data_dir()``."""
     env = os.environ.get("JAXMM_LOBSTER_DIR")
     if env:
         return Path(env)
-    return ROOT.parent / "shared" / "data" / "lobster-amzn-2012-06-21"
+    return data_dir() / "lobster-amzn-2012-06-21"
 
 
 QUICK = {  # experiments.all --quick

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "StudyParser",
     "Timer",
     "add_ppo_arguments",
+    "data_dir",
     "environment",
     "finish",
     "jsonable",
@@ -37,6 +39,16 @@ __all__ = [
     "write_json",
     "write_rows_csv",
 ]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The folder of the LOBSTER sample days: ``$JAXMM_DATA_DIR``, else ``shared/data`` beside
+    the repository (the studies, the benchmark and the tests that need the tapes read it)."""
+    env = os.environ.get("JAXMM_DATA_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
 class StudyParser(argparse.ArgumentParser):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
@@ -16,16 +15,11 @@ import numpy as np
 import pytest
 
 import jaxmm as mm
+from experiments.common import data_dir
 from jaxmm import backtest, lobster
-from tests.conftest import ROOT, run_code, run_distributed
+from tests.conftest import run_code, run_distributed
 from tests.oracles import backtest as oracle
 from tests.oracles import backtest_tapes
-
-
-def data_dir() -> Path:
-    env = os.environ.get("JAXMM_DATA_DIR")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
-
 
 AMZN = data_dir() / "lobster-amzn-2012-06-21"
 GOOG10 = data_dir() / "lobster-goog-2012-06-21-level10"

@@ -4,17 +4,14 @@ LOBSTER tapes (``tests/oracles/backtest_tapes.py``) and on a slice of the real A
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 
+from experiments.common import data_dir
 from tests.oracles import backtest as bt
 from tests.oracles.backtest_tapes import CASES, make_strategy
 
-DATA_DIR = Path(
-    os.environ.get("JAXMM_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
+DATA_DIR = data_dir()
 AMZN = DATA_DIR / "lobster-amzn-2012-06-21"
 AMZN_STEM = "AMZN_2012-06-21_34200000_57600000_{}_1.csv"
 

@@ -6,8 +6,9 @@ import math
 import pytest
 
 from experiments import backtest
+from experiments.common import data_dir
 
-DATA = backtest.stock_folder(backtest.default_data_dir(), "amzn")
+DATA = backtest.stock_folder(data_dir(), "amzn")
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"LOBSTER sample not found at {DATA}")
 
 
