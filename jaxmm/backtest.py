@@ -337,7 +337,6 @@ class _Stream:
     index: np.ndarray
     cancel: np.ndarray  # ARRIVAL: a cancel arrives; DECISION: its cancel is immediate
     order: np.ndarray  # ARRIVAL: a new order arrives; DECISION: its order is immediate
-    n_decisions: int
     n_marks: int
 
 
@@ -446,7 +445,7 @@ def _stream(tape: Tape, config: Config, params: MarketParams) -> _Stream:
     kind[ev_slot], pos[ev_slot], time[ev_slot] = EVENT, np.arange(n), tape.times
     kind[act_slot], pos[act_slot], time[act_slot] = kinds, applied, times
     idx[act_slot], cancel_all[act_slot], order_all[act_slot] = index, cancel, order
-    return _Stream(kind, pos, time, idx, cancel_all, order_all, int(decisions.size), marks.size)
+    return _Stream(kind, pos, time, idx, cancel_all, order_all, marks.size)
 
 
 # ------------------------------------------------------------------------------ the engine
