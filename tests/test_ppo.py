@@ -15,7 +15,7 @@ from scipy import stats
 from jaxmm.env import MarketMakingEnv, RegimeRandomization
 from jaxmm.params import NEVER
 from train.config import PPOConfig, agent_spec, initial_action, market_env
-from train.networks import ObsNorm, gaussian_entropy, gaussian_log_prob, squash
+from train.networks import ObsNorm, policy_distribution, squash
 from train.ppo import (
     VecEnv,
     batch_advantages,
@@ -103,14 +103,20 @@ def test_gae_columns_are_independent_environments():
 # ------------------------------------------------------------------- distribution pieces
 
 
-def test_gaussian_log_prob_and_entropy_match_scipy():
+def test_policy_distribution_matches_scipy():
     x = np.array([[0.3, -1.2], [2.0, 0.1]])
     mean = np.array([[0.0, -1.0], [1.5, 0.5]])
     log_std = np.array([-0.7, 0.4])
     expected = stats.norm.logpdf(x, mean, np.exp(log_std)).sum(axis=1)
-    np.testing.assert_allclose(gaussian_log_prob(x, mean, log_std), expected, rtol=1e-5)
+    policy = policy_distribution(jnp.asarray(mean), jnp.asarray(log_std))
+    np.testing.assert_allclose(policy.log_prob(x), expected, rtol=1e-5)
     entropy = stats.norm(0, np.exp(log_std)).entropy().sum()
-    np.testing.assert_allclose(gaussian_entropy(jnp.asarray(log_std)), entropy, rtol=1e-5)
+    np.testing.assert_allclose(policy.entropy(), [entropy, entropy], rtol=1e-5)
+    draws = policy_distribution(jnp.zeros((20_000, 2)), jnp.asarray(log_std)).sample(
+        seed=jax.random.key(0)
+    )
+    # the sample std has a relative SE of 1/sqrt(2n) = 0.5%: 3% is 6 SE
+    np.testing.assert_allclose(np.std(np.asarray(draws), axis=0), np.exp(log_std), rtol=0.03)
 
 
 def test_squash_maps_onto_the_box():

@@ -4,7 +4,9 @@ The actor outputs the mean of a diagonal Gaussian over an unbounded *raw* action
 action sent to the environment is ``squash(u) = low + (high - low) * sigmoid(u)``, which lies
 inside the Box ``[low, high]`` by construction. PPO's probability ratios are taken in the raw
 space: the squashing Jacobian is the same for the old and new policy and cancels. The
-deterministic policy is ``squash(mean)`` (the median of the action distribution).
+deterministic policy is ``squash(mean)`` (the median of the action distribution). The
+distribution is distrax's ``MultivariateNormalDiag`` (``policy_distribution``): sampling, log
+densities and the entropy come from it.
 
 Observations are standardised by running statistics (``ObsNorm``) collected during training and
 frozen in the checkpoint, so the deployed policy sees exactly what the trained one saw.
@@ -17,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,9 +34,8 @@ __all__ = [
     "Agent",
     "AgentSpec",
     "ObsNorm",
-    "gaussian_entropy",
-    "gaussian_log_prob",
     "orthogonal",
+    "policy_distribution",
     "squash",
 ]
 
@@ -112,15 +114,12 @@ def squash(raw_action: jax.Array, low: jax.Array, high: jax.Array) -> jax.Array:
     return low + (high - low) * jax.nn.sigmoid(raw_action)
 
 
-def gaussian_log_prob(raw_action: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
-    """Log density of a diagonal Gaussian, summed over the last axis: ``f[...]``."""
-    z = (raw_action - mean) * jnp.exp(-log_std)
-    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2.0 * jnp.pi), axis=-1)
-
-
-def gaussian_entropy(log_std: jax.Array) -> jax.Array:
-    """Entropy of a diagonal Gaussian with these log standard deviations (a scalar, nats)."""
-    return jnp.sum(log_std + 0.5 * (1.0 + jnp.log(2.0 * jnp.pi)))
+def policy_distribution(mean: jax.Array, log_std: jax.Array) -> distrax.MultivariateNormalDiag:
+    """The policy over raw actions: a diagonal Gaussian with ``mean`` ``f[..., action_dim]`` and
+    standard deviations ``exp(log_std)`` (``log_std`` ``f[action_dim]``, broadcast over the
+    batch). ``log_prob`` sums over the action axis; ``entropy`` is in nats."""
+    scale = jnp.broadcast_to(jnp.exp(log_std), mean.shape)
+    return distrax.MultivariateNormalDiag(loc=mean, scale_diag=scale)
 
 
 @struct.dataclass

@@ -47,7 +47,7 @@ from flax import struct
 from jaxmm import devices as device_lib
 from train import checkpoint, evaluate
 from train.config import PPOConfig, agent_spec, market_env
-from train.networks import Agent, AgentSpec, ObsNorm, gaussian_entropy, gaussian_log_prob, squash
+from train.networks import Agent, AgentSpec, ObsNorm, policy_distribution, squash
 
 __all__ = [
     "TrainState",
@@ -383,7 +383,8 @@ def collect_rollout(
         if venv.regimes is not None:  # a separate split keeps fixed-market runs' numbers
             key, regime_key = jax.random.split(key)
         mean, log_std, value = spec.network.apply(state.params, state.obs_norm.normalize(obs))
-        raw_action = mean + jnp.exp(log_std) * jax.random.normal(action_key, mean.shape)
+        policy = policy_distribution(mean, log_std)
+        raw_action = policy.sample(seed=action_key)
         action = squash(raw_action, action_low, action_high)
         next_obs, env_state, reward, terminated, truncated, info = venv.step(
             step_key,
@@ -402,7 +403,7 @@ def collect_rollout(
         transition = Transition(
             obs=obs,
             raw_action=raw_action,
-            log_prob=gaussian_log_prob(raw_action, mean, log_std),
+            log_prob=policy.log_prob(raw_action),
             value=value,
             reward=reward,
             terminated=terminated,
@@ -468,13 +469,14 @@ def ppo_loss(
     and the scalars ``actor_loss``, ``value_loss``, ``entropy``, ``approx_kl``.
     """
     mean, log_std, value = network.apply(params, obs_norm.normalize(batch.obs))
-    log_prob = gaussian_log_prob(batch.raw_action, mean, log_std)
+    policy = policy_distribution(mean, log_std)
+    log_prob = policy.log_prob(batch.raw_action)
     ratio = jnp.exp(log_prob - batch.log_prob)
     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     clipped_ratio = jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps)
     actor_loss = -jnp.mean(jnp.minimum(ratio * advantages, clipped_ratio * advantages))
     value_loss = 0.5 * jnp.mean((value - targets) ** 2)
-    entropy = gaussian_entropy(log_std)
+    entropy = jnp.mean(policy.entropy())
     total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
     approx_kl = jnp.mean((ratio - 1.0) - jnp.log(ratio))
     return total, {
