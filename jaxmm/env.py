@@ -46,6 +46,10 @@ step's fills, which is the inventory marked to market over the step):
   expectation does not depend on sigma, so it gives no reason to widen quotes when the
   volatility rises.
 - ``"pnl"``: ``dPnL``.
+- ``"cara"``: ``U(W_{t+1}) - U(W_t)``, ``U(w) = (1 - exp(-phi w)) / phi``, ``W`` the PnL since
+  the start: the episode reward is the exponential utility of terminal wealth ``U(W_N)``, with
+  ``phi > 0`` the risk aversion gamma (per price unit); its exact optimum is
+  ``jaxmm.optimal.bellman_cara``.
 - ``"variance"``: ``dPnL - phi sigma_t^2 dt q_{t+1}^2`` with ``sigma_t = market.sigma_at(t)`` in
   price units (times ``S_t`` for the geometric mid): ``phi`` times the variance of the step's
   inventory PnL. ``phi`` is then a risk aversion per price unit (``gamma / 2`` of a
@@ -136,7 +140,8 @@ class EnvParams:
         market: the ``MarketParams`` (default ``presets.homework()``).
         phi: penalty weight of the reward (>= 0): price units per squared unit of inventory
             for ``"inventory_penalty"``, per price unit for ``"variance"`` (it multiplies a
-            variance in price units squared); see the module docstring.
+            variance in price units squared) and for ``"cara"`` (the risk aversion gamma,
+            > 0); see the module docstring.
         as_gamma: risk aversion of the A-S spread feature and of the ``"as_skew"`` action mode,
             per price unit (>= 0).
         inventory_scale: units of inventory per unit of the ``inventory`` feature (> 0).
@@ -146,7 +151,7 @@ class EnvParams:
             that a change of sigma shows in the observation.
         pnl_scale: price units per unit of the ``pnl`` feature (> 0); the default is about the
             session PnL of A-S in the homework market.
-        reward: ``"inventory_penalty"``, ``"pnl"`` or ``"variance"`` (static).
+        reward: ``"inventory_penalty"``, ``"pnl"``, ``"variance"`` or ``"cara"`` (static).
     """
 
     market: MarketParams = struct.field(default_factory=presets.homework)
@@ -170,8 +175,12 @@ class EnvParams:
         """
         self.market.validate()
         rewards.check(self.reward, "EnvParams.reward")
+        if self.reward == "cara":  # phi is the risk aversion of the utility
+            phi_rule = ("phi", lambda x: x > 0, "> 0 with reward 'cara'")
+        else:
+            phi_rule = ("phi", lambda x: x >= 0, ">= 0")
         rules = (
-            ("phi", lambda x: x >= 0, ">= 0"),
+            phi_rule,
             ("as_gamma", lambda x: x >= 0, ">= 0"),
             ("inventory_scale", lambda x: x > 0, "> 0"),
             ("volatility_scale", lambda x: x > 0, "> 0"),
@@ -191,7 +200,11 @@ def step_reward(
     state: MarketState, next_state: MarketState, info: StepInfo, params: EnvParams
 ) -> jax.Array:
     """Reward of the step from ``state`` to ``next_state``, in the market's float dtype:
-    ``dPnL - c_t q_{t+1}^2`` with ``c_t`` of ``params.reward`` (``jaxmm.rewards``)."""
+    ``dPnL - c_t q_{t+1}^2`` with ``c_t`` of ``params.reward`` (``jaxmm.rewards``), or for
+    ``"cara"`` the utility increment ``U(W_{t+1}) - U(W_t)`` of the PnL (``phi`` = gamma)."""
+    if params.reward == "cara":
+        reward = rewards.cara_step_reward(state.pnl, next_state.pnl, params.phi)
+        return jnp.asarray(reward, market.float_dtype())
     coefficient = rewards.penalty_coefficient(
         state.t, params.market, params.phi, params.reward, mid=state.mid
     )

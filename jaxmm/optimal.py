@@ -62,6 +62,7 @@ __all__ = [
     "cartea_jaimungal",
     "cartea_jaimungal_fd",
     "evaluate",
+    "evaluate_cara",
     "glft",
     "glft_asymptotic",
     "inventory_cvar",
@@ -423,6 +424,11 @@ def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: An
             "the mid keep the value a function of (t, q))"
         )
     rewards.check(reward)
+    if reward == "cara":
+        raise ValueError(
+            "reward = 'cara' is not additive in (t, q): use optimal.bellman_cara / "
+            "optimal.evaluate_cara (certainty equivalents; rewards.value_to_reward converts)"
+        )
     phi = validation.nonnegative("phi", phi)
     terminal_penalty = validation.nonnegative("terminal_penalty", terminal_penalty)
     lo, hi = (float(b) for b in bounds)
@@ -674,6 +680,37 @@ def _cara_best_depth(
     return _argmax_single_crossing(slope, gain, bounds)
 
 
+def _cara_continuation(later, q, risk_t, gamma, consts):
+    """``C(q') = theta_{t+1}(q') + q' mu dt - gamma/2 Var(dS) q'^2`` (after the step's mid
+    move) and the exponentiated certainty-equivalent changes of a bid and an ask fill."""
+    C = later + q * consts["drift_dt"] - 0.5 * gamma * risk_t * q**2
+    up = jnp.where(consts["can_bid"], jnp.concatenate([C[1:], C[-1:]]) - C, 0.0)
+    down = jnp.where(consts["can_ask"], jnp.concatenate([C[:1], C[:-1]]) - C, 0.0)
+    return C, jnp.exp(-gamma * up), jnp.exp(-gamma * down)
+
+
+def _cara_probabilities(bid, ask, consts):
+    """Fill probabilities of the two sides (0 where the inventory limit closes a side)."""
+    p_b = jnp.where(consts["can_bid"], _probability(consts["bid_arrivals_dt"], bid, consts), 0.0)
+    p_a = jnp.where(consts["can_ask"], _probability(consts["ask_arrivals_dt"], ask, consts), 0.0)
+    return p_b, p_a
+
+
+def _cara_value(C, r_up, r_down, bid, ask, gamma, consts):
+    """``theta_t(q)`` of quoting ``(bid, ask)``: ``C - (1/gamma) log E[exp(-gamma (fills .
+    depths + C(q') - C(q)))]`` over the four fill outcomes (an unquoted side never fills)."""
+    p_b, p_a = _cara_probabilities(bid, ask, consts)
+    e_b = jnp.where(jnp.isfinite(bid), jnp.exp(-gamma * bid), 0.0)
+    e_a = jnp.where(jnp.isfinite(ask), jnp.exp(-gamma * ask), 0.0)
+    ratio = (
+        (1 - p_b) * (1 - p_a)
+        + p_b * (1 - p_a) * e_b * r_up
+        + (1 - p_b) * p_a * e_a * r_down
+        + p_b * p_a * e_b * e_a
+    )
+    return C - jnp.log(ratio) / gamma
+
+
 @functools.partial(jax.jit, static_argnames=("models", "bounds", "tol"))
 def _solve_cara(numbers, q, risk, terminal, gamma, models, bounds, tol):
     """Backward induction of the certainty equivalent ``theta_t(q)`` (see ``bellman_cara``)."""
@@ -681,16 +718,10 @@ def _solve_cara(numbers, q, risk, terminal, gamma, models, bounds, tol):
     can_bid, can_ask = consts["can_bid"], consts["can_ask"]
 
     def back(later, risk_t):
-        # after the step's mid move: C(q') = theta_{t+1}(q') + q' mu dt - gamma/2 Var(dS) q'^2
-        C = later + q * consts["drift_dt"] - 0.5 * gamma * risk_t * q**2
-        up = jnp.where(can_bid, jnp.concatenate([C[1:], C[-1:]]) - C, 0.0)
-        down = jnp.where(can_ask, jnp.concatenate([C[:1], C[:-1]]) - C, 0.0)
-        r_up, r_down = jnp.exp(-gamma * up), jnp.exp(-gamma * down)
+        C, r_up, r_down = _cara_continuation(later, q, risk_t, gamma, consts)
 
         def probabilities(bid, ask):
-            p_b = jnp.where(can_bid, _probability(consts["bid_arrivals_dt"], bid, consts), 0.0)
-            p_a = jnp.where(can_ask, _probability(consts["ask_arrivals_dt"], ask, consts), 0.0)
-            return p_b, p_a
+            return _cara_probabilities(bid, ask, consts)
 
         def respond(carry):
             bid, ask, _, count = carry
@@ -724,15 +755,7 @@ def _solve_cara(numbers, q, risk, terminal, gamma, models, bounds, tol):
         bid, ask, _, _ = jax.lax.while_loop(
             not_done, respond, respond((start, start, jnp.asarray(jnp.inf), jnp.asarray(0)))
         )
-        p_b, p_a = probabilities(bid, ask)
-        e_b, e_a = jnp.exp(-gamma * bid), jnp.exp(-gamma * ask)
-        ratio = (
-            (1 - p_b) * (1 - p_a)
-            + p_b * (1 - p_a) * e_b * r_up
-            + (1 - p_b) * p_a * e_a * r_down
-            + p_b * p_a * e_b * e_a
-        )
-        value = C - jnp.log(ratio) / gamma
+        value = _cara_value(C, r_up, r_down, bid, ask, gamma, consts)
         return value, (value, jnp.where(can_bid, bid, jnp.nan), jnp.where(can_ask, ask, jnp.nan))
 
     _, (values, bids, asks) = jax.lax.scan(back, terminal, risk, reverse=True)
@@ -793,6 +816,80 @@ def bellman_cara(
             float(tol),
         )
     return _mdp_table(params, inventories, values, bids, asks, terminal, "bellman_cara")
+
+
+def _policy_table(params, inventories, bids, asks, values, terminal, method) -> QuoteTable:
+    """A policy's depths ``f[N, n_q]`` and values ``f[N, n_q]`` as a ``QuoteTable`` with the
+    terminal row (no quotes) and NaN where the inventory grid closes a side."""
+    values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
+    nan_row = np.full((1, inventories.size), np.nan)
+    can_bid = inventories < inventories[-1]
+    can_ask = inventories > inventories[0]
+    bids = np.vstack([np.where(can_bid, bids, np.nan), nan_row])
+    asks = np.vstack([np.where(can_ask, asks, np.nan), nan_row])
+    times = np.arange(params.n_steps + 1) * float(params.dt)
+    return QuoteTable(times, inventories, bids, asks, values, method=method)
+
+
+@functools.partial(jax.jit, static_argnames=("models",))
+def _evaluate_cara(numbers, q, risk, terminal, gamma, bids, asks, models):
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
+
+    def back(later, inputs):
+        risk_t, bid, ask = inputs
+        C, r_up, r_down = _cara_continuation(later, q, risk_t, gamma, consts)
+        value = _cara_value(C, r_up, r_down, bid, ask, gamma, consts)
+        return value, value
+
+    _, values = jax.lax.scan(back, terminal, (risk, bids, asks), reverse=True)
+    return values
+
+
+def evaluate_cara(
+    params: MarketParams,
+    policy: Callable | QuoteTable,
+    gamma: float,
+    *,
+    terminal_penalty: float = 0.0,
+    q_grid: int | None = None,
+) -> QuoteTable:
+    """Exact certainty equivalent of a (t, q)-Markov policy under CARA utility of terminal
+    wealth (the objective of ``bellman_cara``), by the same backward recursion with the
+    policy's depths in place of the maximisation (no Monte Carlo).
+
+    ``policy`` as in ``evaluate`` (depths used as quoted; NaN or +inf never fills). Returns a
+    ``QuoteTable`` with ``value[t, q] = theta_t(q)`` in price units:
+    ``-(1/gamma) log E[exp(-gamma W_N)]`` from the start is ``value_at(0, 0)``, and the expected
+    CARA episode reward is ``rewards.value_to_reward(value_at(0, 0), "cara", gamma)``.
+    """
+    gamma = validation.positive("gamma", gamma)
+    _, terminal_penalty, _ = _check_mdp(params, 0.0, "pnl", terminal_penalty, (0.0, 1.0))
+    if float(params.adverse_selection) != 0.0:
+        raise ValueError(
+            f"params.adverse_selection = {params.adverse_selection}; allowed: 0 for "
+            "evaluate_cara (the jump would couple the fills with the mid move)"
+        )
+    inventories = _inventory_grid(params, q_grid)
+    with jax.enable_x64(True):
+        bids, asks = tabulate(policy, params, inventories)
+        bids = np.where(np.isnan(bids), np.inf, bids)
+        asks = np.where(np.isnan(asks), np.inf, asks)
+        steps = np.arange(params.n_steps)
+        risk = np.asarray(sigma_at(steps, params), np.float64) ** 2 * float(params.dt)
+        consts = _constants(params, inventories)
+        q = jnp.asarray(inventories, jnp.float64)
+        terminal = -terminal_penalty * q**2
+        values = _evaluate_cara(
+            consts,
+            q,
+            jnp.asarray(risk),
+            terminal,
+            gamma,
+            jnp.asarray(bids, jnp.float64),
+            jnp.asarray(asks, jnp.float64),
+            _models(params),
+        )
+    return _policy_table(params, inventories, bids, asks, values, terminal, "evaluate_cara")
 
 
 def tabulate(
@@ -864,14 +961,7 @@ def evaluate(
             jnp.asarray(asks, jnp.float64),
             _models(params),
         )
-        values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
-    nan_row = np.full((1, inventories.size), np.nan)
-    can_bid = inventories < inventories[-1]
-    can_ask = inventories > inventories[0]
-    bids = np.vstack([np.where(can_bid, bids, np.nan), nan_row])
-    asks = np.vstack([np.where(can_ask, asks, np.nan), nan_row])
-    times = np.arange(params.n_steps + 1) * float(params.dt)
-    return QuoteTable(times, inventories, bids, asks, values, method="evaluate")
+    return _policy_table(params, inventories, bids, asks, values, terminal, "evaluate")
 
 
 # ------------------------------------------------------------------------ risk measures

@@ -15,6 +15,15 @@ the step). The name of the reward fixes the penalty coefficient ``c_t`` (``penal
   in force during step ``t`` (``market.sigma_at``; times the mid for the geometric model), so
   this reward sees a volatility switch.
 
+One more reward is not of that form: ``"cara"``, the exponential utility of terminal wealth,
+``U(W_N)`` with ``U(w) = (1 - exp(-phi w)) / phi`` (``utility``; ``phi`` is the risk aversion
+gamma, per price unit, > 0; ``U(w) -> w`` as ``phi -> 0``) and ``W_t`` the PnL since the start
+(net of fees, inventory marked at the mid). It is paid as the telescoping step reward
+``r_t = U(W_{t+1}) - U(W_t)`` (``cara_step_reward``), so the episode reward is ``U(W_N)``
+exactly and a learner sees it densely. Maximising ``E[U(W_N)]`` is maximising the certainty
+equivalent ``-(1/phi) log E[exp(-phi W_N)]`` (``certainty_equivalent``); its exact optimum is
+``jaxmm.optimal.bellman_cara`` (the Gueant-Lehalle-Fernandez-Tapia problem as ``dt -> 0``).
+
 The episode reward is the sum over the session (``episode_reward`` from a ``Rollout``). The
 environment's step reward (``jaxmm.env``), the exact optimum (``jaxmm.optimal.bellman`` and
 ``evaluate``), the training evaluation and ``Rollout.reward`` all call this module, so every
@@ -34,15 +43,19 @@ from jaxmm.params import MarketParams
 
 __all__ = [
     "REWARDS",
+    "cara_step_reward",
+    "certainty_equivalent",
     "check",
     "episode_reward",
     "needs_paths",
     "penalty_coefficient",
     "penalty_schedule",
     "step_reward",
+    "utility",
+    "value_to_reward",
 ]
 
-REWARDS = ("inventory_penalty", "pnl", "variance")
+REWARDS = ("inventory_penalty", "pnl", "variance", "cara")
 
 
 def check(reward: str, name: str = "reward") -> str:
@@ -61,6 +74,11 @@ def penalty_coefficient(
     geometric mid, whose volatility is relative.
     """
     check(reward)
+    if reward == "cara":
+        raise ValueError(
+            "reward = 'cara' has no per-step inventory penalty: its step reward is "
+            "cara_step_reward (utility of the PnL)"
+        )
     dtype = market.float_dtype()
     t = jnp.asarray(t)
     if reward == "pnl":
@@ -88,6 +106,42 @@ def step_reward(pnl: jax.Array, inventory_after: jax.Array, coefficient: jax.Arr
     return pnl - coefficient * inventory_after**2
 
 
+def utility(wealth: Any, gamma: Any) -> jax.Array:
+    """CARA utility ``(1 - exp(-gamma w)) / gamma`` of wealth ``w`` (price units; any shape),
+    in price units: ``U(0) = 0``, ``U'(0) = 1``, bounded above by ``1 / gamma``."""
+    wealth = jnp.asarray(wealth)
+    return -jnp.expm1(-gamma * wealth) / gamma
+
+
+def cara_step_reward(pnl_before: jax.Array, pnl_after: jax.Array, gamma: Any) -> jax.Array:
+    """The CARA reward of one step, ``U(W_{t+1}) - U(W_t)`` for the cumulative PnL before and
+    after it: ``exp(-gamma W_t) U(W_{t+1} - W_t)``, the same number written so that it keeps
+    its precision when the step's PnL change is small."""
+    return jnp.exp(-gamma * pnl_before) * utility(pnl_after - pnl_before, gamma)
+
+
+def certainty_equivalent(expected_utility: Any, gamma: Any) -> np.ndarray:
+    """The wealth whose utility is ``expected_utility``: ``-(1/gamma) log(1 - gamma E[U])``
+    (price units; ``+inf`` if ``gamma E[U] >= 1``, which no finite wealth reaches)."""
+    expected_utility = np.asarray(expected_utility, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = 1.0 - gamma * expected_utility
+        return np.where(inside > 0, -np.log(np.where(inside > 0, inside, 1.0)) / gamma, np.inf)
+
+
+def value_to_reward(value: float, reward: str, phi: float) -> float:
+    """The expected episode reward of a solver's value at the start ``(t, q) = (0, 0)``.
+
+    ``jaxmm.optimal.bellman``/``evaluate`` return expected episode rewards already; the CARA
+    solvers (``bellman_cara``/``evaluate_cara``) return a certainty equivalent ``theta``, whose
+    expected reward is ``E[U(W_N)] = U(theta)``.
+    """
+    check(reward)
+    if reward == "cara":
+        return float(utility(np.float64(value), np.float64(phi)))
+    return float(value)
+
+
 def needs_paths(params: MarketParams, reward: str) -> bool:
     """Whether ``episode_reward`` needs the per-step paths: the variance reward when the
     volatility changes during the session or is relative (geometric mid)."""
@@ -109,6 +163,8 @@ def episode_reward(
     check(reward)
     if reward == "pnl":
         return rollout.pnl
+    if reward == "cara":
+        return utility(rollout.pnl, phi)
     if reward == "inventory_penalty":
         return rollout.pnl - phi * rollout.sum_sq_inventory
     if params is None:

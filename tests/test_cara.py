@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import jaxmm as mm
-from jaxmm import market, optimal
+from jaxmm import market, optimal, rewards
+from jaxmm.env import EnvParams, MarketMakingEnv
+from train import evaluate as evaluate_lib
 
 GAMMA = 0.1
 
@@ -113,3 +115,116 @@ def test_risk_neutral_limit_is_the_expected_pnl_optimum():
 def test_unmodelled_settings_are_refused(params, gamma, message):
     with pytest.raises(ValueError, match=message):
         optimal.bellman_cara(params, gamma)
+
+
+# --------------------------------------------- the CARA reward: env, exact evaluation, gap
+
+
+def brute_force_policy_cara(params, gamma, policy_depths):
+    """theta_0(0) of fixed depths ``policy_depths(t, q) -> (bid, ask)``, plain loops."""
+    q_top = int(params.q_max)
+    qs = np.arange(-q_top, q_top + 1).astype(np.float64)
+    theta = np.zeros(qs.size)
+
+    def fill(depth):
+        lam = params.A * math.exp(-params.k * depth) * params.dt
+        return min(1.0, lam) if params.fill_model == "linear" else 1 - math.exp(-lam)
+
+    for t in reversed(range(params.n_steps)):
+        C = theta - 0.5 * gamma * params.sigma**2 * params.dt * qs**2
+        new = np.empty_like(theta)
+        for i, q in enumerate(qs):
+            bid, ask = policy_depths(t, q)
+            pb = fill(bid) if i < qs.size - 1 else 0.0
+            pa = fill(ask) if i > 0 else 0.0
+            total = 0.0
+            for b_filled, a_filled, prob in (
+                (0, 0, (1 - pb) * (1 - pa)),
+                (1, 0, pb * (1 - pa)),
+                (0, 1, (1 - pb) * pa),
+                (1, 1, pb * pa),
+            ):
+                if prob == 0.0:
+                    continue
+                j = i + b_filled - a_filled
+                gain = b_filled * bid + a_filled * ask + C[j] - C[i]
+                total += prob * math.exp(-gamma * gain)
+            new[i] = C[i] - math.log(total) / gamma
+        theta = new
+    return theta[q_top]
+
+
+def test_evaluate_cara_matches_a_brute_force_recursion_and_the_optimum():
+    params = homework(6, q_max=3.0, A=20.0)
+    gamma = 0.5
+
+    def depths(t, q):
+        return 0.4 + 0.1 * q + 0.02 * t, 0.6 - 0.15 * q
+
+    table = optimal.QuoteTable(
+        np.arange(7) * params.dt,
+        np.arange(-3.0, 4.0),
+        np.array([[depths(t, q)[0] for q in range(-3, 4)] for t in range(7)]),
+        np.array([[depths(t, q)[1] for q in range(-3, 4)] for t in range(7)]),
+        np.zeros((7, 7)),
+    )
+    exact = optimal.evaluate_cara(params, table, gamma).value_at(0, 0)
+    assert exact == pytest.approx(brute_force_policy_cara(params, gamma, depths), abs=1e-10)
+    solution = optimal.bellman_cara(params, gamma)
+    own = optimal.evaluate_cara(params, solution, gamma).value_at(0, 0)
+    assert own == pytest.approx(solution.value_at(0, 0), abs=1e-12)
+    assert exact < solution.value_at(0, 0)
+
+
+def test_utility_and_certainty_equivalent_are_inverse():
+    wealth = np.array([-30.0, -1.0, 0.0, 2.5, 47.0])
+    for gamma in (1e-6, 0.05, 0.5):
+        with jax.enable_x64(True):  # float32 cannot tell U(47) from 1/gamma at gamma 0.5
+            utility = np.asarray(rewards.utility(wealth, gamma), np.float64)
+        np.testing.assert_allclose(rewards.certainty_equivalent(utility, gamma), wealth, atol=1e-6)
+    np.testing.assert_allclose(rewards.utility(wealth, 1e-9), wealth, rtol=1e-6)  # U -> w
+    assert rewards.certainty_equivalent(1 / 0.05, 0.05) == np.inf  # no wealth reaches 1/gamma
+
+
+def test_env_cara_reward_telescopes_to_the_utility_of_terminal_wealth():
+    env = MarketMakingEnv()
+    env_params = EnvParams(phi=0.05, reward="cara").validate()
+    key = jax.random.key(3)
+    _, state = env.reset(key, env_params)
+    total, pnl = 0.0, 0.0
+    for _ in range(env_params.market.n_steps):
+        key, action_key, step_key = jax.random.split(key, 3)
+        action = jax.random.uniform(action_key, (2,), minval=0.2, maxval=1.5)
+        pnl = float(state.pnl)
+        _, state, reward, done, _, info = env.step(step_key, state, action, env_params)
+        total += float(reward)
+        pnl += float(info["pnl"])
+    assert bool(done)
+    assert total == pytest.approx(float(rewards.utility(pnl, 0.05)), rel=1e-4, abs=1e-4)
+
+
+def test_cara_reward_validation():
+    with pytest.raises(ValueError, match="phi"):
+        EnvParams(phi=0.0, reward="cara").validate()
+    with pytest.raises(ValueError, match="bellman_cara"):
+        optimal.bellman(homework(10), 0.1, reward="cara")
+
+
+def test_training_evaluation_gap_in_certainty_equivalents():
+    """train.evaluate.compare under the CARA reward: the optimum's exact reward is U(theta),
+    and A-S's Monte Carlo gap in certainty equivalents equals its exact gap
+    ``(theta_opt - theta_AS) / theta_opt`` within 4 standard errors (20,000 episodes, seed 0)."""
+    gamma = 0.05
+    env_params = EnvParams(phi=gamma, reward="cara").validate()
+    solution = evaluate_lib.optimal_solution(env_params)
+    a_s = mm.policies.avellaneda_stoikov(gamma=0.1)
+    result = evaluate_lib.compare(
+        env_params, {"avellaneda_stoikov": a_s}, jax.random.key(0), 20_000, solution
+    )
+    theta = solution.value_at(0, 0)
+    assert result["optimal_reward"] == pytest.approx(float(rewards.utility(theta, gamma)))
+    assert result["eval"]["optimal"]["optimality_gap"] == 0.0
+    stats = result["eval"]["avellaneda_stoikov"]
+    exact_gap = 1 - optimal.evaluate_cara(env_params.market, a_s, gamma).value_at(0, 0) / theta
+    assert abs(stats["optimality_gap"] - exact_gap) < 4 * stats["optimality_gap_stderr"]
+    assert stats["optimality_gap_stderr"] > 0

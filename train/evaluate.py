@@ -46,6 +46,7 @@ __all__ = [
     "compare",
     "episode_reward",
     "evaluate_run",
+    "exact_reward",
     "format_comparison",
     "make_progress_evaluator",
     "needs_paths",
@@ -67,8 +68,22 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
 
 
 def optimal_solution(env_params: EnvParams) -> optimal.QuoteTable:
-    """``mm.optimal.bellman`` for the environment's market, reward and action bounds."""
+    """``mm.optimal.bellman`` for the environment's market, reward and action bounds
+    (``bellman_cara`` for the CARA reward: its value is a certainty equivalent)."""
+    if env_params.reward == "cara":
+        return optimal.bellman_cara(env_params.market, env_params.phi)
     return optimal.bellman(env_params.market, env_params.phi, reward=env_params.reward)
+
+
+def exact_reward(env_params: EnvParams, policy: Any) -> float:
+    """The exact expected episode reward of a (t, q)-Markov policy (``mm.optimal.evaluate``;
+    ``evaluate_cara`` and the utility of its certainty equivalent for the CARA reward)."""
+    market_params, phi, reward = env_params.market, env_params.phi, env_params.reward
+    if reward == "cara":
+        value = optimal.evaluate_cara(market_params, policy, phi).value_at(0, 0)
+    else:
+        value = optimal.evaluate(market_params, policy, phi, reward=reward).value_at(0, 0)
+    return rewards.value_to_reward(value, reward, phi)
 
 
 def strategy_stats(rollout: mm.Rollout, rewards: np.ndarray) -> dict[str, float]:
@@ -111,7 +126,9 @@ def compare(
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
     market_params = env_params.market
     policies = {**policies, "optimal": mm.policies.table(solution)}
-    optimal_reward = solution.value_at(0, 0)
+    optimal_reward = rewards.value_to_reward(
+        solution.value_at(0, 0), env_params.reward, env_params.phi
+    )
     episode_rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
@@ -128,11 +145,34 @@ def compare(
         )
     for name in ("naive", "avellaneda_stoikov", "optimal"):
         if name in results:
-            exact = optimal.evaluate(
-                market_params, policies[name], env_params.phi, reward=env_params.reward
-            )
-            results[name]["exact_reward"] = exact.value_at(0, 0)
+            results[name]["exact_reward"] = exact_reward(env_params, policies[name])
+    if env_params.reward == "cara":
+        _certainty_equivalent_gaps(results, episode_rewards, solution.value_at(0, 0), env_params)
     return {"eval": results, "optimal_reward": optimal_reward}
+
+
+def _certainty_equivalent_gaps(
+    results: dict[str, Any], episode_rewards: dict[str, np.ndarray], theta: float, env_params
+) -> None:
+    """CARA reward: each strategy's certainty equivalent ``CE = -(1/gamma) log(1 - gamma
+    mean U)`` and its gap in those terms, ``(CE_opt - CE) / theta`` with ``theta`` the exact
+    optimal certainty equivalent (utilities saturate at ``1 / gamma``, so a gap of expected
+    utility understates what a strategy gives up). The standard error is the delta method on
+    the paired utility differences: ``dCE / dE[U] = exp(gamma CE)``."""
+    gamma = env_params.phi
+    optimal_ce = rewards.certainty_equivalent(episode_rewards["optimal"].mean(), gamma)
+    for name, stats in results.items():
+        ce = float(rewards.certainty_equivalent(episode_rewards[name].mean(), gamma))
+        difference = episode_rewards[name] - episode_rewards["optimal"]
+        stats["certainty_equivalent"] = ce
+        stats["utility_gap"] = stats["optimality_gap"]
+        stats["utility_gap_stderr"] = stats["optimality_gap_stderr"]
+        stats["optimality_gap"] = float((optimal_ce - ce) / theta)
+        stats["optimality_gap_stderr"] = float(
+            difference.std(ddof=1)
+            * math.exp(gamma * theta)
+            / (math.sqrt(difference.size) * abs(theta))
+        )
 
 
 def benchmark_policies(config: PPOConfig) -> dict[str, Any]:
@@ -237,6 +277,14 @@ def format_comparison(result: dict[str, Any]) -> str:
         f"exact optimal expected reward {result['optimal_reward']:.4f}; PPO optimality gap "
         f"{100 * result['optimality_gap']:.2f}% ± {100 * result['optimality_gap_stderr']:.2f}%"
     )
+    if all("certainty_equivalent" in stats for stats in result["eval"].values()):
+        equivalents = ", ".join(
+            f"{name} {stats['certainty_equivalent']:.4g}" for name, stats in result["eval"].items()
+        )
+        lines.append(
+            "CARA reward: rewards are utilities U(PnL); the gap is in certainty equivalents "
+            f"(Monte Carlo): {equivalents}."
+        )
     lines.append("Sharpe is per episode: mean / std of terminal PnL across episodes.")
     return "\n".join(lines)
 
