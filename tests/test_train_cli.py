@@ -56,7 +56,7 @@ def test_train_cli_writes_config_checkpoint_metrics_and_curve(run_dir):
     assert json.loads((run_dir / "config.json").read_text()) == config
     assert (run_dir / "checkpoint.msgpack").stat().st_size > 1_000
     assert (run_dir / "training_curve.png").stat().st_size > 10_000
-    assert set(metrics["eval"]) == {"ppo", "naive", "avellaneda_stoikov", "optimal"}
+    assert set(metrics["eval"]) == {"ppo", "naive", "avellaneda_stoikov", "glft", "optimal"}
     for stats in metrics["eval"].values():
         assert all(np.isfinite(stats[name]) for name in FIELDS)
         assert stats["n_episodes"] == 300
@@ -72,7 +72,7 @@ def test_train_cli_statistics_agree_with_the_exact_values(run_dir):
     # the Monte Carlo mean of the optimal table agrees with the dynamic programme's value
     assert abs(optimum["mean_reward"] - metrics["optimal_reward"]) < 4 * optimum["stderr_reward"]
     assert optimum["optimality_gap"] == 0.0
-    for name in ("naive", "avellaneda_stoikov"):
+    for name in ("naive", "avellaneda_stoikov", "glft"):
         stats = metrics["eval"][name]
         assert abs(stats["mean_reward"] - stats["exact_reward"]) < 4 * stats["stderr_reward"]
     ppo = metrics["eval"]["ppo"]

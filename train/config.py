@@ -12,7 +12,7 @@ import numpy as np
 from jaxmm import market, rewards
 from jaxmm.devices import PLATFORMS
 from jaxmm.env import EnvParams, MarketMakingEnv, RegimeRandomization
-from jaxmm.params import NEVER
+from jaxmm.params import FILL_MODELS, NEVER
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 
@@ -99,6 +99,9 @@ class PPOConfig:
             (``MarketParams.fill_shape``: ``"exponential"``, ``"power"`` with
             ``fill_shape_alpha > 1``, ``"linear"``; the alpha is ignored by the other shapes).
             The optimum, A-S and every evaluation use the same shaped market.
+        fill_model: the per-step fill probability (``MarketParams.fill_model``): ``"linear"``
+            ``min(1, lambda dt)`` (the homework's) or ``"exponential"`` ``1 - exp(-lambda dt)``
+            (the exact Poisson clock).
     """
 
     phi: float = 0.01
@@ -148,6 +151,7 @@ class PPOConfig:
     regime_factor_high: float = 3.0
     fill_shape: str = "exponential"
     fill_shape_alpha: float = 0.0
+    fill_model: str = "linear"
 
     @property
     def batch_size(self) -> int:
@@ -177,6 +181,7 @@ class PPOConfig:
             "features": FEATURES,
             "action_mode": ACTION_MODES,
             "activation": tuple(ACTIVATIONS),
+            "fill_model": FILL_MODELS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -283,6 +288,7 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         vol_switch_factor=config.vol_switch_factor,
         fill_shape=config.fill_shape,
         fill_shape_alpha=config.fill_shape_alpha if config.fill_shape == "power" else None,
+        fill_model=config.fill_model,
     )
     env_params = env.default_params.replace(
         market=market_params.validate(),

@@ -143,7 +143,7 @@ def compare(
         stats["optimality_gap_stderr"] = float(
             difference.std(ddof=1) / (math.sqrt(n_episodes) * abs(optimal_reward))
         )
-    for name in ("naive", "avellaneda_stoikov", "optimal"):
+    for name in ("naive", "avellaneda_stoikov", "glft", "optimal"):
         if name in results:
             results[name]["exact_reward"] = exact_reward(env_params, policies[name])
     if env_params.reward == "cara":
@@ -176,10 +176,12 @@ def _certainty_equivalent_gaps(
 
 
 def benchmark_policies(config: PPOConfig) -> dict[str, Any]:
-    """The naive and Avellaneda-Stoikov benchmarks of ``config``."""
+    """The naive, Avellaneda-Stoikov and GLFT (asymptotic closed form) benchmarks of
+    ``config``; A-S and GLFT use the risk aversion ``as_gamma`` and the market's k, A, sigma."""
     return {
         "naive": mm.policies.symmetric(half_spread=config.naive_half_spread),
         "avellaneda_stoikov": mm.policies.avellaneda_stoikov(gamma=config.as_gamma),
+        "glft": mm.policies.glft(gamma=config.as_gamma),
     }
 
 
