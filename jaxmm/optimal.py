@@ -680,6 +680,25 @@ def _cara_best_depth(
     return _argmax_single_crossing(slope, gain, bounds)
 
 
+def _check_cara(params, gamma, terminal_penalty, bounds, solver: str):
+    """``_check_mdp`` for the CARA solvers, which also need ``gamma > 0`` and no adverse
+    selection; returns ``(gamma, terminal_penalty, bounds)``."""
+    gamma = validation.positive("gamma", gamma)
+    _, terminal_penalty, bounds = _check_mdp(params, 0.0, "pnl", terminal_penalty, bounds)
+    if float(params.adverse_selection) != 0.0:
+        raise ValueError(
+            f"params.adverse_selection = {params.adverse_selection}; allowed: 0 for "
+            f"{solver} (the jump would couple the fills with the mid move)"
+        )
+    return gamma, terminal_penalty, bounds
+
+
+def _step_variances(params) -> np.ndarray:
+    """``Var(dS_t) = sigma_t^2 dt`` of every step, ``f64[n_steps]`` (call under x64)."""
+    steps = np.arange(params.n_steps)
+    return np.asarray(sigma_at(steps, params), np.float64) ** 2 * float(params.dt)
+
+
 def _cara_continuation(later, q, risk_t, gamma, consts):
     """``C(q') = theta_{t+1}(q') + q' mu dt - gamma/2 Var(dS) q'^2`` (after the step's mid
     move) and the exponentiated certainty-equivalent changes of a bid and an ask fill."""
@@ -791,17 +810,12 @@ def bellman_cara(
     Returns a ``QuoteTable`` (``method="bellman_cara"``) with ``value[t, q] = theta_t(q)``,
     the certainty equivalent in price units.
     """
-    gamma = validation.positive("gamma", gamma)
-    _, terminal_penalty, bounds = _check_mdp(params, 0.0, "pnl", terminal_penalty, depth_bounds)
-    if float(params.adverse_selection) != 0.0:
-        raise ValueError(
-            f"params.adverse_selection = {params.adverse_selection}; allowed: 0 for "
-            "bellman_cara (the jump would couple the fills with the mid move)"
-        )
+    gamma, terminal_penalty, bounds = _check_cara(
+        params, gamma, terminal_penalty, depth_bounds, "bellman_cara"
+    )
     inventories = _inventory_grid(params, q_grid)
     with jax.enable_x64(True):
-        steps = np.arange(params.n_steps)
-        risk = np.asarray(sigma_at(steps, params), np.float64) ** 2 * float(params.dt)
+        risk = _step_variances(params)
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
         terminal = -terminal_penalty * q**2
@@ -862,20 +876,15 @@ def evaluate_cara(
     ``-(1/gamma) log E[exp(-gamma W_N)]`` from the start is ``value_at(0, 0)``, and the expected
     CARA episode reward is ``rewards.value_to_reward(value_at(0, 0), "cara", gamma)``.
     """
-    gamma = validation.positive("gamma", gamma)
-    _, terminal_penalty, _ = _check_mdp(params, 0.0, "pnl", terminal_penalty, (0.0, 1.0))
-    if float(params.adverse_selection) != 0.0:
-        raise ValueError(
-            f"params.adverse_selection = {params.adverse_selection}; allowed: 0 for "
-            "evaluate_cara (the jump would couple the fills with the mid move)"
-        )
+    gamma, terminal_penalty, _ = _check_cara(
+        params, gamma, terminal_penalty, (0.0, 1.0), "evaluate_cara"
+    )
     inventories = _inventory_grid(params, q_grid)
     with jax.enable_x64(True):
         bids, asks = tabulate(policy, params, inventories)
         bids = np.where(np.isnan(bids), np.inf, bids)
         asks = np.where(np.isnan(asks), np.inf, asks)
-        steps = np.arange(params.n_steps)
-        risk = np.asarray(sigma_at(steps, params), np.float64) ** 2 * float(params.dt)
+        risk = _step_variances(params)
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
         terminal = -terminal_penalty * q**2
