@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
         "ablation", __doc__, n_episodes=500, seed=11, seed_help="test episodes' key"
     )
     add_ppo_arguments(parser, timesteps=200_000, optional=False)
-    parser.add_argument("--num-seeds", type=int, default=1, help="seeds per feature set")
+    parser.add_argument("--num-seeds", type=int, default=1, help="PPO seeds per feature set")
     return parser.parse(argv, **options)
 
 

@@ -55,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m experiments.all", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="results folder (agents included)"
+    )
     parser.add_argument(
         "--only", nargs="+", choices=list(MODULES), help="run these studies only (report all)"
     )

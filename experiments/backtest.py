@@ -89,27 +89,75 @@ def stock_folder(data_dir: Path, stock: str, level: int = 1) -> Path:
 
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser("backtest", __doc__, n_episodes=5_000, min_episodes=10)
-    parser.add_argument("--data-dir", type=Path, default=data_dir())
-    parser.add_argument("--stocks", nargs="+", choices=STOCKS, default=list(STOCKS))
-    parser.add_argument("--open", default="09:30", help="calibration (and sweep) start")
-    parser.add_argument("--split", default="12:45", help="end of calibration, start of replay")
-    parser.add_argument("--close", default="16:00", help="end of replay (and sweep)")
-    parser.add_argument("--quote-size", type=int, default=100, help="shares per order")
-    parser.add_argument("--q-max", type=int, default=10, help="inventory limit, quotes")
-    parser.add_argument("--gamma", type=float, default=0.01, help="per dollar per quote unit")
-    parser.add_argument("--latency", type=float, default=0.05, help="robustness row, seconds")
-    parser.add_argument("--vol-seconds", type=float, default=10.0, help="sampling for sigma")
-    parser.add_argument("--block-seconds", type=float, default=300.0, help="robust-error blocks")
-    parser.add_argument("--depth-step", type=float, default=0.01, help="depth grid, dollars")
     parser.add_argument(
-        "--max-depth", type=float, default=None, help="depth grid top (default: 99%% of reach)"
+        "--data-dir",
+        type=Path,
+        default=data_dir(),
+        help="folder of the lobster-<stock>-2012-06-21 folders",
     )
-    parser.add_argument("--path-episodes", type=int, default=200, help="sim paths (inventory)")
-    parser.add_argument("--block-minutes", type=float, default=30.0, help="PnL blocks")
+    parser.add_argument(
+        "--stocks", nargs="+", choices=STOCKS, default=list(STOCKS), help="stocks to run"
+    )
+    parser.add_argument(
+        "--open", default="09:30", help="calibration (and sweep) start, HH:MM exchange time"
+    )
+    parser.add_argument(
+        "--split", default="12:45", help="end of calibration, start of replay, HH:MM"
+    )
+    parser.add_argument("--close", default="16:00", help="end of replay (and sweep), HH:MM")
+    parser.add_argument("--quote-size", type=int, default=100, help="shares per order")
+    parser.add_argument(
+        "--q-max", type=int, default=10, help="inventory limit, in quotes of QUOTE_SIZE shares"
+    )
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=0.01,
+        help="A-S / GLFT risk aversion, per dollar per quote unit",
+    )
+    parser.add_argument(
+        "--latency", type=float, default=0.05, help="latency of the robustness row, seconds"
+    )
+    parser.add_argument(
+        "--vol-seconds", type=float, default=10.0, help="sampling interval for sigma, seconds"
+    )
+    parser.add_argument(
+        "--block-seconds",
+        type=float,
+        default=300.0,
+        help="length of the robust-error time blocks, seconds",
+    )
+    parser.add_argument(
+        "--depth-step", type=float, default=0.01, help="step of the calibration depth grid, dollars"
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        default=None,
+        help="top of the depth grid, dollars (default: 99%% of the reach)",
+    )
+    parser.add_argument(
+        "--path-episodes", type=int, default=200, help="simulated sessions with paths (inventory)"
+    )
+    parser.add_argument(
+        "--block-minutes", type=float, default=30.0, help="length of the PnL blocks, minutes"
+    )
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
-    parser.add_argument("--grid", type=int, default=32, help="sweep cells per axis")
-    parser.add_argument("--gamma-range", type=float, nargs=2, default=(1e-4, 0.3))
-    parser.add_argument("--kappa-range", type=float, nargs=2, default=(3.0, 300.0))
+    parser.add_argument("--grid", type=int, default=32, help="A-S sweep settings per axis")
+    parser.add_argument(
+        "--gamma-range",
+        type=float,
+        nargs=2,
+        default=(1e-4, 0.3),
+        help="sweep gamma range (geometric), per dollar per quote unit",
+    )
+    parser.add_argument(
+        "--kappa-range",
+        type=float,
+        nargs=2,
+        default=(3.0, 300.0),
+        help="sweep kappa range (geometric), per dollar",
+    )
     parser.add_argument("--no-level10", action="store_true", help="skip the GOOG level-10 row")
     device_lib.add_arguments(parser)
     parser.set_defaults(devices=0)  # every device (one per core from the command line)

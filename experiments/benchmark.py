@@ -59,12 +59,16 @@ BACKTEST_LOOP_TARGET = 500.0  # backtest.sweep / the plain-Python oracle, per st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.benchmark", description=__doc__.split("\n")[0]
+    )
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="episodes"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best kept)")
-    parser.add_argument("--loop-episodes", type=int, default=200, help="episodes for the loop")
+    parser.add_argument(
+        "--loop-episodes", type=int, default=200, help="episodes of the Python-loop baseline"
+    )
     parser.add_argument(
         "--parts",
         nargs="+",
@@ -110,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="LOBSTER day of the backtest part (default: ../shared/data/lobster-amzn-2012-06-21)",
     )
     parser.add_argument("--scaling-worker", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"), help="output folder")
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
         parser.error("--sizes, --repeats and --loop-episodes must be >= 1")

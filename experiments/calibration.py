@@ -71,23 +71,63 @@ QUICK = {  # experiments.all --quick
 
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser("calibration", __doc__)
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="LOBSTER folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=default_data_dir(),
+        help="LOBSTER day folder (its CSV pair or zip)",
+    )
     parser.add_argument("--max-depth", type=float, default=0.20, help="depth grid top, dollars")
     parser.add_argument("--depth-step", type=float, default=0.01, help="depth grid step, dollars")
-    parser.add_argument("--block-seconds", type=float, default=300.0, help="robust-error blocks")
-    parser.add_argument("--vol-seconds", type=float, default=60.0, help="sampling for sigma")
-    parser.add_argument("--loop-gamma", type=float, default=0.01, help="A-S gamma, per dollar")
-    parser.add_argument("--loop-q-max", type=int, default=30, help="inventory limit (shares)")
-    parser.add_argument("--loop-episodes", type=int, default=10_000)
-    parser.add_argument("--loop-steps", type=int, default=23_400, help="steps per session")
-    parser.add_argument("--grid-size", type=int, default=25, help="grid cells per axis")
-    parser.add_argument("--grid-episodes", type=int, default=20_000)
-    parser.add_argument("--tune-iterations", type=int, default=200)
-    parser.add_argument("--tune-episodes", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.1, help="relaxed fills")
-    parser.add_argument("--eval-episodes", type=int, default=100_000, help="exact evaluation")
-    parser.add_argument("--inverse-episodes", type=int, default=256)
-    parser.add_argument("--inverse-iterations", type=int, default=300)
+    parser.add_argument(
+        "--block-seconds",
+        type=float,
+        default=300.0,
+        help="length of the robust-error time blocks, seconds",
+    )
+    parser.add_argument(
+        "--vol-seconds", type=float, default=60.0, help="sampling interval for sigma, seconds"
+    )
+    parser.add_argument(
+        "--loop-gamma", type=float, default=0.01, help="A-S risk aversion gamma, per dollar"
+    )
+    parser.add_argument("--loop-q-max", type=int, default=30, help="inventory limit, shares")
+    parser.add_argument(
+        "--loop-episodes", type=int, default=10_000, help="simulated sessions of the loop"
+    )
+    parser.add_argument(
+        "--loop-steps", type=int, default=23_400, help="steps per session (23,400: one a second)"
+    )
+    parser.add_argument(
+        "--grid-size", type=int, default=25, help="(gamma, kappa) grid cells per axis"
+    )
+    parser.add_argument(
+        "--grid-episodes", type=int, default=20_000, help="simulated sessions per grid cell"
+    )
+    parser.add_argument(
+        "--tune-iterations", type=int, default=200, help="gradient steps of the tuning"
+    )
+    parser.add_argument(
+        "--tune-episodes", type=int, default=1024, help="sessions per gradient step"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.1,
+        help="temperature of the relaxed fills, dimensionless",
+    )
+    parser.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=100_000,
+        help="sessions of the final exact-fill evaluation",
+    )
+    parser.add_argument(
+        "--inverse-episodes", type=int, default=256, help="sessions per inverse-fit step"
+    )
+    parser.add_argument(
+        "--inverse-iterations", type=int, default=300, help="gradient steps of the inverse fit"
+    )
     args = parser.parse(argv, **options)
     positive = (
         "max_depth depth_step block_seconds vol_seconds loop_gamma loop_q_max loop_episodes "

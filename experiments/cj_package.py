@@ -214,14 +214,28 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
     parser.add_argument("--A", type=float, default=100.0, help="arrivals per time unit")
     parser.add_argument("--k", type=float, default=1.5, help="per price unit")
     parser.add_argument("--T", type=float, default=1.0, help="horizon, time units")
-    parser.add_argument("--q-max", type=int, default=10, help="inventory limit")
+    parser.add_argument("--q-max", type=int, default=10, help="inventory limit, units")
     parser.add_argument(
         "--phi", type=float, nargs="+", default=[0.01, 0.1, 2.0, 20.0],
         help="running penalties per time unit (2 and 20 = the homework's per-step 0.01, 0.1)",
     )  # fmt: skip
-    parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.001])
-    parser.add_argument("--n-steps", type=int, nargs="+", default=[100, 200, 400, 800, 1600, 3200])
-    parser.add_argument("--out", type=Path, default=Path("results/cj_package"))
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.001],
+        help="terminal inventory penalties, per unit squared",
+    )
+    parser.add_argument(
+        "--n-steps",
+        type=int,
+        nargs="+",
+        default=[100, 200, 400, 800, 1600, 3200],
+        help="time steps of the explicit scheme",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/cj_package"), help="output folder"
+    )
     args = parser.parse(argv, **options)
     if args.A <= 0 or args.k <= 0 or args.T <= 0:
         parser.error("--A, --k and --T must be > 0")

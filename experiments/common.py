@@ -84,18 +84,34 @@ def study_parser(
 ) -> StudyParser:
     """The parser of ``python -m experiments.<name>`` with the common flags: ``--out``
     (default ``results/<name>``), ``--seed`` and, unless ``n_episodes`` is None,
-    ``--n-episodes`` (at least ``min_episodes``). ``description``: the first line is used
-    (pass the module's ``__doc__``)."""
+    ``--n-episodes`` (at least ``min_episodes``). ``description``: the first paragraph is
+    used (pass the module's ``__doc__``). The help strings state units (episodes are simulated
+    sessions)."""
     parser = StudyParser(
-        prog=f"python -m experiments.{name}", description=description.split("\n")[0]
+        prog=f"python -m experiments.{name}",
+        description=description.split("\n\n")[0].replace("\n", " ").replace("``", "`"),
     )
     if n_episodes is not None:
         parser.add_argument(
-            "--n-episodes", *episodes_aliases, type=int, default=n_episodes, help=episodes_help
+            "--n-episodes",
+            *episodes_aliases,
+            type=int,
+            default=n_episodes,
+            help=episodes_help or f"simulated episodes (sessions) (default {n_episodes})",
         )
         parser.min_episodes = min_episodes
-    parser.add_argument("--seed", type=int, default=seed, help=seed_help)
-    parser.add_argument("--out", type=Path, default=Path("results") / name)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=seed,
+        help=f"{seed_help or 'seed of the random keys'} (integer, default {seed})",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("results") / name,
+        help=f"output folder (default results/{name})",
+    )
     return parser
 
 
@@ -105,7 +121,12 @@ def add_ppo_arguments(
     """``--ppo-timesteps`` (each agent's training budget) and, if ``optional``, ``--no-ppo``."""
     if optional:
         parser.add_argument("--no-ppo", action="store_true", help="leave the PPO agents out")
-    parser.add_argument("--ppo-timesteps", type=int, default=timesteps)
+    parser.add_argument(
+        "--ppo-timesteps",
+        type=int,
+        default=timesteps,
+        help=f"environment steps of each PPO agent's training (default {timesteps})",
+    )
 
 
 def environment() -> dict[str, Any]:

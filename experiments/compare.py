@@ -56,11 +56,23 @@ QUICK = {"n_episodes": 50, "validation_episodes": 50, "ppo_timesteps": 8192}  # 
 
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser(
-        "compare", __doc__, n_episodes=1000, seed=99, min_episodes=None, seed_help="test paths' key"
+        "compare",
+        __doc__,
+        n_episodes=1000,
+        seed=99,
+        min_episodes=None,
+        seed_help="key of the test paths",
     )
-    parser.add_argument("--validation-episodes", type=int, default=2000)
+    parser.add_argument(
+        "--validation-episodes", type=int, default=2000, help="episodes choosing the PPO agent"
+    )
     add_ppo_arguments(parser)
-    parser.add_argument("--heatmap", type=Path, default=Path("results/heatmap/summary.json"))
+    parser.add_argument(
+        "--heatmap",
+        type=Path,
+        default=Path("results/heatmap/summary.json"),
+        help="heatmap summary.json with the best A-S cell (run if absent)",
+    )
     args = parser.parse(argv, **options)
     if args.n_episodes < 10 or args.validation_episodes < 10:
         parser.error("--n-episodes and --validation-episodes must be >= 10")

@@ -65,15 +65,29 @@ QUICK = {"quick": True}  # a smoke run
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser("cp_schedule", __doc__)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (numbers mean little)")
-    parser.add_argument("--n-steps", type=int, default=None, help="steps (default 50; quick 12)")
-    parser.add_argument("--dt", type=float, default=0.005, help="step length (T = n_steps dt)")
-    parser.add_argument("--phis", type=float, nargs="+", default=[0.01, 0.1])
-    parser.add_argument("--scenarios", type=int, nargs="+", default=None, help="S values")
+    parser.add_argument(
+        "--n-steps", type=int, default=None, help="steps per session (default 50; quick 12)"
+    )
+    parser.add_argument(
+        "--dt", type=float, default=0.005, help="step length, time units (T = n_steps dt)"
+    )
+    parser.add_argument(
+        "--phis", type=float, nargs="+", default=[0.01, 0.1], help="inventory penalties per step"
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=int,
+        nargs="+",
+        default=None,
+        help="numbers of scenarios S of the sample average",
+    )
     parser.add_argument("--replicates", type=int, default=None, help="solves per S (default 2)")
     parser.add_argument(
         "--levels", type=float, nargs="+", default=None, help="depth grid (DEFAULT_LEVELS)"
     )
-    parser.add_argument("--q-bound", type=int, default=10, help="|q| bound in every scenario")
+    parser.add_argument(
+        "--q-bound", type=int, default=10, help="|q| bound in every scenario, units"
+    )
     parser.add_argument(
         "--deterministic-time",
         type=float,
@@ -84,7 +98,9 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
         "--time-limit", type=float, default=900.0, help="CP-SAT wall-clock safety limit, s"
     )
     parser.add_argument("--workers", type=int, default=1, help="CP-SAT workers")
-    parser.add_argument("--n-episodes", type=int, default=None, help="Monte Carlo episodes")
+    parser.add_argument(
+        "--n-episodes", type=int, default=None, help="Monte Carlo episodes (sessions)"
+    )
     args = parser.parse(argv, **options)
     defaults = {
         "n_steps": (12, 50),

@@ -59,9 +59,13 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
     parser.add_argument(
         "--n-bins", type=int, default=streaming.DEFAULT_BINS, help="PnL histogram bins (--stream)"
     )
-    parser.add_argument("--gamma", type=float, default=0.1, help="A-S risk aversion")
+    parser.add_argument(
+        "--gamma", type=float, default=0.1, help="A-S risk aversion, per price unit"
+    )
     parser.add_argument("--kappa", type=float, default=1.5, help="A-S assumed k, per price unit")
-    parser.add_argument("--naive-spread", type=float, default=1.0, help="naive total spread")
+    parser.add_argument(
+        "--naive-spread", type=float, default=1.0, help="naive quoter's total spread, price units"
+    )
     parser.add_argument("--n-paths", type=int, default=10, help="episodes in the path figure")
     device_lib.add_arguments(parser)
     args = parser.parse(argv, **options)

@@ -58,8 +58,19 @@ QUICK = {"quick": True}  # a smoke run
 
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser("multi_asset", __doc__)
-    parser.add_argument("--n-episodes", type=int, default=None, help="default 20000 (quick 2000)")
-    parser.add_argument("--gammas", type=float, nargs="+", default=list(GAMMAS))
+    parser.add_argument(
+        "--n-episodes",
+        type=int,
+        default=None,
+        help="simulated sessions per cell (default 20000; quick 2000)",
+    )
+    parser.add_argument(
+        "--gammas",
+        type=float,
+        nargs="+",
+        default=list(GAMMAS),
+        help="A-S risk aversions, per price unit",
+    )
     parser.add_argument("--quick", action="store_true", help="2 assets, rho in {0, 0.9}")
     args = parser.parse(argv, **options)
     if args.n_episodes is None:

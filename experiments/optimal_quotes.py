@@ -56,10 +56,14 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
         __doc__,
         n_episodes=20_000,
         min_episodes=2,
-        episodes_help="Monte Carlo episodes",
+        episodes_help="Monte Carlo episodes (sessions)",
     )
-    parser.add_argument("--q-max", type=int, default=20, help="inventory bound of GLFT/CJ tables")
-    parser.add_argument("--naive-spread", type=float, default=1.0, help="naive total spread")
+    parser.add_argument(
+        "--q-max", type=int, default=20, help="inventory bound of the GLFT/CJ tables, units"
+    )
+    parser.add_argument(
+        "--naive-spread", type=float, default=1.0, help="naive quoter's total spread, price units"
+    )
     args = parser.parse(argv, **options)
     if args.q_max < 2:
         parser.error(f"--q-max must be >= 2, got {args.q_max}")

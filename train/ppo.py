@@ -50,6 +50,7 @@ from train.config import PPOConfig, agent_spec, market_env
 from train.networks import Agent, AgentSpec, ObsNorm, policy_distribution, squash
 
 __all__ = [
+    "FIELD_HELP",
     "TrainState",
     "Trainer",
     "Transition",
@@ -674,6 +675,59 @@ def _progress_line(done: int, total: int, steps_per_second: float, extra: str) -
     return f"[{bar}] {done:>12,}/{total:,} steps  {steps_per_second:>9,.0f} steps/s  {extra}"
 
 
+# Help of every PPOConfig flag, with its unit (train.config.PPOConfig documents each field).
+FIELD_HELP = {
+    "phi": "inventory penalty coefficient of the reward, per unit of inventory squared per step "
+    "(inventory_penalty: dPnL - phi q'^2; variance: dPnL - phi sigma_t^2 dt q'^2), >= 0",
+    "reward": "reward: inventory_penalty, pnl or variance",
+    "features": "observation set: full, no_as_spread, no_volatility, inventory_only or extended",
+    "action_mode": "depths (bid and ask depths, price units, in [0.01, 5]) or as_skew",
+    "total_timesteps": "environment steps per seed (all parallel environments together)",
+    "num_envs": "parallel environments per seed",
+    "num_steps": "rollout length per update, environment steps",
+    "stagger_envs": "spread the parallel episodes over the session before training",
+    "update_epochs": "passes over each rollout",
+    "num_minibatches": "minibatches per pass (a divisor of num_envs * num_steps)",
+    "learning_rate": "Adam step size (per update)",
+    "anneal_lr": "anneal the learning rate linearly to 0 over the updates",
+    "gamma": "discount per environment step, in [0, 1] (1: the undiscounted episode reward)",
+    "gae_lambda": "GAE lambda, in [0, 1]",
+    "clip_eps": "PPO probability-ratio clip, dimensionless (> 0)",
+    "ent_coef": "weight of the entropy bonus in the loss (>= 0)",
+    "vf_coef": "weight of the value loss in the loss (> 0)",
+    "max_grad_norm": "global gradient-norm clip (> 0)",
+    "reward_scale": "rewards (price units) are multiplied by this for learning only",
+    "hidden_sizes": "widths of the actor-critic's hidden layers, units",
+    "activation": "hidden-layer activation: relu or tanh",
+    "init_log_std": "initial log standard deviation of the Gaussian policy, in action units",
+    "normalize_obs": "standardise observations by running statistics",
+    "average_window": "deploy an exponential moving average of the parameters whose time "
+    "constant is this fraction of the updates, in [0, 1] (0: the last parameters)",
+    "seed": "master seed (integer); seed i of num_seeds trains from split(key(seed))[i]",
+    "num_seeds": "agents trained in parallel (the best on the progress evaluations is kept)",
+    "devices": "split the seeds over this many devices (0: auto, the largest divisor of "
+    "num_seeds not above the device count)",
+    "name": "run name: results go to OUT_DIR/NAME/",
+    "out_dir": "folder of the runs",
+    "num_evals": "progress evaluations (and progress lines) during training",
+    "progress_episodes": "episodes of each progress evaluation, per seed",
+    "eval_episodes": "episodes of the final comparison (common random numbers)",
+    "eval_seed": "key of the final comparison (integer; eval_seed + 1 for progress evaluations)",
+    "naive_half_spread": "depth of the naive symmetric benchmark, price units",
+    "as_gamma": "risk aversion of the A-S benchmark and feature, per price unit",
+    "vol_switch_step": "volatility switch at this step of the session (default: none)",
+    "vol_switch_factor": "sigma is multiplied by this from VOL_SWITCH_STEP on, dimensionless",
+    "random_regimes": "train on randomised volatility regimes (a new switch every episode)",
+    "regime_switch_prob": "probability that an episode switches volatility, in [0, 1]",
+    "regime_step_low": "earliest switch step of the random regimes, steps",
+    "regime_step_high": "latest switch step of the random regimes, steps",
+    "regime_factor_low": "smallest volatility factor of the random regimes (log-uniform)",
+    "regime_factor_high": "largest volatility factor of the random regimes (log-uniform)",
+    "fill_shape": "fill intensity shape: exponential, power or linear",
+    "fill_shape_alpha": "alpha of the power shape, dimensionless (> 1; ignored by the others)",
+}
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Namespace]:
     """Every ``PPOConfig`` field as ``--field-name`` (defaults from the dataclass)."""
     parser = argparse.ArgumentParser(
@@ -686,9 +740,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
     for field in dataclasses.fields(PPOConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
+        help_text = FIELD_HELP.get(field.name, " ")
         if field.name == "init_action":
             parser.add_argument(
-                flag, type=float, nargs="+", default=None, help="default: the A-S quote"
+                flag,
+                type=float,
+                nargs="+",
+                default=None,
+                help="mean action of the fresh policy (depths: price units; default: the A-S "
+                "quote)",
             )
         elif field.name == "platform":
             parser.add_argument(
@@ -700,12 +760,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
             )
         elif isinstance(default, bool):
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=" "
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
             )
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=" ")
+            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=help_text)
         else:
-            parser.add_argument(flag, type=type(default), default=default, help=" ")
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
     parser.add_argument(
         "--bench",
         type=int,
