@@ -679,7 +679,8 @@ def _progress_line(done: int, total: int, steps_per_second: float, extra: str) -
 FIELD_HELP = {
     "phi": "inventory penalty coefficient of the reward, per unit of inventory squared per step "
     "(inventory_penalty: dPnL - phi q'^2; variance: dPnL - phi sigma_t^2 dt q'^2), >= 0",
-    "reward": "reward: inventory_penalty, pnl or variance",
+    "reward": "reward: inventory_penalty, pnl, variance or cara (utility of terminal wealth, "
+    "phi = its risk aversion per price unit, > 0)",
     "features": "observation set: full, no_as_spread, no_volatility, inventory_only or extended",
     "action_mode": "depths (bid and ask depths, price units, in [0.01, 5]) or as_skew",
     "total_timesteps": "environment steps per seed (all parallel environments together)",
@@ -725,6 +726,8 @@ FIELD_HELP = {
     "regime_factor_high": "largest volatility factor of the random regimes (log-uniform)",
     "fill_shape": "fill intensity shape: exponential, power or linear",
     "fill_shape_alpha": "alpha of the power shape, dimensionless (> 1; ignored by the others)",
+    "fill_model": "per-step fill probability: linear min(1, lambda dt) or exponential "
+    "1 - exp(-lambda dt)",
 }
 
 
