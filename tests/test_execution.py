@@ -7,6 +7,7 @@ expected reward computed by running the step, the criterion recomputed from the 
 Carlo means within 4 standard errors of the exact expectations (fixed seeds).
 """
 
+import json
 import math
 
 import jax
@@ -17,6 +18,8 @@ from flax import struct
 from scipy import integrate, optimize
 
 from jaxmm import execution as ex
+from tests.conftest import run_module
+from train.config import PPOConfig, initial_action, market_env
 
 P = ex.ExecutionParams()
 
@@ -343,3 +346,49 @@ def test_env_clips_actions_and_agent_policies_run_in_the_simulation():
     )
     batched = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), 8), P)
     assert batched[0].shape == (8, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def test_config_builds_the_execution_task_and_rejects_bad_numbers():
+    config = PPOConfig(task="execution", execution_phi=0.5, execution_steps=20).validate()
+    env, params = market_env(config)
+    assert isinstance(env, ex.ExecutionEnv) and params.phi == 0.5 and params.n_steps == 20
+    np.testing.assert_allclose(initial_action(config, env, params), [1.0 / 20])
+    with pytest.raises(ValueError, match=r"execution_\*: ExecutionParams\.phi"):
+        PPOConfig(task="execution", execution_phi=-1.0).validate()
+    with pytest.raises(ValueError, match="task"):
+        PPOConfig(task="trading").validate()
+    with pytest.raises(ValueError, match="random_regimes"):
+        PPOConfig(task="execution", random_regimes=True).validate()
+    with pytest.raises(ValueError, match=r"ExecutionParams\.alpha"):
+        ex.riccati(P.replace(alpha=0.0))
+    assert market_env(PPOConfig())[0].name.startswith("MarketMaking")
+
+
+@pytest.mark.slow  # a child process that compiles the trainer and seven simulations: ~25 s CPU
+def test_train_cli_execution_smoke(tmp_path):
+    result = run_module(
+        "train.ppo",
+        "--task", "execution", "--execution-steps", "10",
+        "--total-timesteps", "256", "--num-envs", "16", "--num-steps", "8",
+        "--num-seeds", "1", "--num-evals", "1", "--progress-episodes", "20",
+        "--eval-episodes", "400", "--no-stagger-envs",
+        "--name", "smoke", "--out-dir", str(tmp_path),
+        timeout=600,
+    )  # fmt: skip
+    assert "optimality gap" in result.stdout
+    metrics = json.loads((tmp_path / "smoke" / "metrics.json").read_text())
+    assert set(metrics["eval"]) == {"ppo", "twap", "closed_form", "optimal"}
+    assert metrics["config"]["task"] == "execution"
+    params = ex.ExecutionParams(n_steps=10)
+    assert metrics["optimal_reward"] == pytest.approx(float(ex.riccati(params).value), rel=1e-6)
+    for name in ("twap", "closed_form", "optimal"):
+        stats = metrics["eval"][name]
+        assert abs(stats["mean_reward"] - stats["exact_reward"]) < 4 * stats["stderr_reward"]
+    assert metrics["eval"]["optimal"]["optimality_gap"] == 0.0
+    ppo = metrics["eval"]["ppo"]
+    assert metrics["optimality_gap"] == ppo["optimality_gap"] > -4 * ppo["optimality_gap_stderr"]
+    assert (tmp_path / "smoke" / "training_curve.png").stat().st_size > 10_000
