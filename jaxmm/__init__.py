@@ -36,6 +36,7 @@ __all__ = [
     "calibrate",
     "devices",
     "env",
+    "execution",
     "linalg",
     "lobster",
     "market",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY = ("env",)  # gymnax takes seconds to import; load it on first use of mm.env
+_LAZY = ("env", "execution")  # gymnax takes seconds to import: load these on first use
 
 
 def __getattr__(name: str):

@@ -12,6 +12,7 @@ import numpy as np
 from jaxmm import market, rewards
 from jaxmm.devices import PLATFORMS
 from jaxmm.env import EnvParams, MarketMakingEnv, RegimeRandomization
+from jaxmm.execution import ExecutionEnv, ExecutionParams
 from jaxmm.params import FILL_MODELS, NEVER
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
@@ -19,14 +20,17 @@ from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 __all__ = [
     "ACTION_MODES",
     "FEATURES",
+    "TASKS",
     "PPOConfig",
     "agent_spec",
+    "execution_env",
     "initial_action",
     "market_env",
 ]
 
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
 ACTION_MODES = ("depths", "as_skew")
+TASKS = ("market_making", "execution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +106,19 @@ class PPOConfig:
         fill_model: the per-step fill probability (``MarketParams.fill_model``): ``"linear"``
             ``min(1, lambda dt)`` (the homework's) or ``"exponential"`` ``1 - exp(-lambda dt)``
             (the exact Poisson clock).
+    Task:
+        task: ``"market_making"`` (the default: everything above) or ``"execution"``: the
+            optimal-execution problem (``jaxmm.execution.ExecutionEnv``: sell
+            ``execution_inventory`` shares over the session; action: the fraction of the
+            inventory to sell each step), evaluated against TWAP, the CJP closed form and the
+            exact discrete optimum (``jaxmm.execution.riccati``). The market-making fields
+            (``phi``, ``reward``, ``features``, ``action_mode``, regimes, fill shape,
+            ``naive_half_spread``, ``as_gamma``) do not apply to it.
+        execution_inventory, execution_S0, execution_sigma, execution_k, execution_b,
+            execution_phi, execution_alpha, execution_T, execution_steps: the
+            ``jaxmm.execution.ExecutionParams`` (``inventory``, ``S0``, ``sigma``, ``k``,
+            ``b``, ``phi``, ``alpha``, ``T``, ``n_steps``) of the execution task; the defaults
+            are ``ExecutionParams()``'s.
     """
 
     phi: float = 0.01
@@ -152,6 +169,16 @@ class PPOConfig:
     fill_shape: str = "exponential"
     fill_shape_alpha: float = 0.0
     fill_model: str = "linear"
+    task: str = "market_making"
+    execution_inventory: float = ExecutionParams.inventory
+    execution_S0: float = ExecutionParams.S0
+    execution_sigma: float = ExecutionParams.sigma
+    execution_k: float = ExecutionParams.k
+    execution_b: float = ExecutionParams.b
+    execution_phi: float = ExecutionParams.phi
+    execution_alpha: float = ExecutionParams.alpha
+    execution_T: float = ExecutionParams.T
+    execution_steps: int = 50
 
     @property
     def batch_size(self) -> int:
@@ -224,6 +251,18 @@ class PPOConfig:
                 raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes = {self.hidden_sizes!r}; allowed: widths >= 1")
+        if self.task not in TASKS:
+            raise ValueError(f"task = {self.task!r}; allowed: one of {TASKS}")
+        if self.task == "execution":
+            if self.random_regimes:
+                raise ValueError(
+                    "random_regimes = True; allowed: False with task = 'execution' (the "
+                    "regimes are market-making volatility switches)"
+                )
+            try:
+                execution_env(self)
+            except ValueError as error:  # ExecutionParams names the field without the prefix
+                raise ValueError(f"execution_*: {error}") from None
         if self.random_regimes:
             if self.vol_switch_step != NEVER:
                 raise ValueError(
@@ -281,7 +320,10 @@ class PPOConfig:
 def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
     """The ``MarketMakingEnv`` (homework market, with the volatility switch of
     ``vol_switch_step``/``vol_switch_factor`` if set) and the ``EnvParams`` that ``config``
-    describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``)."""
+    describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``).
+    With ``task = "execution"``: ``execution_env(config)`` instead."""
+    if config.task == "execution":
+        return execution_env(config)
     env = MarketMakingEnv(features=config.features, action_mode=config.action_mode)
     market_params = env.default_params.market.replace(
         vol_switch_step=config.vol_switch_step,
@@ -299,18 +341,38 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
     return env, env_params.validate()
 
 
+def execution_env(config: PPOConfig) -> tuple[ExecutionEnv, ExecutionParams]:
+    """The ``ExecutionEnv`` and the validated ``ExecutionParams`` of the ``execution_*``
+    fields."""
+    params = ExecutionParams(
+        inventory=config.execution_inventory,
+        S0=config.execution_S0,
+        sigma=config.execution_sigma,
+        k=config.execution_k,
+        b=config.execution_b,
+        phi=config.execution_phi,
+        alpha=config.execution_alpha,
+        T=config.execution_T,
+        n_steps=config.execution_steps,
+    )
+    return ExecutionEnv(), params.validate()
+
+
 def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:
     """The mean action of a fresh agent, ``f32[action_dim]``, strictly inside the Box.
 
     ``config.init_action`` if given; else, for ``MarketMakingEnv``, the Avellaneda-Stoikov
     quote (``as_gamma``) at the start of the session with no inventory -- in ``"depths"`` mode
-    its half-spread on both sides, in ``"as_skew"`` mode ``(0, 0)``; else the centre of the Box.
+    its half-spread on both sides, in ``"as_skew"`` mode ``(0, 0)``; for ``ExecutionEnv`` TWAP's
+    first sale, the fraction ``1 / n_steps``; else the centre of the Box.
     """
     space = env.action_space(env_params)
     low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).ravel()
     high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).ravel()
     if config.init_action is not None:
         action = np.asarray(config.init_action, np.float64)
+    elif isinstance(env, ExecutionEnv):
+        action = np.full(low.shape, 1.0 / env_params.n_steps)
     elif isinstance(env, MarketMakingEnv) and env.action_mode == "depths":
         start = market.reset(jax.random.key(0), env_params.market)
         half_spread = 0.5 * float(

@@ -13,6 +13,13 @@ also ``exact_reward`` from ``mm.optimal.evaluate``. The optimality gap
 the paired differences ``D_i = r_i - r_i^opt`` with the optimal table's rollout on the same
 episode: ``gap = -mean(D) / V`` with standard error ``std(D) / (sqrt(n) |V|)``, far smaller than
 the standard error of either mean.
+
+The execution task (``PPOConfig.task = "execution"``, ``jaxmm.execution``) is evaluated by its
+own block (``execution_compare``): PPO, ``twap``, ``closed_form`` (the CJP continuous-time speed
+applied at each step) and ``optimal`` (the exact discrete optimum, ``execution.riccati``) on the
+same noise; ``exact_reward`` for the three rules of ``(t, q)``; the same statistics, with
+``pnl = X_T + q_T (S_T - alpha q_T) - Q0 S0`` and ``mean_abs_q`` the shares left at the end. Its
+rewards are costs (``V < 0``), so the gap is ``-mean(D) / |V|`` (positive: worse than optimal).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 
 import jaxmm as mm
 from jaxmm import devices as device_lib
-from jaxmm import market, optimal, rewards
+from jaxmm import execution, market, optimal, rewards
 from jaxmm.env import EnvParams
 from jaxmm.results import write_json
 from train import checkpoint
@@ -47,6 +54,8 @@ __all__ = [
     "episode_reward",
     "evaluate_run",
     "exact_reward",
+    "execution_compare",
+    "execution_stats",
     "format_comparison",
     "make_progress_evaluator",
     "needs_paths",
@@ -202,6 +211,8 @@ def evaluate_run(
     config = checkpoint.load_config(run_dir)
     n_episodes = config.eval_episodes if n_episodes is None else n_episodes
     eval_seed = config.eval_seed if eval_seed is None else eval_seed
+    if config.task == "execution":
+        return _evaluate_execution_run(config, run_dir, n_episodes, eval_seed, seed_index)
     _, env_params = market_env(config)
     policy = checkpoint.load_policy(run_dir, seed_index)
     policies = {"ppo": policy, **benchmark_policies(config)}
@@ -237,6 +248,8 @@ def make_progress_evaluator(config: PPOConfig, trainer: Any, env: Any, env_param
 
     ``states`` is a ``TrainState`` stacked over seeds; all seeds run in one compiled program.
     """
+    if config.task == "execution":
+        return _execution_progress_evaluator(config, trainer, env, env_params)
     market_params = env_params.market
     stream = market.stream_key(jax.random.key(config.eval_seed + 1))
     episodes = jnp.arange(config.progress_episodes, dtype=jnp.uint32)
@@ -245,6 +258,126 @@ def make_progress_evaluator(config: PPOConfig, trainer: Any, env: Any, env_param
         policy = env.as_policy(agent, env_params)
         rollout = mm.rollout(market_params, policy, stream, episodes, paths=needs_paths(env_params))
         return jnp.mean(episode_reward(rollout, env_params))
+
+    run = jax.jit(jax.vmap(mean_reward))
+
+    def evaluate(states: Any) -> np.ndarray:
+        return np.asarray(run(trainer.agent(states)), np.float64)
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------------------------
+# The execution task
+
+
+def execution_stats(rollout: execution.ExecutionRollout) -> dict[str, float]:
+    """The per-strategy entry of ``metrics.json`` for the execution task, with standard
+    errors as ``*_se``: the reward, and of ``pnl`` its mean, std, per-episode Sharpe (mean /
+    std across episodes) and share of positive episodes; ``max_drawdown`` (mean over episodes)
+    and ``mean_abs_q`` (shares left at the end, mean)."""
+    reward = np.asarray(rollout.reward, np.float64)
+    pnl = mm.metrics.Moments.of(np.asarray(rollout.pnl, np.float64))
+    n = reward.size
+    stats = {
+        "mean_reward": float(reward.mean()),
+        "stderr_reward": float(reward.std(ddof=1) / math.sqrt(n)),
+    }
+    share = float(np.mean(np.asarray(rollout.pnl) > 0))
+    values = {
+        "mean_pnl": pnl.mean_se(),
+        "std_pnl": pnl.std_se(),
+        "sharpe": pnl.sharpe(),
+        "max_drawdown": mm.metrics.Moments.of(np.asarray(rollout.max_drawdown)).mean_se(),
+        "mean_abs_q": mm.metrics.Moments.of(
+            np.abs(np.asarray(rollout.terminal_inventory))
+        ).mean_se(),
+        "pct_profitable": (100 * share, 100 * math.sqrt(share * (1 - share) / n)),
+    }
+    for name, (value, se) in values.items():
+        stats[name], stats[f"{name}_se"] = float(value), float(se)
+    stats["n_episodes"] = int(n)
+    return stats
+
+
+def execution_compare(
+    params: execution.ExecutionParams, policies: dict[str, Any], key: jax.Array, n_episodes: int
+) -> dict[str, Any]:
+    """Simulate every execution policy on ``key`` (common random numbers) beside TWAP, the
+    CJP closed form and the exact discrete optimum.
+
+    Args:
+        params: the execution problem. policies: name -> ``(state, params) -> shares``.
+        key: the evaluation key. n_episodes: episodes per strategy (>= 2).
+
+    Returns:
+        ``{"eval": {name: stats}, "optimal_reward": V}`` with ``V = riccati(params).value``
+        (< 0) and, per strategy, ``optimality_gap = -mean(D) / |V|`` and its standard error
+        ``std(D) / (sqrt(n) |V|)`` from the paired differences ``D = r - r_opt``; the rules of
+        ``(t, q)`` also get ``exact_reward`` (``execution.expected_reward``).
+    """
+    if n_episodes < 2:
+        raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
+    solution = execution.riccati(params)
+    rules = {
+        "twap": execution.Twap(),
+        "closed_form": execution.ContinuousSpeed(),
+        "optimal": solution.policy(),
+    }
+    policies = {**policies, **rules}
+    optimal_reward = float(solution.value)
+    episode_rewards = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, policy in policies.items():
+        rollout = execution.simulate_execution(params, policy, key, n_episodes)
+        episode_rewards[name] = np.asarray(rollout.reward, np.float64)
+        results[name] = execution_stats(rollout)
+    for name, stats in results.items():
+        difference = episode_rewards[name] - episode_rewards["optimal"]
+        stats["optimality_gap"] = float(np.mean(-difference) / abs(optimal_reward))
+        stats["optimality_gap_stderr"] = float(
+            difference.std(ddof=1) / (math.sqrt(n_episodes) * abs(optimal_reward))
+        )
+    for name, rule in rules.items():
+        results[name]["exact_reward"] = float(execution.expected_reward(params, rule))
+    return {"eval": results, "optimal_reward": optimal_reward}
+
+
+def _evaluate_execution_run(
+    config: PPOConfig, run_dir: Path, n_episodes: int, eval_seed: int, seed_index: int | None
+) -> dict[str, Any]:
+    """``evaluate_run`` for the execution task (one device)."""
+    _, params = market_env(config)
+    policy = checkpoint.load_policy(run_dir, seed_index)
+    result = execution_compare(params, {"ppo": policy}, jax.random.key(eval_seed), n_episodes)
+    ppo = result["eval"]["ppo"]
+    return {
+        **result,
+        "optimality_gap": ppo["optimality_gap"],
+        "optimality_gap_stderr": ppo["optimality_gap_stderr"],
+        "evaluation": {
+            "n_episodes": n_episodes,
+            "eval_seed": eval_seed,
+            "seed_index": seed_index,
+            "noise": "common random numbers: every strategy sees the same noise",
+            "twap": "sell q / (steps left) each step",
+            "closed_form": "the CJP continuous-time speed at the start of each step",
+            "optimal": "jaxmm.execution.riccati: the exact optimum of the discrete problem",
+            "gap": "-mean(r - r_opt) / |V|: rewards are costs, V < 0",
+        },
+    }
+
+
+def _execution_progress_evaluator(
+    config: PPOConfig, trainer: Any, env: Any, params: execution.ExecutionParams
+):
+    """``make_progress_evaluator`` for the execution task."""
+    key = jax.random.key(config.eval_seed + 1)
+
+    def mean_reward(agent: Agent) -> jax.Array:
+        policy = env.as_policy(agent, params)
+        rollout = execution.simulate_execution(params, policy, key, config.progress_episodes)
+        return jnp.mean(rollout.reward)
 
     run = jax.jit(jax.vmap(mean_reward))
 
@@ -304,11 +437,12 @@ def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
     eval_rewards = np.asarray([entry["mean_reward"] for entry in payload["progress_evals"]])
     ax.plot(eval_steps, eval_rewards.mean(axis=1), "o-", color="tab:green", label="eval (mean)")
     shown = [history[np.isfinite(history)], eval_rewards.ravel()]
-    lines = {
-        "optimal (exact)": (payload["optimal_reward"], "black"),
-        "avellaneda_stoikov": (payload["eval"]["avellaneda_stoikov"]["mean_reward"], "tab:orange"),
-        "naive": (payload["eval"]["naive"]["mean_reward"], "tab:red"),
-    }
+    benchmarks = (("avellaneda_stoikov", "tab:orange"), ("naive", "tab:red"))
+    if config.get("task") == "execution":
+        benchmarks = (("closed_form", "tab:orange"), ("twap", "tab:red"))
+    lines = {"optimal (exact)": (payload["optimal_reward"], "black")}
+    for name, colour in benchmarks:
+        lines[name] = (payload["eval"][name]["mean_reward"], colour)
     for name, (reward, colour) in lines.items():
         ax.axhline(reward, color=colour, ls="--", lw=1.2, label=f"{name} {reward:.2f}")
         shown.append(np.asarray([reward]))

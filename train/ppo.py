@@ -6,7 +6,9 @@ minibatches -- every loop a ``lax.scan`` -- so ``jax.vmap(train)(keys)`` trains 
 once. ``python -m train.ppo`` runs the same updates in chunks (progress, steps per second,
 periodic evaluation), then evaluates the agent beside the naive, Avellaneda-Stoikov and exact
 optimal strategies on common random numbers, and writes ``runs/<name>/``: ``config.json``,
-``checkpoint.msgpack``, ``metrics.json`` and ``training_curve.png``.
+``checkpoint.msgpack``, ``metrics.json`` and ``training_curve.png``. With ``--task execution``
+the environment is ``jaxmm.execution.ExecutionEnv`` (sell a position under price impact) and
+the comparison is with TWAP, the CJP closed form and the exact discrete optimum instead.
 
 Environments follow the gymnax 1.0 API (six-value ``step`` with auto-reset and
 ``info["final_observation"]``), with a ``Box`` action space. GAE keeps termination and
@@ -728,6 +730,17 @@ FIELD_HELP = {
     "fill_shape_alpha": "alpha of the power shape, dimensionless (> 1; ignored by the others)",
     "fill_model": "per-step fill probability: linear min(1, lambda dt) or exponential "
     "1 - exp(-lambda dt)",
+    "task": "market_making (the default) or execution (sell execution_inventory shares over "
+    "the session; the market-making fields do not apply)",
+    "execution_inventory": "execution: shares to sell, > 0",
+    "execution_S0": "execution: initial mid, price units",
+    "execution_sigma": "execution: mid volatility, price units per sqrt(time unit), >= 0",
+    "execution_k": "execution: temporary impact, price x time unit per share, > 0",
+    "execution_b": "execution: permanent impact, price units per share, >= 0",
+    "execution_phi": "execution: running inventory penalty, price per share^2 per time unit",
+    "execution_alpha": "execution: terminal penalty, price per share^2, > b/2 (inf: liquidate)",
+    "execution_T": "execution: session length, time units, > 0",
+    "execution_steps": "execution: decisions per session (dt = T / steps)",
 }
 
 
@@ -735,7 +748,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
     """Every ``PPOConfig`` field as ``--field-name`` (defaults from the dataclass)."""
     parser = argparse.ArgumentParser(
         prog="python -m train.ppo",
-        description="Train PPO market makers on the homework market (PureJaxRL style). "
+        description="Train PPO market makers on the homework market (PureJaxRL style), or "
+        "with --task execution an optimal-execution agent. "
         "Every option is a field of train.config.PPOConfig (documented there).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -832,9 +846,12 @@ def train_run(config: PPOConfig) -> dict[str, Any]:
     train_seconds = 0.0
     compile_seconds = None
     done = 0
+    task = f"phi={config.phi}, reward={config.reward}"
+    if config.task == "execution":
+        task = f"execution task, {env_params}"
     print(
         f"PPO: {config.num_seeds} seed(s) x {total_steps:,} steps, {num_updates} updates of "
-        f"{steps_per_update:,} steps; phi={config.phi}, reward={config.reward}",
+        f"{steps_per_update:,} steps; {task}",
         file=sys.stderr,
     )
     while done < num_updates:
