@@ -13,6 +13,11 @@ also ``exact_reward`` from ``mm.optimal.evaluate``. The optimality gap
 the paired differences ``D_i = r_i - r_i^opt`` with the optimal table's rollout on the same
 episode: ``gap = -mean(D) / V`` with standard error ``std(D) / (sqrt(n) |V|)``, far smaller than
 the standard error of either mean.
+
+With the short-term alpha signal (``MarketParams.alpha_model="ou"``) the optimum is
+``mm.optimal.bellman_alpha`` on the state (t, q, alpha) (``V = value_at(0, 0, alpha0)``, exact
+for the alpha chain on its grid), its table policy (``mm.policies.alpha_table``) is simulated
+on the same paths, and the ``exact_reward`` entries come from ``mm.optimal.evaluate_alpha``.
 """
 
 from __future__ import annotations
@@ -66,9 +71,44 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
     return rewards.episode_reward(rollout, env_params.phi, env_params.reward, env_params.market)
 
 
-def optimal_solution(env_params: EnvParams) -> optimal.QuoteTable:
-    """``mm.optimal.bellman`` for the environment's market, reward and action bounds."""
+def optimal_solution(
+    env_params: EnvParams, n_alpha: int = 41
+) -> optimal.QuoteTable | optimal.AlphaQuoteTable:
+    """``mm.optimal.bellman`` for the environment's market, reward and action bounds; with the
+    alpha signal ``mm.optimal.bellman_alpha`` on ``n_alpha`` alpha grid points."""
+    if env_params.market.alpha_model != "none":
+        return optimal.bellman_alpha(
+            env_params.market, env_params.phi, reward=env_params.reward, n_alpha=n_alpha
+        )
     return optimal.bellman(env_params.market, env_params.phi, reward=env_params.reward)
+
+
+def _optimal_policy_and_reward(
+    solution: optimal.QuoteTable | optimal.AlphaQuoteTable, market_params: Any
+) -> tuple[Any, float]:
+    """The optimal table as a policy and its exact value from a flat start."""
+    if isinstance(solution, optimal.AlphaQuoteTable):
+        alpha0 = 0.0 if market_params.alpha0 is None else float(market_params.alpha0)
+        return mm.policies.alpha_table(solution), solution.value_at(0, 0, alpha0)
+    return mm.policies.table(solution), solution.value_at(0, 0)
+
+
+def _exact_reward(env_params: EnvParams, policy: Any, solution: Any) -> float:
+    """``mm.optimal.evaluate`` (or ``evaluate_alpha`` on the solution's alpha grid) from a
+    flat start."""
+    market_params = env_params.market
+    if isinstance(solution, optimal.AlphaQuoteTable):
+        exact = optimal.evaluate_alpha(
+            market_params,
+            policy,
+            env_params.phi,
+            reward=env_params.reward,
+            n_alpha=solution.alphas.size,
+        )
+        alpha0 = 0.0 if market_params.alpha0 is None else float(market_params.alpha0)
+        return exact.value_at(0, 0, alpha0)
+    exact = optimal.evaluate(market_params, policy, env_params.phi, reward=env_params.reward)
+    return exact.value_at(0, 0)
 
 
 def strategy_stats(rollout: mm.Rollout, rewards: np.ndarray) -> dict[str, float]:
@@ -91,7 +131,7 @@ def compare(
     policies: dict[str, Any],
     key: jax.Array,
     n_episodes: int,
-    solution: optimal.QuoteTable,
+    solution: optimal.QuoteTable | optimal.AlphaQuoteTable,
     devices: list[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Simulate every policy on ``key`` (common random numbers) and compare with the optimum.
@@ -100,7 +140,8 @@ def compare(
         env_params: the environment (market, phi, reward) the rewards are computed for.
         policies: name -> jaxmm policy; the optimal table's policy is added as ``"optimal"``.
         key: the evaluation key. n_episodes: episodes per strategy (>= 2).
-        solution: ``optimal_solution(env_params)``.
+        solution: ``optimal_solution(env_params)`` (an ``AlphaQuoteTable`` with the alpha
+            signal: its table policy reads (t, q, alpha)).
         devices: split the episodes over these devices (``mm.simulate``'s ``devices``).
 
     Returns:
@@ -110,8 +151,8 @@ def compare(
     if n_episodes < 2:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
     market_params = env_params.market
-    policies = {**policies, "optimal": mm.policies.table(solution)}
-    optimal_reward = solution.value_at(0, 0)
+    optimal_policy, optimal_reward = _optimal_policy_and_reward(solution, market_params)
+    policies = {**policies, "optimal": optimal_policy}
     episode_rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
@@ -128,10 +169,7 @@ def compare(
         )
     for name in ("naive", "avellaneda_stoikov", "optimal"):
         if name in results:
-            exact = optimal.evaluate(
-                market_params, policies[name], env_params.phi, reward=env_params.reward
-            )
-            results[name]["exact_reward"] = exact.value_at(0, 0)
+            results[name]["exact_reward"] = _exact_reward(env_params, policies[name], solution)
     return {"eval": results, "optimal_reward": optimal_reward}
 
 
@@ -168,7 +206,7 @@ def evaluate_run(
         policies,
         jax.random.key(eval_seed),
         n_episodes,
-        optimal_solution(env_params),
+        optimal_solution(env_params, config.alpha_grid_points),
         devices,
     )
     ppo = result["eval"]["ppo"]
@@ -183,7 +221,12 @@ def evaluate_run(
             "noise": "common random numbers: every strategy sees the same paths",
             "naive": {"half_spread": config.naive_half_spread},
             "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
-            "optimal": "mm.optimal.bellman with the environment's action bounds",
+            "optimal": (
+                "mm.optimal.bellman with the environment's action bounds"
+                if config.alpha_model == "none"
+                else f"mm.optimal.bellman_alpha on {config.alpha_grid_points} alpha points, "
+                "the environment's action bounds"
+            ),
             "devices": device_lib.describe(devices),
         },
     }
