@@ -318,6 +318,8 @@ def test_environment_feature_and_policy_adapter():
         obs, state, reward, *_ = step(sub, state, jnp.array([0.5, 0.5]), params)
     assert float(obs[-1]) == pytest.approx(float(state.alpha) / sd, rel=1e-5)
     assert np.isfinite(float(reward))
+    full = MarketMakingEnv(features="full").observation(state, params)
+    np.testing.assert_array_equal(obs[:-1], full)  # "alpha" is "full" plus the alpha column
 
     # the adapter gives the agent its alpha feature: quotes skewed by it equal the direct rule
     def action(features):
