@@ -152,6 +152,7 @@ def test_terminal_alpha_and_mid_have_the_exact_law():
     assert drift > 8 * math.sqrt(move_var / n)  # the drift is visible at this sample size
 
 
+@pytest.mark.slow
 def test_vmap_over_the_alpha_numbers():
     stream = market.stream_key(jax.random.key(1))
     episodes = jnp.arange(32, dtype=jnp.uint32)
@@ -319,7 +320,7 @@ def test_environment_feature_and_policy_adapter():
     assert float(obs[-1]) == pytest.approx(float(state.alpha) / sd, rel=1e-5)
     assert np.isfinite(float(reward))
     full = MarketMakingEnv(features="full").observation(state, params)
-    np.testing.assert_array_equal(obs[:-1], full)  # "alpha" is "full" plus the alpha column
+    np.testing.assert_allclose(obs[:-1], full, rtol=1e-6)  # "alpha" is "full" plus the alpha column
 
     # the adapter gives the agent its alpha feature: quotes skewed by it equal the direct rule
     def action(features):
@@ -337,8 +338,7 @@ def test_environment_feature_and_policy_adapter():
         env.reset(jax.random.key(0), env.default_params)
 
 
-def test_training_config_and_evaluation():
-    from train import evaluate
+def test_training_config():
     from train.config import PPOConfig, market_env
 
     config = PPOConfig(
@@ -359,6 +359,15 @@ def test_training_config_and_evaluation():
     ):
         with pytest.raises(ValueError, match=field):
             PPOConfig(**bad).validate()
+
+
+@pytest.mark.slow
+def test_evaluation_scores_against_the_alpha_optimum():
+    from train import evaluate
+    from train.config import PPOConfig, market_env
+
+    config = PPOConfig(alpha_model="ou", alpha_rate=ZETA, alpha_vol=ETA, features="alpha")
+    _, env_params = market_env(config.validate())
     # scored against the (t, q, alpha) optimum, its table simulated on the same paths
     env_params = env_params.replace(market=alpha_market())
     solution = evaluate.optimal_solution(env_params, n_alpha=11)
