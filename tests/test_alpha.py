@@ -378,3 +378,27 @@ def test_evaluation_scores_against_the_alpha_optimum():
     assert result["eval"]["optimal"]["exact_reward"] == pytest.approx(result["optimal_reward"])
     assert result["eval"]["naive"]["exact_reward"] < result["optimal_reward"]
     assert result["eval"]["optimal"]["optimality_gap"] == 0.0
+
+
+@pytest.mark.slow
+def test_ppo_cli_trains_on_the_alpha_market(tmp_path):
+    """``python -m train.ppo --alpha-model ou ...`` end to end at a tiny budget: the agent sees
+    its alpha feature and is scored against the (t, q, alpha) optimum."""
+    import json
+
+    from tests.conftest import run_module
+
+    result = run_module(
+        "train.ppo",
+        "--alpha-model", "ou", "--alpha-rate", "10", "--alpha-vol", "15", "--features", "alpha",
+        "--alpha-grid-points", "11", "--total-timesteps", "512", "--num-envs", "16",
+        "--num-steps", "8", "--num-seeds", "1", "--num-evals", "1", "--progress-episodes", "20",
+        "--eval-episodes", "200", "--name", "alpha", "--out-dir", str(tmp_path),
+        timeout=900,
+    )  # fmt: skip
+    assert "optimality gap" in result.stdout
+    metrics = json.loads((tmp_path / "alpha" / "metrics.json").read_text())
+    assert metrics["config"]["alpha_model"] == "ou" and metrics["config"]["features"] == "alpha"
+    optimum = metrics["eval"]["optimal"]
+    assert optimum["exact_reward"] == pytest.approx(metrics["optimal_reward"], rel=1e-9)
+    assert "bellman_alpha" in metrics["evaluation"]["optimal"]
