@@ -192,10 +192,12 @@ def test_grid_transition_is_the_binned_gaussian():
     assert set(np.unique(still)) == {0.0, 1.0}  # deterministic: a point mass per row
 
 
-def test_zero_alpha_vol_is_bellman_exactly():
+@pytest.mark.parametrize("price_model", ["arithmetic", "binary"])
+def test_zero_alpha_vol_is_bellman_exactly(price_model):
     """alpha_vol = 0, alpha0 = 0: alpha stays 0 and the alpha = 0 slice is ``bellman``."""
-    reference = optimal.bellman(plain_market(), PHI)
-    solution = optimal.bellman_alpha(alpha_market(alpha_vol=0.0), PHI, n_alpha=11)
+    reference = optimal.bellman(plain_market(price_model=price_model), PHI)
+    market_params = alpha_market(alpha_vol=0.0, price_model=price_model)
+    solution = optimal.bellman_alpha(market_params, PHI, n_alpha=11)
     centre = solution.alpha_index(0.0)
     np.testing.assert_allclose(solution.value[:, :, centre], reference.value, rtol=0, atol=1e-12)
     np.testing.assert_allclose(solution.bid_depth[:, :, centre], reference.bid_depth, atol=1e-12)
