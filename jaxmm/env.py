@@ -23,7 +23,11 @@ of ``env.feature_names``); the feature sets of the ablation study are in ``FEATU
   ``gamma = as_gamma`` and the market's base ``sigma`` and ``k``, in units of the risk-neutral
   spread ``2/k`` (multiply by ``2/k`` for price units), in [0, inf);
 - ``fill_rate``: fills per step over the last ``history_window`` steps, in [0, 2];
-- ``pnl``: the PnL since the start ``/ pnl_scale``, in (-inf, inf).
+- ``pnl``: the PnL since the start ``/ pnl_scale``, in (-inf, inf);
+- ``alpha``: the observed short-term alpha (``MarketParams.alpha_model="ou"``; the feature set
+  ``"alpha"`` is ``"full"`` plus it) in units of its stationary standard deviation
+  ``alpha_vol / sqrt(2 alpha_rate)`` (price units per time unit when ``alpha_vol = 0``), in
+  (-inf, inf). A market without the alpha signal cannot show it (a clear error).
 
 Actions (``f32[2]``, Box):
 
@@ -97,6 +101,7 @@ __all__ = [
     "LogWrapper",
     "MarketMakingEnv",
     "RegimeRandomization",
+    "alpha_feature",
     "step_reward",
 ]
 
@@ -114,6 +119,7 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
         "fill_rate",
         "pnl",
     ),
+    "alpha": ("inventory", "mid_change", "time_left", "volatility", "as_spread", "alpha"),
 }
 # (low, high) of each feature: the observation space contains every observation.
 FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -124,12 +130,25 @@ FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "as_spread": (0.0, np.inf),
     "fill_rate": (0.0, 2.0),
     "pnl": (-np.inf, np.inf),
+    "alpha": (-np.inf, np.inf),
 }
 ACTION_MODES = ("depths", "as_skew")
 REWARDS = rewards.REWARDS
 DEPTH_MIN, DEPTH_MAX = 0.01, 5.0  # price units: the range of posted depths in both modes
 LOG10_MULTIPLIER_MIN, LOG10_MULTIPLIER_MAX = -2.0, 1.0  # risk-aversion multiplier 0.01 .. 10
 SKEW_MIN, SKEW_MAX = -1.0, 1.0  # in units of the A-S half-spread
+
+
+def alpha_feature(state: MarketState, params: MarketParams) -> jax.Array:
+    """The ``alpha`` feature: ``alpha_t / (alpha_vol / sqrt(2 alpha_rate))``, the observed
+    alpha in stationary standard deviations (divided by 1 when ``alpha_vol = 0``)."""
+    if state.alpha is None:
+        raise ValueError(
+            "the 'alpha' feature needs MarketParams.alpha_model = 'ou' (the market has no "
+            "alpha signal)"
+        )
+    spread = params.alpha_vol / jnp.sqrt(2.0 * params.alpha_rate)
+    return state.alpha / jnp.where(spread > 0, spread, 1.0)
 
 
 @struct.dataclass
@@ -359,6 +378,7 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
             ),
             "fill_rate": lambda: market.recent_fill_rate(state, market_params),
             "pnl": lambda: state.pnl / params.pnl_scale,
+            "alpha": lambda: alpha_feature(state, market_params),
         }
         return jnp.stack([jnp.asarray(compute[name](), jnp.float32) for name in self.feature_names])
 

@@ -52,14 +52,23 @@ step is the same program as without them):
   acting depth is ``depth + (S_t - S_{t-latency})`` on the bid and ``depth - (S_t -
   S_{t-latency})`` on the ask: a stale price; the loss-limit halt (once ``pnl < -loss_limit``,
   set after the step) cancels both quotes at once for the rest of the episode.
+- Short-term alpha (``alpha_model="ou"``, Cartea, Jaimungal & Penalva 2015, section 10.4): the
+  state carries the observed alpha ``alpha_t`` (price units per time unit); the mid's increment
+  gains the drift ``alpha_t dt`` (alpha held at its value at the start of the step:
+  ``S_{t+1} - S_t = jump + (mu + alpha_t) dt + sigma sqrt(dt) Z``), and alpha moves by its exact
+  OU transition ``alpha_{t+1} = alpha_t e^{-zeta dt} + eta sqrt((1 - e^{-2 zeta dt}) / (2 zeta))
+  Z_alpha`` (``zeta = alpha_rate``, ``eta = alpha_vol``), ``Z_alpha`` independent of ``Z`` and of
+  the fills. Alpha does not jump on fills or market orders (CJP's optional jumps are not
+  modelled).
 
-Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes) comes from extra
-Threefry blocks at the counters ``(episode, t + j 2^28)`` (``j = 1, 2, 3``) of the same stream,
+Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes, the alpha's
+``Z_alpha``) comes from extra Threefry blocks at the counters ``(episode, t + j 2^28)``
+(``j = 1, 2, 3``; ``j = 7`` for the alpha) of the same stream,
 disjoint from the base block ``(episode, t)``; they are drawn only when the option is on and do
 not depend on the quotes (common random numbers hold). ``Noise`` carries its counter
 (``stream``, ``episode``, ``t``) for this; a hand-built ``Noise`` may give the extra uniforms
 explicitly instead (``u_vol``, ``u_jump_count``, ``u_jump_size``, ``u_bid_size``,
-``u_ask_size``).
+``u_ask_size``, ``u_alpha``).
 """
 
 from __future__ import annotations
@@ -75,10 +84,12 @@ from flax import struct
 from jaxmm.params import MarketParams
 
 __all__ = [
+    "ALPHA_BLOCK",
     "MarketState",
     "Noise",
     "Quotes",
     "StepInfo",
+    "alpha_transition",
     "counter_noise",
     "counter_words",
     "extension_noise",
@@ -127,7 +138,8 @@ class Noise:
     ``stream`` (``uint32[2]``), ``episode`` and ``t`` (``uint32``) are the counter the noise was
     drawn at (``counter_noise`` fills them), from which a step draws the extra noise of the
     extensions it has switched on; ``u_vol`` (Heston ``Z'``), ``u_jump_count``, ``u_jump_size``,
-    ``u_bid_size`` and ``u_ask_size`` give that extra noise explicitly (they take precedence).
+    ``u_bid_size``, ``u_ask_size`` and ``u_alpha`` (the alpha signal's ``Z_alpha``) give that
+    extra noise explicitly (they take precedence).
     """
 
     u_bid: jax.Array
@@ -141,6 +153,7 @@ class Noise:
     u_jump_size: jax.Array | None = None
     u_bid_size: jax.Array | None = None
     u_ask_size: jax.Array | None = None
+    u_alpha: jax.Array | None = None
 
 
 @struct.dataclass
@@ -168,6 +181,8 @@ class MarketState:
         pending_bid, pending_ask, pending_mid: ``f[latency]`` ring buffers of the quotes waiting
             to act (depths and the mid they were computed at); the quote computed at step ``i``
             is stored at ``i % latency`` and acts at step ``i + latency`` (``latency > 0``).
+        alpha: the observed short-term alpha ``alpha_t`` (``alpha_model="ou"``), price units
+            per time unit: the mid's drift over step ``t`` is ``alpha_t dt``.
     """
 
     t: jax.Array
@@ -184,6 +199,7 @@ class MarketState:
     pending_bid: jax.Array | None = None
     pending_ask: jax.Array | None = None
     pending_mid: jax.Array | None = None
+    alpha: jax.Array | None = None
 
 
 @struct.dataclass
@@ -213,7 +229,8 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
     """The state at the start of a session: ``t = 0``, ``S = S0``, no inventory, no PnL.
 
     With the extensions: ``v = v0`` (Heston), no fees, not halted, and an empty latency queue
-    (depth ``+inf``: no quote acts during the first ``latency`` steps).
+    (depth ``+inf``: no quote acts during the first ``latency`` steps), ``alpha = alpha0``
+    (0 when ``alpha0`` is None) with the alpha signal.
 
     ``key`` is accepted for a uniform interface (random initial conditions are a natural
     extension); the current initial state is deterministic.
@@ -234,6 +251,8 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         extensions["pending_bid"] = empty
         extensions["pending_ask"] = empty
         extensions["pending_mid"] = jnp.full((params.latency,), params.S0, dtype)
+    if params.alpha_model != "none":
+        extensions["alpha"] = jnp.asarray(0.0 if params.alpha0 is None else params.alpha0, dtype)
     return MarketState(
         t=jnp.zeros((), jnp.int32),
         mid=jnp.asarray(params.S0, dtype),
@@ -335,6 +354,7 @@ def noise_from_words(
 
 EXTRA_BLOCK_STRIDE = 2**28  # extra block j of step t sits at the step counter t + j * 2**28
 VOL_BLOCK, JUMP_BLOCK, SIZE_BLOCK = 1, 2, 3
+ALPHA_BLOCK = 7  # the alpha signal's Z_alpha (first word)
 
 
 def _extra_words(noise: Noise, block: int, what: str) -> tuple[jax.Array, jax.Array]:
@@ -358,8 +378,9 @@ def extension_noise(noise: Noise, params: MarketParams) -> Noise:
 
     Uniforms already present are kept; missing ones are drawn from the counter-mode blocks
     ``(episode, t + j 2^28)`` of the noise's stream: ``j = 1``: ``u_vol`` (first word);
-    ``j = 2``: ``u_jump_count``, ``u_jump_size``; ``j = 3``: ``u_bid_size``, ``u_ask_size``.
-    Each is the top 23 bits of its word. Nothing is drawn for options that are off.
+    ``j = 2``: ``u_jump_count``, ``u_jump_size``; ``j = 3``: ``u_bid_size``, ``u_ask_size``;
+    ``j = 7``: ``u_alpha`` (first word). Each is the top 23 bits of its word. Nothing is drawn
+    for options that are off.
     """
     updates = {}
     if params.vol_model == "heston" and noise.u_vol is None:
@@ -377,6 +398,9 @@ def extension_noise(noise: Noise, params: MarketParams) -> Noise:
             updates["u_bid_size"] = _extra_uniform(bid_word)
         if noise.u_ask_size is None:
             updates["u_ask_size"] = _extra_uniform(ask_word)
+    if params.alpha_model != "none" and noise.u_alpha is None:
+        word, _ = _extra_words(noise, ALPHA_BLOCK, f"alpha_model={params.alpha_model!r}")
+        updates["u_alpha"] = _extra_uniform(word)
     return noise.replace(**updates) if updates else noise
 
 
@@ -723,6 +747,8 @@ def _apply_fills(
             next_mid = next_mid + jump_sum(noise, params)
     else:
         move = jump + params.mu * dt + sigma * sqrt_dt * shock
+        if params.alpha_model != "none":
+            move = move + state.alpha * dt
         if params.jump_model != "none":
             move = move + jump_sum(noise, params)
         next_mid = mid + move
@@ -747,6 +773,8 @@ def _apply_fills(
             + params.kappa_v * (params.theta_v - positive) * dt
             + params.xi_v * jnp.sqrt(positive * dt) * z_vol
         )
+    if params.alpha_model != "none":
+        extensions["alpha"] = alpha_transition(state.alpha, noise.u_alpha, params)
     next_pnl = state.pnl + pnl_inc
     if params.loss_limit is not None:
         extensions["halted"] = state.halted | (next_pnl < -params.loss_limit)
@@ -777,6 +805,16 @@ def _apply_fills(
         fees=fee_inc,
     )
     return next_state, info
+
+
+def alpha_transition(alpha: jax.Array, u_alpha: jax.Array, params: MarketParams) -> jax.Array:
+    """The alpha signal's exact OU step: ``alpha e^{-zeta dt} + eta sqrt((1 - e^{-2 zeta dt})
+    / (2 zeta)) Z`` with ``Z`` the normal of ``u_alpha`` (``zeta = alpha_rate`` per time unit,
+    ``eta = alpha_vol``; price units per time unit in and out)."""
+    dt = params.dt
+    decay = jnp.exp(-params.alpha_rate * dt)
+    spread = jnp.sqrt(-jnp.expm1(-2.0 * params.alpha_rate * dt) / (2.0 * params.alpha_rate))
+    return alpha * decay + params.alpha_vol * spread * normal_from_uniform(u_alpha)
 
 
 def step(

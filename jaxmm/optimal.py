@@ -56,12 +56,18 @@ from jaxmm.params import MarketParams
 __all__ = [
     "DEFAULT_DEPTH_BOUNDS",
     "REWARDS",
+    "AlphaQuoteTable",
+    "AlphaSkewTable",
     "QuoteTable",
+    "alpha_grid",
     "bellman",
+    "bellman_alpha",
     "bellman_cara",
     "cartea_jaimungal",
+    "cartea_jaimungal_alpha",
     "cartea_jaimungal_fd",
     "evaluate",
+    "evaluate_alpha",
     "evaluate_cara",
     "glft",
     "glft_asymptotic",
@@ -69,6 +75,7 @@ __all__ = [
     "inventory_var",
     "quote_gap",
     "tabulate",
+    "tabulate_alpha",
 ]
 
 REWARDS = rewards.REWARDS
@@ -971,6 +978,409 @@ def evaluate(
             _models(params),
         )
     return _policy_table(params, inventories, bids, asks, values, terminal, "evaluate")
+
+
+# ------------------------------------------------- the short-term alpha signal (t, q, alpha)
+
+
+@struct.dataclass
+class AlphaQuoteTable:
+    """Quotes and values on a (time, inventory, alpha) grid (``bellman_alpha``,
+    ``evaluate_alpha``).
+
+    ``times f64[n_t]``, ``inventories i64[n_q]``, ``alphas f64[n_alpha]`` (a uniform grid,
+    price units per time unit), ``bid_depth``/``ask_depth``/``value f64[n_t, n_q, n_alpha]``
+    (NaN where a side is not quoted and in the terminal row), ``transition f64[n_alpha,
+    n_alpha]``: ``transition[i, j]`` is the probability that alpha moves from grid cell ``i`` to
+    cell ``j`` in one step.
+    """
+
+    times: np.ndarray
+    inventories: np.ndarray
+    alphas: np.ndarray
+    bid_depth: np.ndarray
+    ask_depth: np.ndarray
+    value: np.ndarray
+    transition: np.ndarray
+    method: str = struct.field(pytree_node=False, default="")
+
+    def q_index(self, q: int) -> int:
+        """Column of inventory ``q``; ValueError if ``q`` is off the grid."""
+        lo, hi = int(self.inventories[0]), int(self.inventories[-1])
+        if not lo <= q <= hi:
+            raise ValueError(f"q = {q} is off the grid; allowed: {lo} <= q <= {hi}")
+        return int(q) - lo
+
+    def alpha_index(self, alpha: float) -> int:
+        """The alpha cell that holds ``alpha``: the nearest grid point (edges beyond)."""
+        step = self.alphas[1] - self.alphas[0]
+        cell = int(np.round((float(alpha) - self.alphas[0]) / step))
+        return int(np.clip(cell, 0, self.alphas.size - 1))
+
+    def value_at(self, t_index: int = 0, q: int = 0, alpha: float = 0.0) -> float:
+        """Value of the state (time index, inventory ``q``, the cell of ``alpha``), price
+        units."""
+        return float(self.value[t_index, self.q_index(q), self.alpha_index(alpha)])
+
+
+def alpha_grid(
+    params: MarketParams, n_alpha: int = 41, width: float = 4.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The alpha grid of the exact solvers and its one-step transition matrix.
+
+    ``n_alpha`` (odd, so that 0 is a grid point) equally spaced points over ``+-w`` with
+    ``w = max(width * s, |alpha0|)``, ``s = alpha_vol / sqrt(2 alpha_rate)`` the stationary
+    standard deviation (``w = 1`` if both are 0: alpha is then identically 0). Cell ``j`` is
+    the interval between the midpoints around grid point ``j`` (the outer cells reach to
+    ``+-inf``). From grid point ``a_i`` the step's alpha is exactly normal,
+    ``N(a_i e^{-zeta dt}, eta^2 (1 - e^{-2 zeta dt}) / (2 zeta))``, and
+    ``transition[i, j]`` is its probability of cell ``j`` (differences of the normal CDF; a
+    point mass when ``alpha_vol = 0``). Rows sum to 1.
+
+    Returns ``(alphas f64[n_alpha], transition f64[n_alpha, n_alpha])``.
+    """
+    n_alpha = validation.integer("n_alpha", n_alpha, 3, "an odd integer >= 3")
+    if n_alpha % 2 == 0:
+        raise ValueError(f"n_alpha = {n_alpha}; allowed: an odd integer >= 3 (0 on the grid)")
+    width = validation.positive("width", width)
+    zeta, eta = float(params.alpha_rate), float(params.alpha_vol)
+    alpha0 = 0.0 if params.alpha0 is None else float(params.alpha0)
+    half = max(width * eta / math.sqrt(2.0 * zeta), abs(alpha0))
+    half = half if half > 0 else 1.0
+    middle = n_alpha // 2
+    alphas = half * np.arange(-middle, middle + 1) / middle  # symmetric, 0 exactly
+    edges = np.concatenate([[-np.inf], 0.5 * (alphas[1:] + alphas[:-1]), [np.inf]])
+    dt = float(params.dt)
+    means = alphas * math.exp(-zeta * dt)
+    spread = eta * math.sqrt(-math.expm1(-2.0 * zeta * dt) / (2.0 * zeta))
+    if spread > 0:
+        below = np.vectorize(lambda z: 0.5 * math.erfc(-z / math.sqrt(2.0)))
+        cdf = below((edges[None, :] - means[:, None]) / spread)
+    else:
+        cdf = (edges[None, :] <= means[:, None]).astype(np.float64)
+    transition = np.diff(cdf, axis=1)
+    return alphas, transition / transition.sum(axis=1, keepdims=True)
+
+
+def _check_alpha(params: MarketParams, n_alpha: int, width: float):
+    """The (t, q) checks of the exact solvers on the market without its alpha, and the grid."""
+    params.validate()
+    if params.alpha_model != "ou":
+        raise ValueError(
+            f"params.alpha_model = {params.alpha_model!r}; allowed: 'ou' for the (t, q, alpha) "
+            "solvers (use bellman / evaluate without the alpha signal)"
+        )
+    for name in ("alpha_rate", "alpha_vol", "alpha0"):
+        if np.ndim(getattr(params, name)) != 0:
+            raise ValueError(f"params.{name} must be a scalar for the exact solvers (no sweeps)")
+    alphas, transition = alpha_grid(params, n_alpha, width)
+    plain = params.replace(alpha_model="none", alpha_rate=None, alpha_vol=None, alpha0=None)
+    return plain, alphas, transition
+
+
+def _alpha_constants(plain: MarketParams, inventories: np.ndarray, alphas: np.ndarray):
+    """``_constants`` on the (q, alpha) grid: inventories down axis 0, alphas along axis 1;
+    the drift per step ``(mu + alpha) dt`` varies along the alphas."""
+    consts = _constants(plain, inventories)
+    consts["drift_dt"] = jnp.asarray((float(plain.mu) + alphas)[None, :] * float(plain.dt))
+    consts["can_bid"] = consts["can_bid"][:, None]
+    consts["can_ask"] = consts["can_ask"][:, None]
+    return consts
+
+
+@functools.partial(jax.jit, static_argnames=("models", "bounds", "tol"))
+def _solve_alpha(numbers, q, penalties, terminal, transition, models, bounds, tol):
+    """Backward induction on (q, alpha): each step is ``_solve_mdp``'s exact one-step
+    maximisation applied to ``E[V_{t+1}(q', alpha') | alpha] = V_{t+1} transition^T``."""
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
+
+    def back(later, penalty):
+        expected = later @ transition.T
+        values, bids, asks = _solve_mdp(consts, q, penalty[None], expected, bounds, tol)
+        return values[0], (values[0], bids[0], asks[0])
+
+    _, (values, bids, asks) = jax.lax.scan(back, terminal, penalties, reverse=True)
+    return values, bids, asks
+
+
+def _alpha_table(plain, inventories, alphas, transition, values, bids, asks, terminal, method):
+    values = np.concatenate([np.asarray(values), np.asarray(terminal)[None]])
+    nan_row = np.full((1, inventories.size, alphas.size), np.nan)
+    bids = np.concatenate([np.asarray(bids), nan_row])
+    asks = np.concatenate([np.asarray(asks), nan_row])
+    times = np.arange(plain.n_steps + 1) * float(plain.dt)
+    return AlphaQuoteTable(times, inventories, alphas, bids, asks, values, transition, method)
+
+
+def bellman_alpha(
+    params: MarketParams,
+    phi: float,
+    *,
+    n_alpha: int = 41,
+    width: float = 4.0,
+    reward: str = "inventory_penalty",
+    terminal_penalty: float = 0.0,
+    depth_bounds: tuple[float, float] = DEFAULT_DEPTH_BOUNDS,
+    q_grid: int | None = None,
+    tol: float = 1e-12,
+) -> AlphaQuoteTable:
+    """The exact optimum of the simulator's MDP with the short-term alpha signal
+    (``alpha_model="ou"``), on the state ``(t, q, alpha)`` with alpha on a grid.
+
+    The step is ``bellman``'s, with the mid's increment ``(mu + alpha_t) dt`` in expectation
+    (``market``: the alpha of the start of the step drifts the mid over it) and alpha moving
+    between the cells of ``alpha_grid`` with the exact Gaussian probabilities:
+
+        V_t(q, a_i) = max_{d_b, d_a} E[ fills . depths + q_{t+1} (mu + a_i) dt
+                                        + q_{t+1} adverse jump - c_t q_{t+1}^2
+                                        + sum_j P_ij V_{t+1}(q_{t+1}, a_j) ],
+
+    ``q_{t+1}`` the inventory after the step's fills (the reward's convention, ``rewards``).
+    Alpha's noise is independent of the fills and of the mid's noise, so the maximisation is
+    ``bellman``'s exact joint one (alternating bisections) at every ``(q, alpha)``. The value
+    is exact for the alpha chain on the grid; as ``n_alpha`` grows (``width`` fixed) it tends
+    to the value of the continuous alpha (tested: differences shrink). With ``alpha_vol = 0``
+    and ``alpha0 = 0`` alpha stays 0 and the value at ``alpha = 0`` is ``bellman``'s.
+
+    Args:
+        n_alpha: odd number of alpha grid points; width: the grid's half-width in stationary
+            standard deviations (see ``alpha_grid``). The rest as in ``bellman``.
+
+    Returns an ``AlphaQuoteTable``: ``value_at(0, 0, alpha0)`` is the expected episode reward
+    of the optimal policy from a flat start; ``mm.policies.alpha_table`` turns it into a policy.
+    """
+    plain, alphas, transition = _check_alpha(params, n_alpha, width)
+    phi, terminal_penalty, bounds = _check_mdp(plain, phi, reward, terminal_penalty, depth_bounds)
+    inventories = _inventory_grid(plain, q_grid)
+    penalties = rewards.penalty_schedule(plain, phi, reward)
+    with jax.enable_x64(True):
+        consts = _alpha_constants(plain, inventories, alphas)
+        q = jnp.asarray(inventories, jnp.float64)[:, None]
+        terminal = jnp.broadcast_to(-terminal_penalty * q**2, (inventories.size, alphas.size))
+        values, bids, asks = _solve_alpha(
+            consts,
+            q,
+            jnp.asarray(penalties),
+            terminal,
+            jnp.asarray(transition),
+            _models(plain),
+            bounds,
+            float(tol),
+        )
+    return _alpha_table(
+        plain, inventories, alphas, transition, values, bids, asks, terminal, "bellman_alpha"
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("models",))
+def _evaluate_alpha(numbers, q, penalties, terminal, transition, bids, asks, models):
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
+
+    def back(later, inputs):
+        penalty, bid, ask = inputs
+        value = _one_step_value(later @ transition.T, q, penalty, bid, ask, consts)
+        return value, value
+
+    _, values = jax.lax.scan(back, terminal, (penalties, bids, asks), reverse=True)
+    return values
+
+
+def tabulate_alpha(
+    policy: Callable, params: MarketParams, inventories: np.ndarray, alphas: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The depths a policy quotes at each (step, inventory, alpha):
+    ``(bid f[N, n_q, n_alpha], ask f[N, n_q, n_alpha])``, at the reference state of
+    ``tabulate`` (mid ``S0``, empty history) with ``MarketState.alpha`` set."""
+    policy = policies_lib.as_pytree(policy)
+    start = reset(jax.random.key(0), params)
+    steps = jnp.arange(params.n_steps, dtype=jnp.int32)
+    q = jnp.asarray(inventories, start.inventory.dtype)
+    a = jnp.asarray(alphas, start.inventory.dtype)
+    bid, ask = _tabulate_alpha(policy, params, start, steps, q, a)
+    shape = (params.n_steps, inventories.size, alphas.size)
+    return np.broadcast_to(np.asarray(bid), shape), np.broadcast_to(np.asarray(ask), shape)
+
+
+@jax.jit
+def _tabulate_alpha(policy, params, start, steps, inventories, alphas):
+    def quote(t, inventory, alpha):
+        quotes = policy(start.replace(t=t, inventory=inventory, alpha=alpha), params)
+        return quotes.bid_depth, quotes.ask_depth
+
+    over_alpha = jax.vmap(quote, in_axes=(None, None, 0))
+    over_q = jax.vmap(over_alpha, in_axes=(None, 0, None))
+    return jax.vmap(over_q, in_axes=(0, None, None))(steps, inventories, alphas)
+
+
+def evaluate_alpha(
+    params: MarketParams,
+    policy: Callable | AlphaQuoteTable,
+    phi: float,
+    *,
+    n_alpha: int = 41,
+    width: float = 4.0,
+    reward: str = "inventory_penalty",
+    terminal_penalty: float = 0.0,
+    q_grid: int | None = None,
+) -> AlphaQuoteTable:
+    """Exact expected reward of a (t, q, alpha)-Markov policy in ``bellman_alpha``'s MDP.
+
+    ``policy``: a jaxmm policy (tabulated at the grid's alphas with ``tabulate_alpha``; rules
+    that ignore alpha, such as A-S, are fine) or an ``AlphaQuoteTable`` (read through
+    ``policies.alpha_table``; its grid must be the one of ``n_alpha`` and ``width``). Depths
+    are used as quoted (not clipped; a probability is capped at 1 and an unquoted side never
+    fills). Returns an ``AlphaQuoteTable`` of the policy's depths and value:
+    ``value_at(0, 0, alpha0)`` is its expected episode reward.
+    """
+    plain, alphas, transition = _check_alpha(params, n_alpha, width)
+    phi, terminal_penalty, _ = _check_mdp(plain, phi, reward, terminal_penalty, (0.0, 1.0))
+    if isinstance(policy, AlphaQuoteTable):
+        if policy.alphas.shape != alphas.shape or not np.allclose(policy.alphas, alphas):
+            raise ValueError(
+                "policy.alphas differ from the grid of n_alpha / width; allowed: a table "
+                "solved on the same alpha grid"
+            )
+        policy = policies_lib.alpha_table(policy)
+    inventories = _inventory_grid(plain, q_grid)
+    penalties = rewards.penalty_schedule(plain, phi, reward)
+    with jax.enable_x64(True):
+        bids, asks = tabulate_alpha(policy, params, inventories, alphas)
+        bids = np.where(np.isnan(bids), np.inf, bids)
+        asks = np.where(np.isnan(asks), np.inf, asks)
+        consts = _alpha_constants(plain, inventories, alphas)
+        q = jnp.asarray(inventories, jnp.float64)[:, None]
+        terminal = jnp.broadcast_to(-terminal_penalty * q**2, (inventories.size, alphas.size))
+        values = _evaluate_alpha(
+            consts,
+            q,
+            jnp.asarray(penalties),
+            terminal,
+            jnp.asarray(transition),
+            jnp.asarray(bids, jnp.float64),
+            jnp.asarray(asks, jnp.float64),
+            _models(plain),
+        )
+    can_bid = (inventories < inventories[-1])[:, None]
+    can_ask = (inventories > inventories[0])[:, None]
+    bids = np.where(can_bid, bids, np.nan)
+    asks = np.where(can_ask, asks, np.nan)
+    return _alpha_table(
+        plain, inventories, alphas, transition, values, bids, asks, terminal, "evaluate_alpha"
+    )
+
+
+@struct.dataclass
+class AlphaSkewTable:
+    """A first-order expansion in alpha on a (time, inventory) grid
+    (``cartea_jaimungal_alpha``): at alpha the depths are ``bid_depth + alpha * bid_slope``
+    and ``ask_depth + alpha * ask_slope``.
+
+    ``times f64[n_t]``, ``inventories i64[n_q]``; ``bid_depth``, ``ask_depth`` (price units)
+    and ``value`` (``h_0``, price units) ``f64[n_t, n_q]`` are the alpha-free optimum;
+    ``bid_slope``, ``ask_slope`` (time units: price units of depth per unit of alpha) and
+    ``alpha_value`` (``h_1``, time units) ``f64[n_t, n_q]``. NaN where a side is not quoted.
+    """
+
+    times: np.ndarray
+    inventories: np.ndarray
+    bid_depth: np.ndarray
+    ask_depth: np.ndarray
+    bid_slope: np.ndarray
+    ask_slope: np.ndarray
+    value: np.ndarray
+    alpha_value: np.ndarray
+    method: str = struct.field(pytree_node=False, default="")
+
+
+@functools.partial(jax.jit, static_argnames=("n_steps",))
+def _propagate_pair(generator, start, gap, n_steps):
+    """``[u; omega](t_i) = expm(generator (T - t_i)) start`` on a uniform grid, each step
+    rescaled by ``max(omega)`` (the ratio ``u / omega`` is all that is used)."""
+    propagator = linalg.expm(generator * gap)
+    half = start.shape[0] // 2
+
+    def back(vector, _):
+        vector = propagator @ vector
+        vector = vector / jnp.max(vector[half:])
+        return vector, vector[:half] / vector[half:]
+
+    _, ratios = jax.lax.scan(back, start, None, length=n_steps)
+    return ratios[::-1]
+
+
+def cartea_jaimungal_alpha(
+    A: float,
+    k: float,
+    phi: float,
+    q_max: int,
+    T: float = 1.0,
+    *,
+    alpha_rate: float,
+    terminal_penalty: float = 0.0,
+    n_steps: int = 200,
+) -> AlphaSkewTable:
+    """Cartea-Jaimungal quotes with a short-term alpha, to first order in alpha (the model of
+    Cartea, Jaimungal & Penalva 2015, section 10.4, without the alpha's jumps).
+
+    Risk-neutral market maker, mid ``dS = alpha dt + sigma dW``, ``d alpha = -zeta alpha dt +
+    eta dZ``, fills at ``A exp(-k delta)``, running penalty ``phi q^2`` per time unit, terminal
+    penalty ``terminal_penalty q^2``, inventory in ``[-q_max, q_max]``. With the value
+    ``x + q S + h(t, alpha, q)`` the HJB is
+
+        0 = h_t + alpha q - zeta alpha h_alpha + (eta^2/2) h_aa - phi q^2
+            + (A / (k e)) sum_{+-} exp(k (h(q +- 1) - h(q))),
+
+    and the depths are ``1/k - (h(q+1) - h(q))`` (bid), ``1/k - (h(q-1) - h(q))`` (ask).
+    Expanding ``h = h_0 + alpha h_1 + O(alpha^2)`` and dropping the alpha-diffusion terms
+    (``eta^2 h_2`` in the order-0 equation, ``eta^2 h_3`` in the order-1 one; exact to first
+    order in alpha when ``eta = 0``): ``h_0`` is ``cartea_jaimungal``'s ``(1/k) ln omega`` and
+    ``h_1`` solves the linear system
+
+        -d h_1/dt = q - zeta h_1 + (A/e) sum_{+-} (omega_{q+-1} / omega_q) (h_1(q+-1) - h_1(q)),
+
+    ``h_1(T) = 0``. With ``u = omega h_1`` this is ``-u' = (M - zeta) u + diag(q) omega`` (``M``
+    the CJ generator), so ``[u; omega](t) = expm(B (T - t)) [0; z]`` with the block matrix
+    ``B = [[M - zeta I, diag(q)], [0, M]]`` (Van Loan), integrated exactly by ``linalg.expm``.
+    The quotes:
+
+        bid_depth(t, q, alpha) = bid_0(t, q) - alpha (h_1(t, q+1) - h_1(t, q)),
+        ask_depth(t, q, alpha) = ask_0(t, q) - alpha (h_1(t, q-1) - h_1(t, q)).
+
+    Far from the inventory limits and the horizon ``h_1 ~ q / zeta``, so a positive alpha
+    narrows the bid and widens the ask by about ``alpha / zeta`` (the expected drift over the
+    alpha's memory). ``alpha_rate`` is zeta (per time unit, >= 0); the discrete environment's
+    per-step penalty ``phi_env`` is ``phi = phi_env / dt`` here. ``mm.policies.alpha_skew``
+    turns the result into a policy.
+    """
+    zeta = validation.nonnegative("alpha_rate", alpha_rate)
+    base = cartea_jaimungal(A, k, phi, q_max, T, alpha=terminal_penalty, n_steps=n_steps)
+    q_max, T, n_steps = _check_grid(q_max, T, n_steps)
+    inventories = base.inventories
+    n = inventories.size
+    with jax.enable_x64(True):
+        q = jnp.asarray(inventories, jnp.float64)
+        generator = _tridiagonal(-float(phi) * float(k) * q**2, float(A) / math.e)
+        block = jnp.block(
+            [[generator - zeta * jnp.eye(n), jnp.diag(q)], [jnp.zeros((n, n)), generator]]
+        )
+        terminal = jnp.exp(-float(terminal_penalty) * float(k) * q**2)
+        start = jnp.concatenate([jnp.zeros(n), terminal / jnp.max(terminal)])
+        ratios = np.asarray(_propagate_pair(block, start, T / n_steps, n_steps))
+    h1 = np.vstack([ratios, np.zeros((1, n))])  # h_1(T) = 0
+    bid_slope = -(np.roll(h1, -1, axis=1) - h1)
+    ask_slope = -(np.roll(h1, 1, axis=1) - h1)
+    bid_slope, ask_slope = _mask_bounds(bid_slope, ask_slope)
+    return AlphaSkewTable(
+        base.times,
+        inventories,
+        base.bid_depth,
+        base.ask_depth,
+        bid_slope,
+        ask_slope,
+        base.value,
+        h1,
+        method="cartea_jaimungal_alpha",
+    )
 
 
 # ------------------------------------------------------------------------ risk measures

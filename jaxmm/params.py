@@ -19,7 +19,8 @@ changing them recompiles.
 Extensions are options of the same market step, all off by default:
 
 - mid-price: ``vol_model="heston"`` (stochastic variance, full truncation) and
-  ``jump_model="compound_poisson"`` (normal jumps at Poisson times);
+  ``jump_model="compound_poisson"`` (normal jumps at Poisson times); a short-term alpha
+  signal in the drift, ``alpha_model="ou"`` (an Ornstein-Uhlenbeck alpha the desk observes);
 - desk realism: ``tick`` (quotes rounded away from the mid onto the price grid), ``maker_fee`` /
   ``taker_fee``, ``latency`` (a quote acts ``latency`` steps after it was computed) and
   ``order_size`` (the size of each incoming market order);
@@ -41,6 +42,7 @@ import numpy as np
 from flax import struct
 
 __all__ = [
+    "ALPHA_MODELS",
     "FILL_MODELS",
     "FILL_SHAPES",
     "JUMP_MODELS",
@@ -60,6 +62,7 @@ PRICE_MODELS = ("arithmetic", "binary", "geometric", "ou")
 VOL_MODELS = ("constant", "heston")
 JUMP_MODELS = ("none", "compound_poisson")
 ORDER_SIZES = ("unit", "fixed", "geometric")
+ALPHA_MODELS = ("none", "ou")
 NEVER = 2**30  # a step index no session reaches: the default "no volatility switch"
 MAX_JUMP_RATE_PER_STEP = 1.0  # jump_intensity * dt; the Poisson count is resolved up to 16
 MAX_STEPS_WITH_EXTRA_NOISE = 2**28 - 1  # extra noise blocks use step counters t + j * 2**28
@@ -127,6 +130,18 @@ class MarketParams:
             (``S' = m + (S - m) e^{-rate dt} + sigma sqrt((1 - e^{-2 rate dt}) / (2 rate)) Z``);
             ``ou_rate > 0`` per time unit is required, ``ou_level`` defaults to ``S0``; ``mu``
             must be 0. ``None`` (off) otherwise.
+        alpha_rate, alpha_vol, alpha0: the short-term alpha signal (``alpha_model="ou"``;
+            Cartea, Jaimungal & Penalva 2015, section 10.4), ``None`` (off) otherwise. The mid
+            drifts at the observed rate ``alpha_t`` (price units per time unit) on top of
+            ``mu``; ``d alpha = -alpha_rate alpha dt + alpha_vol dZ`` with ``Z`` independent of
+            the mid's noise. ``alpha_rate`` (zeta, per time unit, ``> 0``), ``alpha_vol`` (eta,
+            price units per time unit per sqrt(time unit), ``>= 0``), ``alpha0`` (the initial
+            alpha, price units per time unit; defaults to 0). The discrete dynamics of a step
+            (``market``): ``S_{t+1} - S_t = (mu + alpha_t) dt + sigma sqrt(dt) Z_t`` (plus the
+            adverse-selection and other jumps) and the exact OU transition
+            ``alpha_{t+1} = alpha_t e^{-zeta dt} + eta sqrt((1 - e^{-2 zeta dt}) / (2 zeta)) Z'_t``.
+            The alpha does not jump on fills or market orders. The stationary standard
+            deviation of alpha is ``eta / sqrt(2 zeta)``.
         fill_shape_alpha: the power shape's exponent (``> 1``; required by ``"power"``,
             ``None`` otherwise).
         price_model: ``"arithmetic"`` (Gaussian increments), ``"binary"`` (``+-sigma sqrt(dt)``
@@ -134,6 +149,7 @@ class MarketParams:
         history_window: number of past steps kept in the state for trailing statistics
             (realised volatility, recent fill rate), static.
         vol_model: ``"constant"`` (``sigma`` with its switch) or ``"heston"`` (static).
+        alpha_model: ``"none"`` or ``"ou"`` (static): the short-term alpha of ``alpha_rate``.
         jump_model: ``"none"`` or ``"compound_poisson"`` (static).
         order_size: size of each incoming market order (static): ``"unit"`` (1),
             ``"fixed"`` (``order_size_mean``) or ``"geometric"`` (on ``{1, 2, ...}`` with mean
@@ -171,6 +187,9 @@ class MarketParams:
     fill_shape_alpha: float | None = None
     ou_rate: float | None = None
     ou_level: float | None = None
+    alpha_rate: float | None = None
+    alpha_vol: float | None = None
+    alpha0: float | None = None
     n_steps: int = struct.field(pytree_node=False, default=200)
     fill_model: str = struct.field(pytree_node=False, default="linear")
     price_model: str = struct.field(pytree_node=False, default="arithmetic")
@@ -180,6 +199,7 @@ class MarketParams:
     order_size: str = struct.field(pytree_node=False, default="unit")
     latency: int = struct.field(pytree_node=False, default=0)
     fill_shape: str = struct.field(pytree_node=False, default="exponential")
+    alpha_model: str = struct.field(pytree_node=False, default="none")
 
     @property
     def dt(self) -> Any:
@@ -207,6 +227,7 @@ class MarketParams:
             self.vol_model != "constant"
             or self.jump_model != "none"
             or self.order_size == "geometric"
+            or self.alpha_model != "none"
         )
 
     def extensions_in_use(self) -> tuple[str, ...]:
@@ -251,6 +272,9 @@ _RULES = (
     ("fill_shape_alpha", lambda x: x > 1, "> 1 (fill_shape 'power') or None"),
     ("ou_rate", lambda x: x > 0, "> 0 (price_model 'ou') or None"),
     ("ou_level", lambda x: np.isfinite(x), "finite (price_model 'ou') or None"),
+    ("alpha_rate", lambda x: x > 0, "> 0 (alpha_model 'ou') or None"),
+    ("alpha_vol", lambda x: x >= 0, ">= 0 (alpha_model 'ou') or None"),
+    ("alpha0", lambda x: np.isfinite(x), "finite (alpha_model 'ou') or None"),
 )
 _MAY_BE_INFINITE = ("q_max", "loss_limit")
 # desk fields that are None (off, not in the pytree) by default
@@ -261,6 +285,7 @@ _STATIC_SWITCHES = (
     ("jump_model", "none"),
     ("order_size", "unit"),
     ("latency", 0),
+    ("alpha_model", "none"),
 )
 
 
@@ -316,10 +341,38 @@ def validate(params: MarketParams) -> None:
             f"MarketParams.mu = {mu} with price_model = 'ou'; allowed: 0 (the OU mid's drift "
             "is its mean reversion)"
         )
+    _validate_alpha(params)
     if (params.fill_shape == "power") != (params.fill_shape_alpha is not None):
         raise ValueError(
             f"MarketParams.fill_shape_alpha = {params.fill_shape_alpha!r} with fill_shape = "
             f"{params.fill_shape!r}; allowed: a number > 1 exactly when fill_shape is 'power'"
+        )
+
+
+def _validate_alpha(params: MarketParams) -> None:
+    """The short-term alpha signal: its fields are set exactly when ``alpha_model`` is on,
+    and it drifts an additive mid only."""
+    _choice(params, "alpha_model", ALPHA_MODELS)
+    on = params.alpha_model == "ou"
+    fields = {name: getattr(params, name) for name in ("alpha_rate", "alpha_vol", "alpha0")}
+    if on and (params.alpha_rate is None or params.alpha_vol is None):
+        raise ValueError(
+            f"MarketParams.alpha_rate = {params.alpha_rate!r}, alpha_vol = {params.alpha_vol!r} "
+            "with alpha_model = 'ou'; allowed: alpha_rate > 0 and alpha_vol >= 0 (alpha0 "
+            "optional, default 0)"
+        )
+    if not on:
+        for name, value in fields.items():
+            if value is not None:
+                raise ValueError(
+                    f"MarketParams.{name} = {value!r} with alpha_model = "
+                    f"{params.alpha_model!r}; allowed: None unless alpha_model is 'ou'"
+                )
+    if on and params.price_model not in ("arithmetic", "binary"):
+        raise ValueError(
+            f"MarketParams.alpha_model = 'ou' with price_model = {params.price_model!r}; "
+            "allowed: price_model 'arithmetic' or 'binary' (alpha is an additive drift in "
+            "price units per time unit)"
         )
 
 

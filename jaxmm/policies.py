@@ -20,11 +20,15 @@ from jaxmm.market import MarketState, Quotes, time_to_go
 from jaxmm.params import MarketParams
 
 __all__ = [
+    "AlphaSkew",
+    "AlphaTable",
     "AvellanedaStoikov",
     "GLFTAsymptotic",
     "Policy",
     "Symmetric",
     "Table",
+    "alpha_skew",
+    "alpha_table",
     "as_pytree",
     "avellaneda_stoikov",
     "glft",
@@ -227,5 +231,135 @@ def table(solution: Any) -> Table:
         times=jnp.asarray(times, dtype),
         bid_depth=quotes(solution.bid_depth),
         ask_depth=quotes(solution.ask_depth),
+        q_min=int(inventories[0]),
+    )
+
+
+# ------------------------------------------------ quotes that read the alpha signal (t, q, alpha)
+
+
+def _nearest_row(times: jax.Array, obs: MarketState, params: MarketParams) -> jax.Array:
+    """Index of the grid time nearest ``t * dt`` (as ``Table`` reads its rows)."""
+    now = obs.t * params.dt
+    after = jnp.clip(jnp.searchsorted(times, now), 1, times.shape[0] - 1)
+    nearer_before = (now - times[after - 1]) <= (times[after] - now)
+    return jnp.where(nearer_before, after - 1, after)
+
+
+def _observed_alpha(obs: MarketState) -> jax.Array:
+    if obs.alpha is None:
+        raise ValueError(
+            "this policy reads the alpha signal: the market needs alpha_model='ou' "
+            "(MarketState.alpha is None)"
+        )
+    return obs.alpha
+
+
+@struct.dataclass
+class AlphaTable:
+    """Quotes read from a (time, inventory, alpha) table; see ``alpha_table``."""
+
+    times: jax.Array  # f[n_t], session time units
+    alpha_low: jax.Array  # the first alpha grid point, price units per time unit
+    alpha_step: jax.Array  # spacing of the (uniform) alpha grid
+    bid_depth: jax.Array  # f[n_t, n_q, n_alpha]; +inf where not quoted
+    ask_depth: jax.Array  # f[n_t, n_q, n_alpha]
+    q_min: int = struct.field(pytree_node=False, default=0)
+
+    def __call__(self, obs: MarketState, params: MarketParams) -> Quotes:
+        row = _nearest_row(self.times, obs, params)
+        n_q, n_alpha = self.bid_depth.shape[1:]
+        column = jnp.clip(jnp.round(obs.inventory).astype(jnp.int32) - self.q_min, 0, n_q - 1)
+        cell = jnp.round((_observed_alpha(obs) - self.alpha_low) / self.alpha_step)
+        cell = jnp.clip(cell, 0, n_alpha - 1).astype(jnp.int32)
+        return Quotes(
+            bid_depth=self.bid_depth[row, column, cell],
+            ask_depth=self.ask_depth[row, column, cell],
+        )
+
+
+def _depth_array(depth: Any, shape: tuple[int, ...], name: str) -> jax.Array:
+    depth = np.asarray(depth, np.float64)
+    if depth.shape != shape:
+        raise ValueError(f"{name} has shape {depth.shape}; expected {shape}")
+    return jnp.asarray(np.where(np.isnan(depth), np.inf, depth), jnp.zeros(()).dtype)
+
+
+def _grids(solution: Any) -> tuple[np.ndarray, np.ndarray]:
+    inventories = np.asarray(solution.inventories)
+    if inventories.ndim != 1 or inventories.size < 2 or np.any(np.diff(inventories) != 1):
+        raise ValueError("solution.inventories must be consecutive integers (at least two)")
+    times = np.asarray(solution.times, np.float64)
+    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
+        raise ValueError("solution.times must be increasing (at least two grid times)")
+    return times, inventories
+
+
+def alpha_table(solution: Any) -> AlphaTable:
+    """Wrap a (time, inventory, alpha) solution (``mm.optimal.bellman_alpha``) as a policy.
+
+    At step ``t`` it quotes the row of the grid time nearest ``t * dt``, the column of the
+    current inventory (edge columns beyond the table) and the alpha grid point nearest the
+    observed ``MarketState.alpha`` (the edge points beyond the grid): the cell the solver's
+    transition probabilities bin alpha into. NaN entries become depth ``+inf`` (no fill). The
+    market must have ``alpha_model="ou"``.
+    """
+    times, inventories = _grids(solution)
+    alphas = np.asarray(solution.alphas, np.float64)
+    steps = np.diff(alphas)
+    if alphas.ndim != 1 or alphas.size < 2 or not np.allclose(steps, steps[0], rtol=1e-9):
+        raise ValueError("solution.alphas must be a uniform grid (at least two points)")
+    shape = (times.size, inventories.size, alphas.size)
+    dtype = jnp.zeros(()).dtype
+    return AlphaTable(
+        times=jnp.asarray(times, dtype),
+        alpha_low=jnp.asarray(alphas[0], dtype),
+        alpha_step=jnp.asarray(steps[0], dtype),
+        bid_depth=_depth_array(solution.bid_depth, shape, "bid_depth"),
+        ask_depth=_depth_array(solution.ask_depth, shape, "ask_depth"),
+        q_min=int(inventories[0]),
+    )
+
+
+@struct.dataclass
+class AlphaSkew:
+    """Quotes linear in the observed alpha: ``base(t, q) + alpha * slope(t, q)``; see
+    ``alpha_skew``."""
+
+    times: jax.Array  # f[n_t], session time units
+    bid_base: jax.Array  # f[n_t, n_q], price units; +inf where not quoted
+    ask_base: jax.Array  # f[n_t, n_q]
+    bid_slope: jax.Array  # f[n_t, n_q], time units (depth per unit of alpha); 0 where unquoted
+    ask_slope: jax.Array  # f[n_t, n_q]
+    q_min: int = struct.field(pytree_node=False, default=0)
+
+    def __call__(self, obs: MarketState, params: MarketParams) -> Quotes:
+        row = _nearest_row(self.times, obs, params)
+        n_q = self.bid_base.shape[1]
+        column = jnp.clip(jnp.round(obs.inventory).astype(jnp.int32) - self.q_min, 0, n_q - 1)
+        alpha = _observed_alpha(obs)
+        return Quotes(
+            bid_depth=self.bid_base[row, column] + alpha * self.bid_slope[row, column],
+            ask_depth=self.ask_base[row, column] + alpha * self.ask_slope[row, column],
+        )
+
+
+def alpha_skew(solution: Any) -> AlphaSkew:
+    """Wrap a first-order alpha expansion (``mm.optimal.cartea_jaimungal_alpha``) as a policy:
+    ``bid_depth + alpha * bid_slope`` and ``ask_depth + alpha * ask_slope`` at the nearest grid
+    time and the current inventory (edge columns beyond the table), ``alpha`` the observed
+    ``MarketState.alpha``. NaN depths (a side not quoted) become ``+inf``, NaN slopes 0."""
+    times, inventories = _grids(solution)
+    shape = (times.size, inventories.size)
+    slopes = {
+        name: np.nan_to_num(np.asarray(getattr(solution, name), np.float64), nan=0.0)
+        for name in ("bid_slope", "ask_slope")
+    }
+    return AlphaSkew(
+        times=_depth_array(times, (times.size,), "times"),
+        bid_base=_depth_array(solution.bid_depth, shape, "bid_depth"),
+        ask_base=_depth_array(solution.ask_depth, shape, "ask_depth"),
+        bid_slope=_depth_array(slopes["bid_slope"], shape, "bid_slope"),
+        ask_slope=_depth_array(slopes["ask_slope"], shape, "ask_slope"),
         q_min=int(inventories[0]),
     )

@@ -193,6 +193,7 @@ _STATE_AXES = MarketState(
     pending_bid=1,
     pending_ask=1,
     pending_mid=1,
+    alpha=0,
 )
 
 
@@ -221,6 +222,7 @@ def initial_states(params: MarketParams, n_episodes: int) -> MarketState:
         pending_bid=jax.tree.map(batch_last, state.pending_bid),
         pending_ask=jax.tree.map(batch_last, state.pending_ask),
         pending_mid=jax.tree.map(batch_last, state.pending_mid),
+        alpha=jax.tree.map(batch, state.alpha),
     )
 
 

@@ -28,7 +28,7 @@ __all__ = [
     "market_env",
 ]
 
-FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
+FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended", "alpha")
 ACTION_MODES = ("depths", "as_skew")
 TASKS = ("market_making", "execution")
 
@@ -119,6 +119,11 @@ class PPOConfig:
             ``jaxmm.execution.ExecutionParams`` (``inventory``, ``S0``, ``sigma``, ``k``,
             ``b``, ``phi``, ``alpha``, ``T``, ``n_steps``) of the execution task; the defaults
             are ``ExecutionParams()``'s.
+        alpha_model, alpha_rate, alpha_vol, alpha0: the short-term alpha signal
+            (``MarketParams.alpha_model``: ``"none"`` or ``"ou"`` with ``alpha_rate > 0`` per
+            time unit, ``alpha_vol >= 0``, ``alpha0``; the numbers must stay 0 with
+            ``"none"``). Train with ``features="alpha"`` so the agent sees it; the optimum is
+            then ``mm.optimal.bellman_alpha`` on ``alpha_grid_points`` alpha points.
     """
 
     phi: float = 0.01
@@ -179,6 +184,11 @@ class PPOConfig:
     execution_alpha: float = ExecutionParams.alpha
     execution_T: float = ExecutionParams.T
     execution_steps: int = 50
+    alpha_model: str = "none"
+    alpha_rate: float = 0.0
+    alpha_vol: float = 0.0
+    alpha0: float = 0.0
+    alpha_grid_points: int = 41
 
     @property
     def batch_size(self) -> int:
@@ -275,6 +285,7 @@ class PPOConfig:
                 market_env(self)
             except ValueError as error:  # MarketParams names fill_shape / fill_shape_alpha
                 raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
+        self._validate_alpha()
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -287,6 +298,29 @@ class PPOConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"name = {self.name!r}; allowed: a non-empty folder name")
         return self
+
+    def _validate_alpha(self) -> None:
+        numbers = {"alpha_rate": self.alpha_rate, "alpha_vol": self.alpha_vol}
+        numbers["alpha0"] = self.alpha0
+        if self.alpha_model == "none":
+            for name, value in numbers.items():
+                if value:
+                    raise ValueError(
+                        f"{name} = {value!r} with alpha_model = 'none'; allowed: 0 unless "
+                        "alpha_model is 'ou'"
+                    )
+            if self.features == "alpha":
+                raise ValueError(
+                    "features = 'alpha' needs alpha_model = 'ou' (the market has no alpha)"
+                )
+            return
+        grid = self.alpha_grid_points
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 3 or grid % 2 == 0:
+            raise ValueError(f"alpha_grid_points = {grid!r}; allowed: an odd integer >= 3")
+        try:
+            market_env(self)
+        except ValueError as error:  # MarketParams names alpha_model / alpha_rate / ...
+            raise ValueError(f"alpha_model / alpha_rate / alpha_vol / alpha0: {error}") from None
 
     def regimes(self) -> RegimeRandomization | None:
         """The regime distribution of ``random_regimes`` (``None`` when it is off)."""
@@ -332,6 +366,13 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         fill_shape_alpha=config.fill_shape_alpha if config.fill_shape == "power" else None,
         fill_model=config.fill_model,
     )
+    if config.alpha_model != "none":
+        market_params = market_params.replace(
+            alpha_model=config.alpha_model,
+            alpha_rate=config.alpha_rate,
+            alpha_vol=config.alpha_vol,
+            alpha0=config.alpha0,
+        )
     env_params = env.default_params.replace(
         market=market_params.validate(),
         phi=config.phi,

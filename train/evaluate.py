@@ -20,6 +20,10 @@ applied at each step) and ``optimal`` (the exact discrete optimum, ``execution.r
 same noise; ``exact_reward`` for the three rules of ``(t, q)``; the same statistics, with
 ``pnl = X_T + q_T (S_T - alpha q_T) - Q0 S0`` and ``mean_abs_q`` the shares left at the end. Its
 rewards are costs (``V < 0``), so the gap is ``-mean(D) / |V|`` (positive: worse than optimal).
+With the short-term alpha signal (``MarketParams.alpha_model="ou"``) the optimum is
+``mm.optimal.bellman_alpha`` on the state (t, q, alpha) (``V = value_at(0, 0, alpha0)``, exact
+for the alpha chain on its grid), its table policy (``mm.policies.alpha_table``) is simulated
+on the same paths, and the ``exact_reward`` entries come from ``mm.optimal.evaluate_alpha``.
 """
 
 from __future__ import annotations
@@ -76,18 +80,48 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
     return rewards.episode_reward(rollout, env_params.phi, env_params.reward, env_params.market)
 
 
-def optimal_solution(env_params: EnvParams) -> optimal.QuoteTable:
-    """``mm.optimal.bellman`` for the environment's market, reward and action bounds
-    (``bellman_cara`` for the CARA reward: its value is a certainty equivalent)."""
+def optimal_solution(
+    env_params: EnvParams, n_alpha: int = 41
+) -> optimal.QuoteTable | optimal.AlphaQuoteTable:
+    """``mm.optimal.bellman`` for the environment's market, reward and action bounds;
+    ``bellman_cara`` for the CARA reward (its value is a certainty equivalent); with the alpha
+    signal ``mm.optimal.bellman_alpha`` on ``n_alpha`` alpha grid points."""
     if env_params.reward == "cara":
         return optimal.bellman_cara(env_params.market, env_params.phi)
+    if env_params.market.alpha_model != "none":
+        return optimal.bellman_alpha(
+            env_params.market, env_params.phi, reward=env_params.reward, n_alpha=n_alpha
+        )
     return optimal.bellman(env_params.market, env_params.phi, reward=env_params.reward)
 
 
-def exact_reward(env_params: EnvParams, policy: Any) -> float:
-    """The exact expected episode reward of a (t, q)-Markov policy (``mm.optimal.evaluate``;
-    ``evaluate_cara`` and the utility of its certainty equivalent for the CARA reward)."""
+def _alpha0(market_params: Any) -> float:
+    return 0.0 if market_params.alpha0 is None else float(market_params.alpha0)
+
+
+def _optimal_policy_and_reward(
+    solution: optimal.QuoteTable | optimal.AlphaQuoteTable, env_params: EnvParams
+) -> tuple[Any, float]:
+    """The optimal table as a policy and its exact expected episode reward from a flat start
+    (``rewards.value_to_reward`` of the solver's value)."""
+    if isinstance(solution, optimal.AlphaQuoteTable):
+        value = solution.value_at(0, 0, _alpha0(env_params.market))
+        return mm.policies.alpha_table(solution), value
+    value = rewards.value_to_reward(solution.value_at(0, 0), env_params.reward, env_params.phi)
+    return mm.policies.table(solution), value
+
+
+def exact_reward(env_params: EnvParams, policy: Any, solution: Any = None) -> float:
+    """The exact expected episode reward of a (t, q)-Markov policy from a flat start:
+    ``mm.optimal.evaluate``; ``evaluate_cara`` and the utility of its certainty equivalent for
+    the CARA reward; ``evaluate_alpha`` on the solution's alpha grid when ``solution`` is an
+    ``AlphaQuoteTable``."""
     market_params, phi, reward = env_params.market, env_params.phi, env_params.reward
+    if isinstance(solution, optimal.AlphaQuoteTable):
+        exact = optimal.evaluate_alpha(
+            market_params, policy, phi, reward=reward, n_alpha=solution.alphas.size
+        )
+        return exact.value_at(0, 0, _alpha0(market_params))
     if reward == "cara":
         value = optimal.evaluate_cara(market_params, policy, phi).value_at(0, 0)
     else:
@@ -115,7 +149,7 @@ def compare(
     policies: dict[str, Any],
     key: jax.Array,
     n_episodes: int,
-    solution: optimal.QuoteTable,
+    solution: optimal.QuoteTable | optimal.AlphaQuoteTable,
     devices: list[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Simulate every policy on ``key`` (common random numbers) and compare with the optimum.
@@ -124,7 +158,8 @@ def compare(
         env_params: the environment (market, phi, reward) the rewards are computed for.
         policies: name -> jaxmm policy; the optimal table's policy is added as ``"optimal"``.
         key: the evaluation key. n_episodes: episodes per strategy (>= 2).
-        solution: ``optimal_solution(env_params)``.
+        solution: ``optimal_solution(env_params)`` (an ``AlphaQuoteTable`` with the alpha
+            signal: its table policy reads (t, q, alpha)).
         devices: split the episodes over these devices (``mm.simulate``'s ``devices``).
 
     Returns:
@@ -134,10 +169,8 @@ def compare(
     if n_episodes < 2:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
     market_params = env_params.market
-    policies = {**policies, "optimal": mm.policies.table(solution)}
-    optimal_reward = rewards.value_to_reward(
-        solution.value_at(0, 0), env_params.reward, env_params.phi
-    )
+    optimal_policy, optimal_reward = _optimal_policy_and_reward(solution, env_params)
+    policies = {**policies, "optimal": optimal_policy}
     episode_rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
@@ -154,7 +187,7 @@ def compare(
         )
     for name in ("naive", "avellaneda_stoikov", "glft", "optimal"):
         if name in results:
-            results[name]["exact_reward"] = exact_reward(env_params, policies[name])
+            results[name]["exact_reward"] = exact_reward(env_params, policies[name], solution)
     if env_params.reward == "cara":
         _certainty_equivalent_gaps(results, episode_rewards, solution.value_at(0, 0), env_params)
     return {"eval": results, "optimal_reward": optimal_reward}
@@ -221,7 +254,7 @@ def evaluate_run(
         policies,
         jax.random.key(eval_seed),
         n_episodes,
-        optimal_solution(env_params),
+        optimal_solution(env_params, config.alpha_grid_points),
         devices,
     )
     ppo = result["eval"]["ppo"]
@@ -236,7 +269,12 @@ def evaluate_run(
             "noise": "common random numbers: every strategy sees the same paths",
             "naive": {"half_spread": config.naive_half_spread},
             "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
-            "optimal": "mm.optimal.bellman with the environment's action bounds",
+            "optimal": (
+                "mm.optimal.bellman with the environment's action bounds"
+                if config.alpha_model == "none"
+                else f"mm.optimal.bellman_alpha on {config.alpha_grid_points} alpha points, "
+                "the environment's action bounds"
+            ),
             "devices": device_lib.describe(devices),
         },
     }

@@ -683,7 +683,8 @@ FIELD_HELP = {
     "(inventory_penalty: dPnL - phi q'^2; variance: dPnL - phi sigma_t^2 dt q'^2), >= 0",
     "reward": "reward: inventory_penalty, pnl, variance or cara (utility of terminal wealth, "
     "phi = its risk aversion per price unit, > 0)",
-    "features": "observation set: full, no_as_spread, no_volatility, inventory_only or extended",
+    "features": "observation set: full, no_as_spread, no_volatility, inventory_only, extended, "
+    "alpha (full + the alpha signal) or hawkes (full + the order-flow intensities)",
     "action_mode": "depths (bid and ask depths, price units, in [0.01, 5]) or as_skew",
     "total_timesteps": "environment steps per seed (all parallel environments together)",
     "num_envs": "parallel environments per seed",
@@ -730,6 +731,12 @@ FIELD_HELP = {
     "fill_shape_alpha": "alpha of the power shape, dimensionless (> 1; ignored by the others)",
     "fill_model": "per-step fill probability: linear min(1, lambda dt) or exponential "
     "1 - exp(-lambda dt)",
+    "alpha_model": "short-term alpha signal in the mid's drift: none or ou",
+    "alpha_rate": "mean reversion zeta of the alpha signal, per time unit (> 0 with ou)",
+    "alpha_vol": "volatility eta of the alpha signal, price units per time unit per "
+    "sqrt(time unit) (>= 0)",
+    "alpha0": "initial alpha, price units per time unit",
+    "alpha_grid_points": "alpha grid points of the exact (t, q, alpha) optimum (odd, >= 3)",
     "task": "market_making (the default) or execution (sell execution_inventory shares over "
     "the session; the market-making fields do not apply)",
     "execution_inventory": "execution: shares to sell, > 0",
