@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
-ACTION_MODES = ("depths", "as_skew")
+ACTION_MODES = ("depths", "as_skew", "depths_mo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +99,12 @@ class PPOConfig:
             (``MarketParams.fill_shape``: ``"exponential"``, ``"power"`` with
             ``fill_shape_alpha > 1``, ``"linear"``; the alpha is ignored by the other shapes).
             The optimum, A-S and every evaluation use the same shaped market.
+        mo_cost, mo_permanent_impact: market orders as a control (``MarketParams.mo_cost``
+            and ``mo_permanent_impact``, price units): ``inf`` (the default) means no market
+            orders (the market is the default one); a finite ``mo_cost >= 0`` lets the desk send
+            them, which ``action_mode="depths_mo"`` requires (PPO then chooses a market order
+            beside its depths). The optimum is then the joint-action ``optimal.bellman``, and
+            every strategy is scored on the same market. ``mo_permanent_impact = 0`` is off.
     """
 
     phi: float = 0.01
@@ -148,6 +154,8 @@ class PPOConfig:
     regime_factor_high: float = 3.0
     fill_shape: str = "exponential"
     fill_shape_alpha: float = 0.0
+    mo_cost: float = math.inf
+    mo_permanent_impact: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -231,6 +239,7 @@ class PPOConfig:
                 market_env(self)
             except ValueError as error:  # MarketParams names fill_shape / fill_shape_alpha
                 raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
+        self._validate_market_orders()
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -243,6 +252,23 @@ class PPOConfig:
         if not self.name or "/" in self.name:
             raise ValueError(f"name = {self.name!r}; allowed: a non-empty folder name")
         return self
+
+    def _validate_market_orders(self) -> None:
+        if math.isnan(self.mo_cost) or self.mo_cost < 0:
+            raise ValueError(f"mo_cost = {self.mo_cost!r}; allowed: >= 0 (inf: no market orders)")
+        impact = self.mo_permanent_impact
+        if not (math.isfinite(impact) and impact >= 0):
+            raise ValueError(f"mo_permanent_impact = {impact!r}; allowed: finite and >= 0")
+        if impact and not math.isfinite(self.mo_cost):
+            raise ValueError(
+                f"mo_permanent_impact = {impact!r} with mo_cost = inf; allowed: 0, or a "
+                "finite mo_cost (market orders on)"
+            )
+        if self.action_mode == "depths_mo" and not math.isfinite(self.mo_cost):
+            raise ValueError(
+                "action_mode = 'depths_mo' needs market orders; allowed: a finite mo_cost >= 0 "
+                "(price units)"
+            )
 
     def regimes(self) -> RegimeRandomization | None:
         """The regime distribution of ``random_regimes`` (``None`` when it is off)."""
@@ -284,6 +310,11 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         fill_shape=config.fill_shape,
         fill_shape_alpha=config.fill_shape_alpha if config.fill_shape == "power" else None,
     )
+    if math.isfinite(config.mo_cost):  # market orders on (inf: the default market)
+        market_params = market_params.replace(
+            mo_cost=config.mo_cost,
+            mo_permanent_impact=config.mo_permanent_impact or None,
+        )
     env_params = env.default_params.replace(
         market=market_params.validate(),
         phi=config.phi,
@@ -298,19 +329,22 @@ def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:
 
     ``config.init_action`` if given; else, for ``MarketMakingEnv``, the Avellaneda-Stoikov
     quote (``as_gamma``) at the start of the session with no inventory -- in ``"depths"`` mode
-    its half-spread on both sides, in ``"as_skew"`` mode ``(0, 0)``; else the centre of the Box.
+    its half-spread on both sides (``"depths_mo"``: and no market order, 0), in ``"as_skew"``
+    mode ``(0, 0)``; else the centre of the Box.
     """
     space = env.action_space(env_params)
     low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).ravel()
     high = np.broadcast_to(np.asarray(space.high, np.float64), space.shape).ravel()
     if config.init_action is not None:
         action = np.asarray(config.init_action, np.float64)
-    elif isinstance(env, MarketMakingEnv) and env.action_mode == "depths":
+    elif isinstance(env, MarketMakingEnv) and env.action_mode in ("depths", "depths_mo"):
         start = market.reset(jax.random.key(0), env_params.market)
         half_spread = 0.5 * float(
             AvellanedaStoikov(env_params.as_gamma).spread(start, env_params.market)
         )
         action = np.full(low.shape, half_spread)
+        if env.action_mode == "depths_mo":
+            action[2] = 0.0  # no market order
     elif isinstance(env, MarketMakingEnv):
         action = np.zeros(low.shape)
     else:

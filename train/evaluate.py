@@ -67,7 +67,8 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
 
 
 def optimal_solution(env_params: EnvParams) -> optimal.QuoteTable:
-    """``mm.optimal.bellman`` for the environment's market, reward and action bounds."""
+    """``mm.optimal.bellman`` for the environment's market, reward and action bounds (the
+    joint optimum over quotes and market orders when the market has them, ``mo_cost`` set)."""
     return optimal.bellman(env_params.market, env_params.phi, reward=env_params.reward)
 
 
@@ -110,7 +111,7 @@ def compare(
     if n_episodes < 2:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
     market_params = env_params.market
-    policies = {**policies, "optimal": mm.policies.table(solution)}
+    policies = {**policies, "optimal": optimal.table_policy(solution)}  # + market orders
     optimal_reward = solution.value_at(0, 0)
     episode_rewards = {}
     results: dict[str, dict[str, Any]] = {}
