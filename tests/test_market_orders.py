@@ -7,6 +7,7 @@ against Monte Carlo (4 standard errors, fixed seed), the quotes-only limit, the 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import jax
@@ -17,6 +18,7 @@ import pytest
 import jaxmm as mm
 from jaxmm import market, optimal
 from jaxmm.env import EnvParams, MarketMakingEnv
+from jaxmm.results import jsonable
 
 STEP = jax.jit(market.step)
 
@@ -212,7 +214,7 @@ def test_expensive_market_orders_reproduce_the_quotes_only_optimum_exactly():
 
 
 def test_cheap_market_orders_gain_and_the_thresholds_are_contiguous():
-    params = mm.presets.homework().replace(q_max=10.0)
+    params = mm.presets.homework().replace(q_max=10.0, n_steps=100, T=0.5)  # the homework's dt
     base = optimal.bellman(params, 0.1).value_at(0, 0)
     previous = base
     for cost in (1.0, 0.5, 0.2):
@@ -294,6 +296,11 @@ def test_ppo_config_market_orders():
 
     _, default_params = market_env(PPOConfig())
     assert default_params.market.mo_cost is None  # the default run is unchanged
+    # the config stays plain JSON (a run's config.json is written by json.dumps and jsonable)
+    for saved in (PPOConfig(), PPOConfig(mo_cost=0.2, mo_permanent_impact=0.01)):
+        written = saved.to_dict()
+        assert json.loads(json.dumps(written)) == jsonable(written)  # no non-finite floats
+        assert PPOConfig.from_dict(json.loads(json.dumps(written))) == saved
     config = PPOConfig(action_mode="depths_mo", mo_cost=0.2, mo_permanent_impact=0.01).validate()
     env, env_params = market_env(config)
     assert env_params.market.mo_cost == 0.2 and env_params.market.mo_permanent_impact == 0.01
@@ -302,7 +309,8 @@ def test_ppo_config_market_orders():
     assert agent_spec(config, env, env_params).network.action_dim == 3
     for bad, field in (
         ({"action_mode": "depths_mo"}, "mo_cost"),
-        ({"mo_cost": -1.0}, "mo_cost"),
+        ({"mo_cost": -0.5}, "mo_cost"),
+        ({"mo_cost": math.inf}, "mo_cost"),
         ({"mo_permanent_impact": 0.1}, "mo_permanent_impact"),
     ):
         with pytest.raises(ValueError, match=field):

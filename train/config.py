@@ -19,6 +19,7 @@ from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 __all__ = [
     "ACTION_MODES",
     "FEATURES",
+    "MO_OFF",
     "PPOConfig",
     "agent_spec",
     "initial_action",
@@ -27,6 +28,7 @@ __all__ = [
 
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
 ACTION_MODES = ("depths", "as_skew", "depths_mo")
+MO_OFF = -1.0  # PPOConfig.mo_cost: no market orders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +102,10 @@ class PPOConfig:
             ``fill_shape_alpha > 1``, ``"linear"``; the alpha is ignored by the other shapes).
             The optimum, A-S and every evaluation use the same shaped market.
         mo_cost, mo_permanent_impact: market orders as a control (``MarketParams.mo_cost``
-            and ``mo_permanent_impact``, price units): ``inf`` (the default) means no market
-            orders (the market is the default one); a finite ``mo_cost >= 0`` lets the desk send
-            them, which ``action_mode="depths_mo"`` requires (PPO then chooses a market order
+            and ``mo_permanent_impact``, price units): ``mo_cost = -1`` (the default; a
+            finite number, so the config stays plain JSON) means no market orders (the market
+            is the default one); ``mo_cost >= 0`` lets the desk send them, which
+            ``action_mode="depths_mo"`` requires (PPO then chooses a market order
             beside its depths). The optimum is then the joint-action ``optimal.bellman``, and
             every strategy is scored on the same market. ``mo_permanent_impact = 0`` is off.
     """
@@ -154,7 +157,7 @@ class PPOConfig:
     regime_factor_high: float = 3.0
     fill_shape: str = "exponential"
     fill_shape_alpha: float = 0.0
-    mo_cost: float = math.inf
+    mo_cost: float = MO_OFF
     mo_permanent_impact: float = 0.0
 
     @property
@@ -254,20 +257,23 @@ class PPOConfig:
         return self
 
     def _validate_market_orders(self) -> None:
-        if math.isnan(self.mo_cost) or self.mo_cost < 0:
-            raise ValueError(f"mo_cost = {self.mo_cost!r}; allowed: >= 0 (inf: no market orders)")
+        on = self.mo_cost != MO_OFF
+        if on and not (math.isfinite(self.mo_cost) and self.mo_cost >= 0):
+            raise ValueError(
+                f"mo_cost = {self.mo_cost!r}; allowed: finite and >= 0 (price units), or -1 "
+                "(the default: no market orders)"
+            )
         impact = self.mo_permanent_impact
         if not (math.isfinite(impact) and impact >= 0):
             raise ValueError(f"mo_permanent_impact = {impact!r}; allowed: finite and >= 0")
-        if impact and not math.isfinite(self.mo_cost):
+        if impact and not on:
             raise ValueError(
-                f"mo_permanent_impact = {impact!r} with mo_cost = inf; allowed: 0, or a "
-                "finite mo_cost (market orders on)"
+                f"mo_permanent_impact = {impact!r} with mo_cost = -1 (off); allowed: 0, or "
+                "mo_cost >= 0 (market orders on)"
             )
-        if self.action_mode == "depths_mo" and not math.isfinite(self.mo_cost):
+        if self.action_mode == "depths_mo" and not on:
             raise ValueError(
-                "action_mode = 'depths_mo' needs market orders; allowed: a finite mo_cost >= 0 "
-                "(price units)"
+                "action_mode = 'depths_mo' needs market orders; allowed: mo_cost >= 0 (price units)"
             )
 
     def regimes(self) -> RegimeRandomization | None:
@@ -310,7 +316,7 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         fill_shape=config.fill_shape,
         fill_shape_alpha=config.fill_shape_alpha if config.fill_shape == "power" else None,
     )
-    if math.isfinite(config.mo_cost):  # market orders on (inf: the default market)
+    if config.mo_cost != MO_OFF:  # market orders on (-1: the default market)
         market_params = market_params.replace(
             mo_cost=config.mo_cost,
             mo_permanent_impact=config.mo_permanent_impact or None,
