@@ -66,6 +66,7 @@ STUDIES = (
     "multi_asset",
     "cp_schedule",
     "cj_package",
+    "market_orders",
     "tasks",
     "all",
 )

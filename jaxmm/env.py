@@ -29,7 +29,7 @@ of ``env.feature_names``); the feature sets of the ablation study are in ``FEATU
   ``alpha_vol / sqrt(2 alpha_rate)`` (price units per time unit when ``alpha_vol = 0``), in
   (-inf, inf). A market without the alpha signal cannot show it (a clear error).
 
-Actions (``f32[2]``, Box):
+Actions (``f32[2]``, Box; ``f32[3]`` in ``"depths_mo"``):
 
 - ``"depths"``: ``(bid_depth, ask_depth)`` in price units, in ``[0.01, 5]``; values outside are
   clipped to that range.
@@ -42,6 +42,11 @@ Actions (``f32[2]``, Box):
   of ``policies.avellaneda_stoikov(as_gamma)``. The final depths are clipped to ``[0.01, 5]``,
   as in the depth mode, so both modes post the same set of quotes (never at or through the
   mid; A-S itself may quote a negative depth at large inventory).
+- ``"depths_mo"`` (``f32[3]``; needs a market with market orders, ``MarketParams.mo_cost``):
+  ``(bid_depth, ask_depth, order)``: the two depths as in ``"depths"`` and a market order of
+  one unit from ``order`` in ``[-1, 1]``: sell (-1) when ``order < -1/3``, buy (+1) when
+  ``order > 1/3``, none in between (thresholds ``MO_THRESHOLD``; values outside are clipped).
+  The order executes at the start of the step at ``S_t -+ mo_cost`` (``jaxmm.market``).
 
 Rewards (``EnvParams.reward``; ``dPnL`` is ``StepInfo.pnl``, ``q_{t+1}`` the inventory after the
 step's fills, which is the inventory marked to market over the step):
@@ -92,6 +97,7 @@ __all__ = [
     "ACTION_MODES",
     "FEATURE_BOUNDS",
     "FEATURE_SETS",
+    "MO_THRESHOLD",
     "REWARDS",
     "EnvParams",
     "EnvPolicy",
@@ -132,7 +138,8 @@ FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "pnl": (-np.inf, np.inf),
     "alpha": (-np.inf, np.inf),
 }
-ACTION_MODES = ("depths", "as_skew")
+ACTION_MODES = ("depths", "as_skew", "depths_mo")
+MO_THRESHOLD = 1.0 / 3.0  # "depths_mo": order < -1/3 sells one unit, order > 1/3 buys one
 REWARDS = rewards.REWARDS
 DEPTH_MIN, DEPTH_MAX = 0.01, 5.0  # price units: the range of posted depths in both modes
 LOG10_MULTIPLIER_MIN, LOG10_MULTIPLIER_MAX = -2.0, 1.0  # risk-aversion multiplier 0.01 .. 10
@@ -301,8 +308,8 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
     Args:
         features: the observation, a key of ``FEATURE_SETS``: ``"full"``, ``"no_as_spread"``,
             ``"no_volatility"``, ``"inventory_only"`` or ``"extended"``.
-        action_mode: ``"depths"`` (bid and ask depths) or ``"as_skew"`` (A-S risk-aversion
-            multiplier and skew).
+        action_mode: ``"depths"`` (bid and ask depths), ``"as_skew"`` (A-S risk-aversion
+            multiplier and skew) or ``"depths_mo"`` (the depths and a market order).
 
     Action bounds (``action_space``): ``"depths"``: ``[0.01, 5]^2`` (price units);
     ``"as_skew"``: ``log10_multiplier`` in ``[-2, 1]`` and ``skew`` in ``[-1, 1]`` (A-S
@@ -349,8 +356,8 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
 
     @property
     def num_actions(self) -> int:
-        """Dimension of the (continuous) action."""
-        return 2
+        """Dimension of the (continuous) action: 2, or 3 in ``"depths_mo"``."""
+        return 3 if self.action_mode == "depths_mo" else 2
 
     @property
     def n_features(self) -> int:
@@ -388,9 +395,13 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
         ``"depths"``: ``clip(action, 0.01, 5)`` as ``(bid_depth, ask_depth)``. ``"as_skew"``:
         A-S quotes with ``gamma = as_gamma * 10**action[0]`` shifted up by ``action[1]`` A-S
         half-spreads, then clipped (action components clipped to their ranges first).
+        ``"depths_mo"`` (``f[3]``): the clipped depths and ``market_order`` -1 / 0 / +1 for
+        ``action[2]`` below -1/3 / between / above 1/3.
         """
         dtype = market.float_dtype()
         action = jnp.asarray(action, dtype)
+        if self.action_mode == "depths_mo":
+            return self._quotes_with_market_order(action, params)
         if self.action_mode == "depths":
             bid_depth, ask_depth = action[0], action[1]
         else:
@@ -403,6 +414,21 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
         return Quotes(
             bid_depth=jnp.clip(bid_depth, DEPTH_MIN, DEPTH_MAX),
             ask_depth=jnp.clip(ask_depth, DEPTH_MIN, DEPTH_MAX),
+        )
+
+    def _quotes_with_market_order(self, action: jax.Array, params: EnvParams) -> Quotes:
+        """``"depths_mo"``: the clipped depths and the market order of ``action[2]``."""
+        if not params.market.has_market_orders:
+            raise ValueError(
+                "action_mode 'depths_mo' needs a market with market orders; allowed: "
+                "EnvParams.market.mo_cost set (>= 0, price units)"
+            )
+        order = jnp.where(action[2] > MO_THRESHOLD, 1.0, 0.0)
+        order = jnp.where(action[2] < -MO_THRESHOLD, -1.0, order).astype(action.dtype)
+        return Quotes(
+            bid_depth=jnp.clip(action[0], DEPTH_MIN, DEPTH_MAX),
+            ask_depth=jnp.clip(action[1], DEPTH_MIN, DEPTH_MAX),
+            market_order=order,
         )
 
     def step_env(
@@ -428,6 +454,8 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
             "ask_depth": quotes.ask_depth,
             "discount": 1.0 - terminated.astype(jnp.float32),
         }
+        if step_info.market_order is not None:  # the market has market orders
+            info["market_order"] = step_info.market_order
         return obs, next_state, reward, terminated, info
 
     def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, MarketState]:
@@ -444,7 +472,12 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
         return jnp.zeros((), jnp.bool_)
 
     def action_space(self, params: EnvParams | None = None) -> spaces.Box:
-        """``Box(f32[2])``: depths ``[0.01, 5]^2``, or ``[-2, 1] x [-1, 1]`` in ``"as_skew"``."""
+        """``Box(f32[2])``: depths ``[0.01, 5]^2``, or ``[-2, 1] x [-1, 1]`` in ``"as_skew"``;
+        ``Box(f32[3])`` ``[0.01, 5]^2 x [-1, 1]`` in ``"depths_mo"``."""
+        if self.action_mode == "depths_mo":
+            low = np.array([DEPTH_MIN, DEPTH_MIN, -1.0], np.float32)
+            high = np.array([DEPTH_MAX, DEPTH_MAX, 1.0], np.float32)
+            return spaces.Box(low=low, high=high, shape=(3,), dtype=jnp.float32)
         if self.action_mode == "depths":
             low = np.full((2,), DEPTH_MIN, np.float32)
             high = np.full((2,), DEPTH_MAX, np.float32)
@@ -466,8 +499,9 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
         """A jaxmm policy ``(obs: MarketState, market: MarketParams) -> Quotes`` for ``simulate``.
 
         Args:
-            action_fn: ``f32[n_features] -> f[2]``, deterministic (for a trained agent: the mean
-                action). A pytree such as ``jax.tree_util.Partial(apply, weights)`` passes
+            action_fn: ``f32[n_features] -> f[num_actions]``, deterministic (for a trained
+                agent: the mean action); in ``"depths_mo"`` the quotes carry its market
+                order. A pytree such as ``jax.tree_util.Partial(apply, weights)`` passes
                 through ``jit`` as data; a plain function is compiled as code.
             params: the environment settings; the market is the one ``simulate`` passes.
         """

@@ -16,6 +16,18 @@ One step, in this order:
    compound-Poisson jumps when on); the Heston variance moves to ``v_{t+1}``;
 7. mark to market: inventory PnL ``+= q_{t+1} * (S_{t+1} - S_t)``.
 
+Market orders (``MarketParams.mo_cost`` set; off by default): the desk's own market order
+(``Quotes.market_order``, ``m`` in ``{-1, 0, +1}``) executes first, at the start of the step,
+at ``S_t + m mo_cost`` (a buy pays ``S_t + mo_cost``, a sell receives ``S_t - mo_cost``):
+``q -> q_t + m`` before step 3, whose fills and inventory limits then start from ``q_t + m``;
+its cost ``|m| mo_cost`` is booked in the spread capture (a trade at depth ``-mo_cost``) and
+``StepInfo.market_order_cost``; ``taker_fee`` (if set) is charged on it; its permanent impact
+``mo_permanent_impact * m`` joins the adverse-selection jump of step 5 (before the mid's own
+move), so ``q_{t+1} = q_t + m + bid_fill - ask_fill`` is marked to a mid that includes it. A
+market order that would take ``|q|`` beyond ``q_max`` is not sent (``m = 0``: no trade, no
+cost); neither is one after the loss-limit halt. Latency, tick and spread floor act on the
+quotes only: the market order is never delayed.
+
 PnL is carried as increments (spread capture plus inventory PnL minus fees), never as
 ``cash + q S``, so it stays exact in float32 whatever the price level.
 
@@ -124,10 +136,17 @@ class Quotes:
 
     A depth may be negative (a bid above the mid fills with probability above ``A dt``) or
     ``+inf`` (that side is not quoted).
+
+    ``market_order``: the desk's own market order of one unit, sent at the start of the step
+    (see the module docstring): ``-1`` sell, ``0`` none, ``+1`` buy, as an int or a float
+    (rounded to the nearest integer, halves to even, then clipped to ``[-1, 1]``; NaN counts
+    as 0). ``None`` (the default, absent from the pytree): no market order. Needs
+    ``MarketParams.mo_cost``.
     """
 
     bid_depth: jax.Array
     ask_depth: jax.Array
+    market_order: jax.Array | None = None
 
 
 @struct.dataclass
@@ -210,6 +229,11 @@ class StepInfo:
     ``bid_depth``/``ask_depth`` the depths that acted (after the desk's controls, the tick and
     the latency; the policy's own when those are off); ``fees`` the fees of the step (``None``
     when the market has none); ``pnl = spread_pnl + inventory_pnl - fees``.
+
+    With market orders on (``MarketParams.mo_cost`` set; ``None`` otherwise):
+    ``market_order`` the signed units the desk's market order executed (0 when none was sent
+    or it was refused at the inventory limit) and ``market_order_cost`` its cost
+    ``|market_order| * mo_cost`` (price units, >= 0), already subtracted in ``spread_pnl``.
     """
 
     bid_fill: jax.Array
@@ -223,6 +247,8 @@ class StepInfo:
     bid_depth: jax.Array
     ask_depth: jax.Array
     fees: jax.Array | None = None
+    market_order: jax.Array | None = None
+    market_order_cost: jax.Array | None = None
 
 
 def reset(key: jax.Array, params: MarketParams) -> MarketState:
@@ -679,7 +705,10 @@ def step_with_noise(
     and, with order sizes, by the incoming order's size, and the rest of the step is unchanged.
     """
     dtype = float_dtype()
+    market_order = _market_order(state, quotes, params)
     state, quotes = _acting_quotes(state, quotes, params)
+    if market_order is not None:  # it executes first: the fills start from q_t + m
+        state = state.replace(inventory=state.inventory + market_order)
     bid_depth, ask_depth, bid_prob, ask_prob = _quote_fill_probabilities(state, quotes, params)
     bid_open, ask_open = _limits_open(state, params)
     if fill is None:
@@ -689,8 +718,43 @@ def step_with_noise(
         bid_fill = jnp.asarray(fill(noise.u_bid, bid_prob), dtype) * bid_open.astype(dtype)
         ask_fill = jnp.asarray(fill(noise.u_ask, ask_prob), dtype) * ask_open.astype(dtype)
     return _apply_fills(
-        state, bid_depth, ask_depth, bid_fill, ask_fill, bid_prob, ask_prob, noise, params
+        state,
+        bid_depth,
+        ask_depth,
+        bid_fill,
+        ask_fill,
+        bid_prob,
+        ask_prob,
+        noise,
+        params,
+        market_order,
     )
+
+
+def _market_order(state: MarketState, quotes: Quotes, params: MarketParams) -> jax.Array | None:
+    """The units the desk's market order executes this step (the market's dtype), or ``None``
+    when the market has no market orders (``mo_cost`` is None).
+
+    ``Quotes.market_order`` rounded to an integer and clipped to ``[-1, 1]`` (NaN: 0); 0 when
+    the quotes carry none, when ``|q_t + m|`` would exceed ``q_max`` and after the loss-limit
+    halt. Raises ``ValueError`` (at trace time) for a market order on a market without them.
+    """
+    if not params.has_market_orders:
+        if quotes.market_order is not None:
+            raise ValueError(
+                "Quotes.market_order is set but MarketParams.mo_cost is None; allowed: set "
+                "mo_cost (>= 0, price units) to let the desk send market orders"
+            )
+        return None
+    dtype = float_dtype()
+    if quotes.market_order is None:
+        return jnp.zeros_like(state.inventory)
+    order = jnp.asarray(quotes.market_order, dtype)
+    order = jnp.clip(jnp.round(jnp.where(jnp.isnan(order), 0.0, order)), -1.0, 1.0)
+    order = jnp.where(jnp.abs(state.inventory + order) <= params.q_max, order, 0.0)
+    if params.loss_limit is not None:
+        order = jnp.where(state.halted, 0.0, order)
+    return order
 
 
 def _apply_fills(
@@ -703,9 +767,13 @@ def _apply_fills(
     ask_prob: jax.Array,
     noise: Noise,
     params: MarketParams,
+    market_order: jax.Array | None = None,
 ) -> tuple[MarketState, StepInfo]:
     """The rest of a step once the fills are known: inventory and cash, fees, adverse-selection
     jump, mid move (from ``noise.u_mid``), Heston variance, mark-to-market, history, halt.
+
+    ``market_order`` (market orders on): the units executed at the start of the step, already
+    in ``state.inventory``; here its cost, taker fee and permanent impact are booked.
 
     ``bid_fill``/``ask_fill`` are 0/1 in the simulator; a ``fill`` hook of ``step_with_noise``
     (the relaxation of ``jaxmm.calibrate``) passes fractional fills in [0, 1] through the same
@@ -726,7 +794,13 @@ def _apply_fills(
         ask_fill > 0, ask_fill * ask_depth, 0.0
     )
 
+    mo_cost_inc = None
     jump = params.adverse_selection * (ask_fill - bid_fill)
+    if market_order is not None:
+        mo_cost_inc = jnp.abs(market_order) * params.mo_cost
+        spread_inc = spread_inc - mo_cost_inc  # a trade at depth -mo_cost
+        if params.mo_permanent_impact is not None:
+            jump = jump + params.mo_permanent_impact * market_order
     sigma = volatility(state, params)
     sqrt_dt = jnp.sqrt(jnp.asarray(dt, dtype))
     if params.price_model == "binary":
@@ -761,6 +835,8 @@ def _apply_fills(
     if params.has_fees:
         bid_rate, ask_rate = fee_rates(bid_depth, ask_depth, params)
         fee_inc = bid_fill * bid_rate + ask_fill * ask_rate
+        if market_order is not None and params.taker_fee is not None:
+            fee_inc = fee_inc + jnp.abs(market_order) * params.taker_fee
         pnl_inc = pnl_inc - fee_inc
         extensions["fees"] = state.fees + fee_inc
     if params.vol_model == "heston":
@@ -803,6 +879,8 @@ def _apply_fills(
         bid_depth=bid_depth,
         ask_depth=ask_depth,
         fees=fee_inc,
+        market_order=market_order,
+        market_order_cost=mo_cost_inc,
     )
     return next_state, info
 

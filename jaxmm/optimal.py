@@ -73,7 +73,9 @@ __all__ = [
     "glft_asymptotic",
     "inventory_cvar",
     "inventory_var",
+    "market_order_thresholds",
     "quote_gap",
+    "table_policy",
     "tabulate",
     "tabulate_alpha",
 ]
@@ -92,6 +94,7 @@ class QuoteTable:
     ask_depth: np.ndarray
     value: np.ndarray
     method: str = struct.field(pytree_node=False, default="")
+    market_order: np.ndarray | None = None  # f[n_t, n_q] in {-1, 0, 1}: see bellman
 
     def q_index(self, q: int) -> int:
         """Column of inventory ``q``; ValueError if ``q`` is off the grid."""
@@ -414,14 +417,16 @@ def _best_depth(
 
 def _check_mdp(params: MarketParams, phi: Any, reward: str, terminal_penalty: Any, bounds):
     params.validate()
-    unmodelled = params.extensions_in_use()  # extension options the (t, q) MDP does not model
+    # extension options the (t, q) MDP does not model (market orders it does: bellman)
+    unmodelled = tuple(n for n in params.extensions_in_use() if n not in _MARKET_ORDER_FIELDS)
     if unmodelled:
         name = unmodelled[0]
         raise ValueError(
             f"params.{name} = {getattr(params, name)!r} is not modelled by the exact solvers; "
             "allowed: its default (see MarketParams.extensions_in_use)"
         )
-    for name in ("S0", "sigma", "T", "A", "k", "mu", "adverse_selection", "q_max"):
+    for name in ("S0", "sigma", "T", "A", "k", "mu", "adverse_selection", "q_max",
+                 *_MARKET_ORDER_FIELDS):  # fmt: skip
         if np.ndim(getattr(params, name)) != 0:
             raise ValueError(f"params.{name} must be a scalar for the exact solvers (no sweeps)")
     if params.price_model in ("geometric", "ou"):
@@ -644,8 +649,31 @@ def bellman(
     policy from a flat start. Inventories: ``-Q..Q`` with ``Q = min(q_max, n_steps)`` by
     default. When ``Q < q_max`` (e.g. unbounded inventory) the grid edge blocks fills like a
     limit would; that changes no value reachable from ``q = 0`` while ``Q >= n_steps``.
+
+    Market orders (``params.mo_cost`` set, see ``jaxmm.market``): the action is joint, the
+    quotes and a market order ``m`` in ``{-1, 0, +1}`` sent first at ``S_t`` for ``|m|
+    mo_cost``, after which the fills start from ``x = q + m`` (``|x| <= Q``), and the
+    permanent impact ``I = mo_permanent_impact`` moves the mid by ``I m``:
+
+        V_t(q) = max_{m: |q + m| <= Q} [ -|m| mo_cost + U_t^m(q + m) ],
+        U_t^m(x) = max_{d_b, d_a} E[ fills . depths + q_{t+1} (E[dS | fills] + I m)
+                                     - c_t q_{t+1}^2 + V_{t+1}(q_{t+1}) ],
+
+    with ``q_{t+1} = x + bid_fill - ask_fill``: the reward of ``jaxmm.rewards`` (the step's
+    PnL includes ``-|m| mo_cost``, the penalty is on the inventory after the market order and
+    the fills). ``U^m`` is the quotes-only problem above with the continuation shifted by
+    ``I m q'`` (one problem when ``I`` is 0 or None), solved by the same exact maximisation; the
+    maximum over ``m`` is by enumeration, ties to ``m = 0`` (a market order must gain strictly).
+    The table's ``market_order f[n_t, n_q]`` holds ``m*`` (0 in the terminal row) and its
+    depths are the quotes posted at ``(t, q)``, optimal at ``x = q + m*``; run it with
+    ``table_policy`` and evaluate it with ``evaluate``. The default grid is then
+    ``Q = min(q_max, 2 n_steps)`` (inventory moves by up to two per step).
     """
     phi, terminal_penalty, bounds = _check_mdp(params, phi, reward, terminal_penalty, depth_bounds)
+    if params.has_market_orders:
+        return _bellman_market_orders(
+            params, phi, reward, terminal_penalty, bounds, q_grid, float(tol)
+        )
     inventories = _inventory_grid(params, q_grid)
     penalties = rewards.penalty_schedule(params, phi, reward)
     with jax.enable_x64(True):
@@ -692,6 +720,11 @@ def _check_cara(params, gamma, terminal_penalty, bounds, solver: str):
     selection; returns ``(gamma, terminal_penalty, bounds)``."""
     gamma = validation.positive("gamma", gamma)
     _, terminal_penalty, bounds = _check_mdp(params, 0.0, "pnl", terminal_penalty, bounds)
+    if params.has_market_orders:
+        raise ValueError(
+            f"params.mo_cost = {params.mo_cost!r} is not modelled by {solver}; allowed: "
+            "None (market orders are solved by bellman)"
+        )
     if float(params.adverse_selection) != 0.0:
         raise ValueError(
             f"params.adverse_selection = {params.adverse_selection}; allowed: 0 for "
@@ -957,8 +990,16 @@ def evaluate(
     as quoted (not clipped to the action bounds; a probability is capped at 1 and an
     unquoted side, NaN or +inf, never fills). Returns a ``QuoteTable`` of the policy's depths
     and its value: ``evaluate(...).value_at(0, 0)`` is the expected episode reward.
+
+    On a market with market orders (``params.mo_cost`` set) the policy's ``market_order`` is
+    evaluated too (a ``QuoteTable`` with ``market_order`` is wrapped with ``table_policy``; a
+    policy whose quotes carry none sends none), executed as the simulator does: rounded and
+    clipped to ``[-1, 1]``, refused when it would leave the grid ``|q| <= Q`` (the default
+    ``Q`` of ``bellman``). The returned table then carries the executed ``market_order``.
     """
     phi, terminal_penalty, _ = _check_mdp(params, phi, reward, terminal_penalty, (0.0, 1.0))
+    if params.has_market_orders:
+        return _evaluate_market_orders(params, policy, phi, reward, terminal_penalty, q_grid)
     inventories = _inventory_grid(params, q_grid)
     penalties = rewards.penalty_schedule(params, phi, reward)
     with jax.enable_x64(True):
@@ -1073,6 +1114,11 @@ def _check_alpha(params: MarketParams, n_alpha: int, width: float):
     for name in ("alpha_rate", "alpha_vol", "alpha0"):
         if np.ndim(getattr(params, name)) != 0:
             raise ValueError(f"params.{name} must be a scalar for the exact solvers (no sweeps)")
+    if params.has_market_orders:
+        raise ValueError(
+            f"params.mo_cost = {params.mo_cost!r} is not modelled by the (t, q, alpha) solvers; "
+            "allowed: None (market orders are solved by bellman without the alpha signal)"
+        )
     alphas, transition = alpha_grid(params, n_alpha, width)
     plain = params.replace(alpha_model="none", alpha_rate=None, alpha_vol=None, alpha0=None)
     return plain, alphas, transition
@@ -1381,6 +1427,214 @@ def cartea_jaimungal_alpha(
         h1,
         method="cartea_jaimungal_alpha",
     )
+
+
+# ------------------------------------------------------------ market orders as a control
+
+_MARKET_ORDER_FIELDS = ("mo_cost", "mo_permanent_impact")
+_MARKET_ORDERS = (0, 1, -1)  # the enumeration order: ties go to the earlier (no order first)
+
+
+@struct.dataclass
+class MarketOrderTable:
+    """A ``policies.Table`` of quotes plus a table of market orders; see ``table_policy``."""
+
+    quotes: policies_lib.Table
+    orders: policies_lib.Table  # the market orders, read through a Table's (row, column)
+
+    def __call__(self, obs, params: MarketParams):
+        quotes = self.quotes(obs, params)
+        return quotes.replace(market_order=self.orders(obs, params).bid_depth)
+
+
+def table_policy(solution: QuoteTable) -> Any:
+    """A solver's table as a jaxmm policy: ``policies.table(solution)``, and, when the table
+    carries ``market_order`` (``bellman`` on a market with market orders), that market order
+    too (the same row and column: nearest time, current inventory, edge column beyond)."""
+    quotes = policies_lib.table(solution)
+    if solution.market_order is None:
+        return quotes
+    orders = np.asarray(solution.market_order, np.float64)
+    orders = policies_lib.table(solution.replace(bid_depth=orders, ask_depth=orders))
+    return MarketOrderTable(quotes=quotes, orders=orders)
+
+
+def market_order_thresholds(solution: QuoteTable) -> dict[str, np.ndarray]:
+    """Where a table's market orders start: ``{"sell": f[n_t], "buy": f[n_t]}``.
+
+    ``sell[t]``: the smallest inventory ``q`` at which the policy sells at step ``t`` (NaN if
+    it never does), ``buy[t]`` the largest at which it buys. For the optimum these are the
+    thresholds ``q*(t)``: it sells at every ``q >= sell[t]`` and buys at every ``q <= buy[t]``
+    (the tests check that the regions are contiguous).
+    """
+    if solution.market_order is None:
+        raise ValueError("solution.market_order is None: the table has no market orders")
+    orders = np.asarray(solution.market_order)
+    q = np.asarray(solution.inventories, np.float64)
+    sells, buys = orders < 0, orders > 0
+    sell = np.where(sells.any(axis=1), np.where(sells, q, np.inf).min(axis=1), np.nan)
+    buy = np.where(buys.any(axis=1), np.where(buys, q, -np.inf).max(axis=1), np.nan)
+    return {"sell": sell, "buy": buy}
+
+
+def _market_order_grid(params: MarketParams, q_grid: int | None) -> np.ndarray:
+    """The solvers' grid with market orders: ``Q = min(q_max, 2 n_steps)`` by default (a
+    market order and a fill move the inventory by up to two per step)."""
+    if q_grid is None:
+        q_grid = int(min(float(params.q_max), 2 * params.n_steps))
+    return _inventory_grid(params, q_grid)
+
+
+def _impact(params: MarketParams) -> float:
+    return 0.0 if params.mo_permanent_impact is None else float(params.mo_permanent_impact)
+
+
+def _shift(values: jax.Array, m: int, fill: float) -> jax.Array:
+    """``values[i + m]`` at every grid index ``i`` (``fill`` where ``i + m`` is off the grid)."""
+    if m == 0:
+        return values
+    pad = jnp.full((abs(m),), fill, values.dtype)
+    if m > 0:
+        return jnp.concatenate([values[m:], pad])
+    return jnp.concatenate([pad, values[:m]])
+
+
+def _bellman_market_orders(params, phi, reward, terminal_penalty, bounds, q_grid, tol):
+    inventories = _market_order_grid(params, q_grid)
+    penalties = rewards.penalty_schedule(params, phi, reward)
+    with jax.enable_x64(True):
+        consts = _constants(params, inventories)
+        q = jnp.asarray(inventories, jnp.float64)
+        terminal = -terminal_penalty * q**2
+        values, bids, asks, orders = _solve_market_orders(
+            consts,
+            q,
+            jnp.asarray(penalties),
+            terminal,
+            jnp.asarray(float(params.mo_cost), jnp.float64),
+            jnp.asarray(_impact(params), jnp.float64),
+            _models(params),
+            bounds,
+            tol,
+            params.mo_permanent_impact is not None and _impact(params) != 0.0,
+        )
+    table = _mdp_table(params, inventories, values, bids, asks, terminal, "bellman")
+    orders = np.vstack([np.asarray(orders), np.zeros((1, inventories.size))])
+    return table.replace(market_order=orders)
+
+
+@functools.partial(jax.jit, static_argnames=("models", "bounds", "tol", "with_impact"))
+def _solve_market_orders(numbers, q, penalties, terminal, cost, impact, models, bounds, tol,
+                         with_impact):  # fmt: skip
+    """Backward induction over the joint action (quotes, market order); see ``bellman``.
+
+    Each step solves the quotes-only problem ``U^m`` with ``_solve_mdp`` (one step, the
+    continuation shifted by ``impact m q'``), once for all ``m`` without impact."""
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
+
+    def back(later, penalty):
+        solved = {}
+        for m in _MARKET_ORDERS if with_impact else (0,):
+            shifted = later + impact * m * q if with_impact else later
+            u, bid, ask = _solve_mdp(consts, q, penalty[None], shifted, bounds, tol)
+            solved[m] = (u[0], bid[0], ask[0])
+        best_value, best_bid, best_ask = solved[0]
+        best_order = jnp.zeros_like(q)
+        for m in _MARKET_ORDERS[1:]:
+            u, bid, ask = solved[m if with_impact else 0]
+            value = _shift(u, m, -jnp.inf) - cost * abs(m)
+            better = value > best_value  # strictly: ties keep the earlier choice
+            best_value = jnp.where(better, value, best_value)
+            best_bid = jnp.where(better, _shift(bid, m, jnp.nan), best_bid)
+            best_ask = jnp.where(better, _shift(ask, m, jnp.nan), best_ask)
+            best_order = jnp.where(better, float(m), best_order)
+        return best_value, (best_value, best_bid, best_ask, best_order)
+
+    _, (values, bids, asks, orders) = jax.lax.scan(back, terminal, penalties, reverse=True)
+    return values, bids, asks, orders
+
+
+def _evaluate_market_orders(params, policy, phi, reward, terminal_penalty, q_grid):
+    inventories = _market_order_grid(params, q_grid)
+    penalties = rewards.penalty_schedule(params, phi, reward)
+    if isinstance(policy, QuoteTable):
+        policy = table_policy(policy)
+    policy = policies_lib.as_pytree(policy)
+    start = reset(jax.random.key(0), params)
+    steps = jnp.arange(params.n_steps, dtype=jnp.int32)
+    with jax.enable_x64(True):
+        bids, asks, orders = (
+            np.broadcast_to(np.asarray(x, np.float64), (params.n_steps, inventories.size))
+            for x in _tabulate_orders(
+                policy, params, start, steps, jnp.asarray(inventories, start.inventory.dtype)
+            )
+        )
+        # executed as the step does: rounded, clipped, refused off the grid
+        orders = np.clip(np.round(np.where(np.isnan(orders), 0.0, orders)), -1.0, 1.0)
+        orders = np.where(np.abs(inventories + orders) <= inventories[-1], orders, 0.0)
+        consts = _constants(params, inventories)
+        q = jnp.asarray(inventories, jnp.float64)
+        terminal = -terminal_penalty * q**2
+        values = _evaluate_orders(
+            consts,
+            q,
+            jnp.asarray(penalties),
+            terminal,
+            jnp.asarray(np.where(np.isnan(bids), np.inf, bids)),
+            jnp.asarray(np.where(np.isnan(asks), np.inf, asks)),
+            jnp.asarray(orders),
+            jnp.asarray(float(params.mo_cost), jnp.float64),
+            jnp.asarray(_impact(params), jnp.float64),
+            _models(params),
+        )
+        values = np.vstack([np.asarray(values), np.asarray(terminal)[None]])
+    after = inventories + orders  # where the fills start
+    nan_row = np.full((1, inventories.size), np.nan)
+    bids = np.vstack([np.where(after < inventories[-1], bids, np.nan), nan_row])
+    asks = np.vstack([np.where(after > inventories[0], asks, np.nan), nan_row])
+    orders = np.vstack([orders, np.zeros((1, inventories.size))])
+    times = np.arange(params.n_steps + 1) * float(params.dt)
+    return QuoteTable(
+        times, inventories, bids, asks, values, method="evaluate", market_order=orders
+    )
+
+
+@jax.jit
+def _tabulate_orders(policy, params, start, steps, inventories):
+    def quote(t, inventory):
+        quotes = policy(start.replace(t=t, inventory=inventory), params)
+        order = quotes.market_order
+        order = jnp.zeros(()) if order is None else order
+        return quotes.bid_depth, quotes.ask_depth, order
+
+    return jax.vmap(jax.vmap(quote, in_axes=(None, 0)), in_axes=(0, None))(steps, inventories)
+
+
+@functools.partial(jax.jit, static_argnames=("models",))
+def _evaluate_orders(numbers, q, penalties, terminal, bids, asks, orders, cost, impact, models):
+    """Exact value of a (t, q) policy with market orders: at ``(t, q)`` with order ``m`` the
+    quotes act from ``x = q + m`` (the one-step value of ``_one_step_value`` at ``x`` with
+    the continuation shifted by ``impact m q'``), minus ``|m| cost``."""
+    consts = {**numbers, "fill_model": models[0], "fill_shape": models[1]}
+
+    def back(later, inputs):
+        penalty, bid, ask, order = inputs
+        value = jnp.zeros_like(q)
+        for m in _MARKET_ORDERS:
+            # the quotes of the state q = x - m, placed at x
+            at_x = _one_step_value(
+                later + impact * m * q,
+                q,
+                penalty,
+                _shift(bid, -m, jnp.inf),
+                _shift(ask, -m, jnp.inf),
+                consts,
+            )
+            value = jnp.where(order == m, _shift(at_x, m, 0.0) - cost * abs(m), value)
+        return value, value
+
+    _, values = jax.lax.scan(back, terminal, (penalties, bids, asks, orders), reverse=True)
+    return values
 
 
 # ------------------------------------------------------------------------ risk measures

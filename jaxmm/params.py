@@ -24,12 +24,15 @@ Extensions are options of the same market step, all off by default:
 - desk realism: ``tick`` (quotes rounded away from the mid onto the price grid), ``maker_fee`` /
   ``taker_fee``, ``latency`` (a quote acts ``latency`` steps after it was computed) and
   ``order_size`` (the size of each incoming market order);
-- risk controls (with ``q_max``): ``spread_floor`` and ``loss_limit``.
+- risk controls (with ``q_max``): ``spread_floor`` and ``loss_limit``;
+- market orders as a control (``mo_cost``, ``mo_permanent_impact``): the desk may also send a
+  market order of one unit per step (``market.Quotes.market_order``).
 
-The desk fields ``tick``, ``maker_fee``, ``taker_fee``, ``spread_floor`` and ``loss_limit`` are
-``None`` by default: off, and absent from the pytree, so the default market compiles to exactly
-the program it had before the extensions existed. Given a number they become leaves (sweepable,
-e.g. ``tick=jnp.array([0.0, 0.01, 0.05])``). The static switches draw extra noise only when on.
+The desk fields ``tick``, ``maker_fee``, ``taker_fee``, ``spread_floor``, ``loss_limit``,
+``mo_cost`` and ``mo_permanent_impact`` are ``None`` by default: off, and absent from the
+pytree, so the default market compiles to exactly the program it had before the extensions
+existed. Given a number they become leaves (sweepable, e.g.
+``tick=jnp.array([0.0, 0.01, 0.05])``). The static switches draw extra noise only when on.
 """
 
 from __future__ import annotations
@@ -144,6 +147,14 @@ class MarketParams:
             deviation of alpha is ``eta / sqrt(2 zeta)``.
         fill_shape_alpha: the power shape's exponent (``> 1``; required by ``"power"``,
             ``None`` otherwise).
+        mo_cost: cost of one unit of the desk's own market order relative to the mid, price
+            units (half the spread plus the temporary impact; ``>= 0``), or ``None``: the desk
+            sends no market orders (``market.Quotes.market_order`` must then be ``None``). A buy
+            executes at ``S_t + mo_cost``, a sell at ``S_t - mo_cost``, at the start of the step
+            (see ``jaxmm.market``).
+        mo_permanent_impact: after the desk's market order the mid moves this many price
+            units in its direction (up after a buy, down after a sell; ``>= 0``), or ``None``
+            (no permanent impact; needs ``mo_cost``).
         price_model: ``"arithmetic"`` (Gaussian increments), ``"binary"`` (``+-sigma sqrt(dt)``
             with probability 1/2 each, the 2008 paper's simulation), or ``"geometric"``.
         history_window: number of past steps kept in the state for trailing statistics
@@ -190,6 +201,8 @@ class MarketParams:
     alpha_rate: float | None = None
     alpha_vol: float | None = None
     alpha0: float | None = None
+    mo_cost: float | None = None
+    mo_permanent_impact: float | None = None
     n_steps: int = struct.field(pytree_node=False, default=200)
     fill_model: str = struct.field(pytree_node=False, default="linear")
     price_model: str = struct.field(pytree_node=False, default="arithmetic")
@@ -219,6 +232,11 @@ class MarketParams:
     def has_fees(self) -> bool:
         """Whether fees are charged (``maker_fee`` or ``taker_fee`` set): static."""
         return self.maker_fee is not None or self.taker_fee is not None
+
+    @property
+    def has_market_orders(self) -> bool:
+        """Whether the desk may send market orders (``mo_cost`` set): static."""
+        return self.mo_cost is not None
 
     @property
     def needs_extra_noise(self) -> bool:
@@ -275,10 +293,20 @@ _RULES = (
     ("alpha_rate", lambda x: x > 0, "> 0 (alpha_model 'ou') or None"),
     ("alpha_vol", lambda x: x >= 0, ">= 0 (alpha_model 'ou') or None"),
     ("alpha0", lambda x: np.isfinite(x), "finite (alpha_model 'ou') or None"),
+    ("mo_cost", lambda x: x >= 0, ">= 0 (price units) or None"),
+    ("mo_permanent_impact", lambda x: x >= 0, ">= 0 (price units, needs mo_cost) or None"),
 )
 _MAY_BE_INFINITE = ("q_max", "loss_limit")
 # desk fields that are None (off, not in the pytree) by default
-_OPTIONAL_FIELDS = ("tick", "maker_fee", "taker_fee", "spread_floor", "loss_limit")
+_OPTIONAL_FIELDS = (
+    "tick",
+    "maker_fee",
+    "taker_fee",
+    "spread_floor",
+    "loss_limit",
+    "mo_cost",
+    "mo_permanent_impact",
+)
 # static switches and their defaults
 _STATIC_SWITCHES = (
     ("vol_model", "constant"),
@@ -342,6 +370,11 @@ def validate(params: MarketParams) -> None:
             "is its mean reversion)"
         )
     _validate_alpha(params)
+    if params.mo_permanent_impact is not None and params.mo_cost is None:
+        raise ValueError(
+            f"MarketParams.mo_permanent_impact = {params.mo_permanent_impact!r} with mo_cost = "
+            "None; allowed: None, or a number >= 0 together with mo_cost (market orders on)"
+        )
     if (params.fill_shape == "power") != (params.fill_shape_alpha is not None):
         raise ValueError(
             f"MarketParams.fill_shape_alpha = {params.fill_shape_alpha!r} with fill_shape = "

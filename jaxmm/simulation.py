@@ -257,6 +257,9 @@ def rollout(
         bid_depth = jnp.broadcast_to(jnp.asarray(quotes.bid_depth, dtype), (n,))
         ask_depth = jnp.broadcast_to(jnp.asarray(quotes.ask_depth, dtype), (n,))
         quotes = quotes.replace(bid_depth=bid_depth, ask_depth=ask_depth)
+        if quotes.market_order is not None:  # market orders (MarketParams.mo_cost)
+            order = jnp.broadcast_to(jnp.asarray(quotes.market_order, dtype), (n,))
+            quotes = quotes.replace(market_order=order)
         next_state, info = advance(state, quotes, noise, params)
         running = running.update(next_state, info, bid_depth, ask_depth)
         out = path_outputs(state, next_state, info, bid_depth, ask_depth) if paths else None

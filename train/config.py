@@ -20,6 +20,7 @@ from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 __all__ = [
     "ACTION_MODES",
     "FEATURES",
+    "MO_OFF",
     "TASKS",
     "PPOConfig",
     "agent_spec",
@@ -29,8 +30,9 @@ __all__ = [
 ]
 
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended", "alpha")
-ACTION_MODES = ("depths", "as_skew")
+ACTION_MODES = ("depths", "as_skew", "depths_mo")
 TASKS = ("market_making", "execution")
+MO_OFF = -1.0  # PPOConfig.mo_cost: no market orders
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,13 @@ class PPOConfig:
             time unit, ``alpha_vol >= 0``, ``alpha0``; the numbers must stay 0 with
             ``"none"``). Train with ``features="alpha"`` so the agent sees it; the optimum is
             then ``mm.optimal.bellman_alpha`` on ``alpha_grid_points`` alpha points.
+        mo_cost, mo_permanent_impact: market orders as a control (``MarketParams.mo_cost``
+            and ``mo_permanent_impact``, price units): ``mo_cost = -1`` (the default; a
+            finite number, so the config stays plain JSON) means no market orders (the market
+            is the default one); ``mo_cost >= 0`` lets the desk send them, which
+            ``action_mode="depths_mo"`` requires (PPO then chooses a market order
+            beside its depths). The optimum is then the joint-action ``optimal.bellman``, and
+            every strategy is scored on the same market. ``mo_permanent_impact = 0`` is off.
     """
 
     phi: float = 0.01
@@ -189,6 +198,8 @@ class PPOConfig:
     alpha_vol: float = 0.0
     alpha0: float = 0.0
     alpha_grid_points: int = 41
+    mo_cost: float = MO_OFF
+    mo_permanent_impact: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -286,6 +297,7 @@ class PPOConfig:
             except ValueError as error:  # MarketParams names fill_shape / fill_shape_alpha
                 raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
         self._validate_alpha()
+        self._validate_market_orders()
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -321,6 +333,26 @@ class PPOConfig:
             market_env(self)
         except ValueError as error:  # MarketParams names alpha_model / alpha_rate / ...
             raise ValueError(f"alpha_model / alpha_rate / alpha_vol / alpha0: {error}") from None
+
+    def _validate_market_orders(self) -> None:
+        on = self.mo_cost != MO_OFF
+        if on and not (math.isfinite(self.mo_cost) and self.mo_cost >= 0):
+            raise ValueError(
+                f"mo_cost = {self.mo_cost!r}; allowed: finite and >= 0 (price units), or -1 "
+                "(the default: no market orders)"
+            )
+        impact = self.mo_permanent_impact
+        if not (math.isfinite(impact) and impact >= 0):
+            raise ValueError(f"mo_permanent_impact = {impact!r}; allowed: finite and >= 0")
+        if impact and not on:
+            raise ValueError(
+                f"mo_permanent_impact = {impact!r} with mo_cost = -1 (off); allowed: 0, or "
+                "mo_cost >= 0 (market orders on)"
+            )
+        if self.action_mode == "depths_mo" and not on:
+            raise ValueError(
+                "action_mode = 'depths_mo' needs market orders; allowed: mo_cost >= 0 (price units)"
+            )
 
     def regimes(self) -> RegimeRandomization | None:
         """The regime distribution of ``random_regimes`` (``None`` when it is off)."""
@@ -373,6 +405,11 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
             alpha_vol=config.alpha_vol,
             alpha0=config.alpha0,
         )
+    if config.mo_cost != MO_OFF:  # market orders on (-1: the default market)
+        market_params = market_params.replace(
+            mo_cost=config.mo_cost,
+            mo_permanent_impact=config.mo_permanent_impact or None,
+        )
     env_params = env.default_params.replace(
         market=market_params.validate(),
         phi=config.phi,
@@ -404,8 +441,9 @@ def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:
 
     ``config.init_action`` if given; else, for ``MarketMakingEnv``, the Avellaneda-Stoikov
     quote (``as_gamma``) at the start of the session with no inventory -- in ``"depths"`` mode
-    its half-spread on both sides, in ``"as_skew"`` mode ``(0, 0)``; for ``ExecutionEnv`` TWAP's
-    first sale, the fraction ``1 / n_steps``; else the centre of the Box.
+    its half-spread on both sides (``"depths_mo"``: and no market order, 0), in ``"as_skew"``
+    mode ``(0, 0)``; for ``ExecutionEnv`` TWAP's first sale, the fraction ``1 / n_steps``; else
+    the centre of the Box.
     """
     space = env.action_space(env_params)
     low = np.broadcast_to(np.asarray(space.low, np.float64), space.shape).ravel()
@@ -414,12 +452,14 @@ def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:
         action = np.asarray(config.init_action, np.float64)
     elif isinstance(env, ExecutionEnv):
         action = np.full(low.shape, 1.0 / env_params.n_steps)
-    elif isinstance(env, MarketMakingEnv) and env.action_mode == "depths":
+    elif isinstance(env, MarketMakingEnv) and env.action_mode in ("depths", "depths_mo"):
         start = market.reset(jax.random.key(0), env_params.market)
         half_spread = 0.5 * float(
             AvellanedaStoikov(env_params.as_gamma).spread(start, env_params.market)
         )
         action = np.full(low.shape, half_spread)
+        if env.action_mode == "depths_mo":
+            action[2] = 0.0  # no market order
     elif isinstance(env, MarketMakingEnv):
         action = np.zeros(low.shape)
     else:

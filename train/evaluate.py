@@ -83,7 +83,8 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
 def optimal_solution(
     env_params: EnvParams, n_alpha: int = 41
 ) -> optimal.QuoteTable | optimal.AlphaQuoteTable:
-    """``mm.optimal.bellman`` for the environment's market, reward and action bounds;
+    """``mm.optimal.bellman`` for the environment's market, reward and action bounds (the
+    joint optimum over quotes and market orders when the market has them, ``mo_cost`` set);
     ``bellman_cara`` for the CARA reward (its value is a certainty equivalent); with the alpha
     signal ``mm.optimal.bellman_alpha`` on ``n_alpha`` alpha grid points."""
     if env_params.reward == "cara":
@@ -108,7 +109,7 @@ def _optimal_policy_and_reward(
         value = solution.value_at(0, 0, _alpha0(env_params.market))
         return mm.policies.alpha_table(solution), value
     value = rewards.value_to_reward(solution.value_at(0, 0), env_params.reward, env_params.phi)
-    return mm.policies.table(solution), value
+    return optimal.table_policy(solution), value  # with its market orders, if any
 
 
 def exact_reward(env_params: EnvParams, policy: Any, solution: Any = None) -> float:

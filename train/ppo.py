@@ -685,7 +685,9 @@ FIELD_HELP = {
     "phi = its risk aversion per price unit, > 0)",
     "features": "observation set: full, no_as_spread, no_volatility, inventory_only, extended, "
     "alpha (full + the alpha signal) or hawkes (full + the order-flow intensities)",
-    "action_mode": "depths (bid and ask depths, price units, in [0.01, 5]) or as_skew",
+    "action_mode": "depths (bid and ask depths, price units, in [0.01, 5]), as_skew, or "
+    "depths_mo (depths and a market order: third action in [-1, 1], sell below -1/3, buy "
+    "above 1/3)",
     "total_timesteps": "environment steps per seed (all parallel environments together)",
     "num_envs": "parallel environments per seed",
     "num_steps": "rollout length per update, environment steps",
@@ -737,6 +739,10 @@ FIELD_HELP = {
     "sqrt(time unit) (>= 0)",
     "alpha0": "initial alpha, price units per time unit",
     "alpha_grid_points": "alpha grid points of the exact (t, q, alpha) optimum (odd, >= 3)",
+    "mo_cost": "market orders as a control: half-spread plus temporary impact per unit, price "
+    "units (>= 0; -1: no market orders); needs action_mode depths_mo",
+    "mo_permanent_impact": "permanent impact of a market order on the mid, price units per "
+    "unit (>= 0; 0: none)",
     "task": "market_making (the default) or execution (sell execution_inventory shares over "
     "the session; the market-making fields do not apply)",
     "execution_inventory": "execution: shares to sell, > 0",
