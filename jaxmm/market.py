@@ -52,14 +52,22 @@ step is the same program as without them):
   acting depth is ``depth + (S_t - S_{t-latency})`` on the bid and ``depth - (S_t -
   S_{t-latency})`` on the ask: a stale price; the loss-limit halt (once ``pnl < -loss_limit``,
   set after the step) cancels both quotes at once for the rest of the episode.
+- Self-exciting order flow (``arrival_model="hawkes"``): per side, the step's count of market
+  orders is ``N ~ Poisson(lambda_t dt)`` with ``lambda_t`` the base intensity plus the state's
+  excitation (``hawkes_arrivals``; the count does not depend on the quotes), each order reaches
+  the quote with probability ``p(delta) = min(1, intensity_shape(delta))``, so the quote fills
+  with probability ``1 - (1 - p)^N`` (``1 - exp(-lambda_t p dt)`` given the state: Poisson
+  thinning), and the excitation decays exactly and jumps by the step's orders,
+  ``e_{t+1} = e_t exp(-beta dt) + hawkes_self N_same + hawkes_cross N_other``.
 
-Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes) comes from extra
-Threefry blocks at the counters ``(episode, t + j 2^28)`` (``j = 1, 2, 3``) of the same stream,
+Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes, the Hawkes counts)
+comes from extra Threefry blocks at the counters ``(episode, t + j 2^28)`` (``j = 1, 2, 3, 4``)
+of the same stream,
 disjoint from the base block ``(episode, t)``; they are drawn only when the option is on and do
 not depend on the quotes (common random numbers hold). ``Noise`` carries its counter
 (``stream``, ``episode``, ``t``) for this; a hand-built ``Noise`` may give the extra uniforms
 explicitly instead (``u_vol``, ``u_jump_count``, ``u_jump_size``, ``u_bid_size``,
-``u_ask_size``).
+``u_ask_size``, ``u_bid_arrivals``, ``u_ask_arrivals``).
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm.params import MarketParams
+from jaxmm.params import MAX_HAWKES_ARRIVALS_PER_STEP, MAX_HAWKES_RATE_PER_STEP, MarketParams
 
 __all__ = [
     "MarketState",
@@ -85,6 +93,8 @@ __all__ = [
     "fill_probability",
     "fill_probability_numpy",
     "float_dtype",
+    "hawkes_arrivals",
+    "hawkes_fill_probability",
     "intensity_shape",
     "intensity_shape_numpy",
     "intensity_shape_slope",
@@ -127,7 +137,9 @@ class Noise:
     ``stream`` (``uint32[2]``), ``episode`` and ``t`` (``uint32``) are the counter the noise was
     drawn at (``counter_noise`` fills them), from which a step draws the extra noise of the
     extensions it has switched on; ``u_vol`` (Heston ``Z'``), ``u_jump_count``, ``u_jump_size``,
-    ``u_bid_size`` and ``u_ask_size`` give that extra noise explicitly (they take precedence).
+    ``u_bid_size`` and ``u_ask_size``, ``u_bid_arrivals`` and ``u_ask_arrivals`` (the Hawkes
+    counts of sell and buy market orders) give that extra noise explicitly (they take
+    precedence).
     """
 
     u_bid: jax.Array
@@ -141,6 +153,8 @@ class Noise:
     u_jump_size: jax.Array | None = None
     u_bid_size: jax.Array | None = None
     u_ask_size: jax.Array | None = None
+    u_bid_arrivals: jax.Array | None = None
+    u_ask_arrivals: jax.Array | None = None
 
 
 @struct.dataclass
@@ -168,6 +182,9 @@ class MarketState:
         pending_bid, pending_ask, pending_mid: ``f[latency]`` ring buffers of the quotes waiting
             to act (depths and the mid they were computed at); the quote computed at step ``i``
             is stored at ``i % latency`` and acts at step ``i + latency`` (``latency > 0``).
+        bid_excitation, ask_excitation: the Hawkes excitation ``e_t`` of sell (they hit the
+            bid) and buy (they lift the ask) market orders: the intensity above the base
+            intensity, arrivals per time unit, >= 0 (``arrival_model="hawkes"``; 0 at reset).
     """
 
     t: jax.Array
@@ -184,6 +201,8 @@ class MarketState:
     pending_bid: jax.Array | None = None
     pending_ask: jax.Array | None = None
     pending_mid: jax.Array | None = None
+    bid_excitation: jax.Array | None = None
+    ask_excitation: jax.Array | None = None
 
 
 @struct.dataclass
@@ -193,7 +212,10 @@ class StepInfo:
     ``bid_fill``/``ask_fill`` are the quantities filled (0 or 1 unless order sizes are on);
     ``bid_depth``/``ask_depth`` the depths that acted (after the desk's controls, the tick and
     the latency; the policy's own when those are off); ``fees`` the fees of the step (``None``
-    when the market has none); ``pnl = spread_pnl + inventory_pnl - fees``.
+    when the market has none); ``pnl = spread_pnl + inventory_pnl - fees``. Under
+    ``arrival_model="hawkes"``: ``bid_arrivals``/``ask_arrivals`` are the step's counts of
+    sell/buy market orders (``None`` otherwise) and the fill probabilities are those given the
+    counts, ``1 - (1 - p)^N``.
     """
 
     bid_fill: jax.Array
@@ -207,13 +229,15 @@ class StepInfo:
     bid_depth: jax.Array
     ask_depth: jax.Array
     fees: jax.Array | None = None
+    bid_arrivals: jax.Array | None = None
+    ask_arrivals: jax.Array | None = None
 
 
 def reset(key: jax.Array, params: MarketParams) -> MarketState:
     """The state at the start of a session: ``t = 0``, ``S = S0``, no inventory, no PnL.
 
     With the extensions: ``v = v0`` (Heston), no fees, not halted, and an empty latency queue
-    (depth ``+inf``: no quote acts during the first ``latency`` steps).
+    (depth ``+inf``: no quote acts during the first ``latency`` steps), no Hawkes excitation.
 
     ``key`` is accepted for a uniform interface (random initial conditions are a natural
     extension); the current initial state is deterministic.
@@ -234,6 +258,9 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         extensions["pending_bid"] = empty
         extensions["pending_ask"] = empty
         extensions["pending_mid"] = jnp.full((params.latency,), params.S0, dtype)
+    if params.arrival_model == "hawkes":
+        extensions["bid_excitation"] = zero
+        extensions["ask_excitation"] = zero
     return MarketState(
         t=jnp.zeros((), jnp.int32),
         mid=jnp.asarray(params.S0, dtype),
@@ -335,6 +362,7 @@ def noise_from_words(
 
 EXTRA_BLOCK_STRIDE = 2**28  # extra block j of step t sits at the step counter t + j * 2**28
 VOL_BLOCK, JUMP_BLOCK, SIZE_BLOCK = 1, 2, 3
+HAWKES_BLOCK = 4  # the Hawkes arrival counts (sell orders: first word, buy orders: second)
 
 
 def _extra_words(noise: Noise, block: int, what: str) -> tuple[jax.Array, jax.Array]:
@@ -358,7 +386,8 @@ def extension_noise(noise: Noise, params: MarketParams) -> Noise:
 
     Uniforms already present are kept; missing ones are drawn from the counter-mode blocks
     ``(episode, t + j 2^28)`` of the noise's stream: ``j = 1``: ``u_vol`` (first word);
-    ``j = 2``: ``u_jump_count``, ``u_jump_size``; ``j = 3``: ``u_bid_size``, ``u_ask_size``.
+    ``j = 2``: ``u_jump_count``, ``u_jump_size``; ``j = 3``: ``u_bid_size``, ``u_ask_size``;
+    ``j = 4``: ``u_bid_arrivals``, ``u_ask_arrivals``.
     Each is the top 23 bits of its word. Nothing is drawn for options that are off.
     """
     updates = {}
@@ -377,6 +406,14 @@ def extension_noise(noise: Noise, params: MarketParams) -> Noise:
             updates["u_bid_size"] = _extra_uniform(bid_word)
         if noise.u_ask_size is None:
             updates["u_ask_size"] = _extra_uniform(ask_word)
+    if params.arrival_model == "hawkes" and (
+        noise.u_bid_arrivals is None or noise.u_ask_arrivals is None
+    ):
+        bid_word, ask_word = _extra_words(noise, HAWKES_BLOCK, "arrival_model='hawkes'")
+        if noise.u_bid_arrivals is None:
+            updates["u_bid_arrivals"] = _extra_uniform(bid_word)
+        if noise.u_ask_arrivals is None:
+            updates["u_ask_arrivals"] = _extra_uniform(ask_word)
     return noise.replace(**updates) if updates else noise
 
 
@@ -595,6 +632,76 @@ def jump_sum(noise: Noise, params: MarketParams) -> jax.Array:
     return count * params.jump_mean + params.jump_std * jnp.sqrt(count) * size
 
 
+def _poisson_count(u: jax.Array, rate: jax.Array, max_count: int) -> jax.Array:
+    """The Poisson(``rate``) count of the uniform ``u`` by inverse CDF, resolved up to
+    ``max_count``: ``#{j < max_count : u c_J > c_j}`` with ``c_j`` the CDF summed up to ``j``
+    and ``c_J`` its sum up to ``J = max_count``. Comparing ``u c_J`` rather than ``u`` keeps
+    the count's law exact up to rounding of the probabilities: a CDF that sums to slightly
+    below 1 in float32 cannot send the top uniforms to the cap."""
+    probability = jnp.exp(-rate)
+    cdfs = [probability]
+    for j in range(1, max_count + 1):
+        probability = probability * rate / j
+        cdfs.append(cdfs[-1] + probability)
+    scaled = u * cdfs[-1]
+    count = jnp.zeros_like(scaled)
+    for cdf in cdfs[:-1]:
+        count = count + (scaled > cdf).astype(scaled.dtype)
+    return count
+
+
+def hawkes_arrivals(
+    state: MarketState, noise: Noise, params: MarketParams
+) -> tuple[jax.Array, jax.Array]:
+    """This step's counts ``(N_bid, N_ask)`` of sell and buy market orders under
+    ``arrival_model="hawkes"`` (the market's dtype, integer-valued).
+
+    ``N_s ~ Poisson(min(lambda_s dt, MAX_HAWKES_RATE_PER_STEP))`` with ``lambda_s = mu_s + e_s``
+    (``mu_s = A * <side>_intensity_mult``, ``e_s`` the state's excitation), by inverse CDF of
+    ``noise.u_bid_arrivals`` / ``u_ask_arrivals`` (extra block ``HAWKES_BLOCK``), resolved up to
+    ``MAX_HAWKES_ARRIVALS_PER_STEP``. The counts do not depend on the quotes: every policy sees
+    the same order flow on the same noise. Needs ``extension_noise`` applied to ``noise``.
+    """
+    dtype = float_dtype()
+    dt = params.dt
+    counts = []
+    for mult, excitation, u in (
+        (params.bid_intensity_mult, state.bid_excitation, noise.u_bid_arrivals),
+        (params.ask_intensity_mult, state.ask_excitation, noise.u_ask_arrivals),
+    ):
+        rate = jnp.minimum((params.A * mult + excitation) * dt, MAX_HAWKES_RATE_PER_STEP)
+        counts.append(_poisson_count(u, jnp.asarray(rate, dtype), MAX_HAWKES_ARRIVALS_PER_STEP))
+    return counts[0], counts[1]
+
+
+def hawkes_fill_probability(reach: jax.Array, arrivals: jax.Array) -> jax.Array:
+    """``1 - (1 - p)^N``: the probability that at least one of ``N`` market orders reaches a
+    quote that each reaches independently with probability ``p = min(1, max(reach, 0))``
+    (``reach`` = ``intensity_shape`` of the depth). Computed as ``-expm1(N log1p(-p))``
+    (accurate for small ``p``), 1 at ``p = 1`` and ``N >= 1``, 0 at ``N = 0``; finite
+    gradients everywhere."""
+    p = jnp.clip(reach, 0.0, 1.0)
+    certain = p >= 1.0
+    safe_p = jnp.where(certain, 0.0, p)
+    thinned = -jnp.expm1(arrivals * jnp.log1p(-safe_p))
+    return jnp.where(certain, (arrivals > 0).astype(thinned.dtype), thinned)
+
+
+def _hawkes_fill_probabilities(
+    state: MarketState, quotes: Quotes, noise: Noise, params: MarketParams
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``_quote_fill_probabilities`` of the Hawkes market: the probabilities given the step's
+    arrival counts (``hawkes_arrivals``), ``1 - (1 - p(delta))^N`` per side."""
+    dtype = float_dtype()
+    bid_depth = jnp.asarray(quotes.bid_depth, dtype)
+    ask_depth = jnp.asarray(quotes.ask_depth, dtype)
+    bid_arrivals, ask_arrivals = hawkes_arrivals(state, noise, params)
+    shape = (params.k, params.fill_shape, params.fill_shape_alpha)
+    bid_prob = hawkes_fill_probability(intensity_shape(bid_depth, *shape), bid_arrivals)
+    ask_prob = hawkes_fill_probability(intensity_shape(ask_depth, *shape), ask_arrivals)
+    return bid_depth, ask_depth, bid_prob, ask_prob
+
+
 def fee_rates(
     bid_depth: jax.Array, ask_depth: jax.Array, params: MarketParams
 ) -> tuple[jax.Array, jax.Array]:
@@ -656,7 +763,12 @@ def step_with_noise(
     """
     dtype = float_dtype()
     state, quotes = _acting_quotes(state, quotes, params)
-    bid_depth, ask_depth, bid_prob, ask_prob = _quote_fill_probabilities(state, quotes, params)
+    if params.arrival_model == "hawkes":
+        noise = extension_noise(noise, params)
+        fills = _hawkes_fill_probabilities(state, quotes, noise, params)
+    else:
+        fills = _quote_fill_probabilities(state, quotes, params)
+    bid_depth, ask_depth, bid_prob, ask_prob = fills
     bid_open, ask_open = _limits_open(state, params)
     if fill is None:
         bid_fill = ((noise.u_bid < bid_prob) & bid_open).astype(dtype)
@@ -747,6 +859,19 @@ def _apply_fills(
             + params.kappa_v * (params.theta_v - positive) * dt
             + params.xi_v * jnp.sqrt(positive * dt) * z_vol
         )
+    if params.arrival_model == "hawkes":  # e' = e exp(-beta dt) + self N_same + cross N_other
+        bid_arrivals, ask_arrivals = hawkes_arrivals(state, noise, params)
+        decay = jnp.exp(-params.hawkes_decay * dt)
+        extensions["bid_excitation"] = (
+            state.bid_excitation * decay
+            + params.hawkes_self * bid_arrivals
+            + params.hawkes_cross * ask_arrivals
+        )
+        extensions["ask_excitation"] = (
+            state.ask_excitation * decay
+            + params.hawkes_self * ask_arrivals
+            + params.hawkes_cross * bid_arrivals
+        )
     next_pnl = state.pnl + pnl_inc
     if params.loss_limit is not None:
         extensions["halted"] = state.halted | (next_pnl < -params.loss_limit)
@@ -776,6 +901,8 @@ def _apply_fills(
         ask_depth=ask_depth,
         fees=fee_inc,
     )
+    if params.arrival_model == "hawkes":
+        info = info.replace(bid_arrivals=bid_arrivals, ask_arrivals=ask_arrivals)
     return next_state, info
 
 

@@ -193,6 +193,8 @@ _STATE_AXES = MarketState(
     pending_bid=1,
     pending_ask=1,
     pending_mid=1,
+    bid_excitation=0,
+    ask_excitation=0,
 )
 
 
@@ -221,6 +223,8 @@ def initial_states(params: MarketParams, n_episodes: int) -> MarketState:
         pending_bid=jax.tree.map(batch_last, state.pending_bid),
         pending_ask=jax.tree.map(batch_last, state.pending_ask),
         pending_mid=jax.tree.map(batch_last, state.pending_mid),
+        bid_excitation=jax.tree.map(batch, state.bid_excitation),
+        ask_excitation=jax.tree.map(batch, state.ask_excitation),
     )
 
 
