@@ -25,7 +25,7 @@ __all__ = [
     "market_env",
 ]
 
-FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended")
+FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended", "hawkes")
 ACTION_MODES = ("depths", "as_skew")
 
 
@@ -99,6 +99,15 @@ class PPOConfig:
             (``MarketParams.fill_shape``: ``"exponential"``, ``"power"`` with
             ``fill_shape_alpha > 1``, ``"linear"``; the alpha is ignored by the other shapes).
             The optimum, A-S and every evaluation use the same shaped market.
+        arrival_model, hawkes_decay, hawkes_self, hawkes_cross: ``"hawkes"`` trains on
+            self-exciting market-order flow (``MarketParams.arrival_model``): the homework's
+            base intensity A = 100 per side, the kernel's decay (per time unit) and the jumps
+            of the intensity per same-side and per other-side order (per time unit); the
+            market then fills by Poisson thinning (``fill_model="exponential"``; the
+            homework's ``"linear"`` has no arrival count). The Hawkes numbers are ignored
+            under ``"poisson"``. There is no exact optimum under clustering: the evaluation's
+            reference is the Poisson-optimal table (``train.evaluate.optimal_solution``).
+            Pair it with ``features="hawkes"`` for an agent that sees the intensity.
     """
 
     phi: float = 0.01
@@ -148,6 +157,10 @@ class PPOConfig:
     regime_factor_high: float = 3.0
     fill_shape: str = "exponential"
     fill_shape_alpha: float = 0.0
+    arrival_model: str = "poisson"
+    hawkes_decay: float = 0.0
+    hawkes_self: float = 0.0
+    hawkes_cross: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -231,6 +244,11 @@ class PPOConfig:
                 market_env(self)
             except ValueError as error:  # MarketParams names fill_shape / fill_shape_alpha
                 raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
+        if self.arrival_model != "poisson":
+            try:
+                market_env(self)
+            except ValueError as error:  # MarketParams names arrival_model / hawkes_*
+                raise ValueError(f"arrival_model / hawkes_*: {error}") from None
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -275,8 +293,9 @@ class PPOConfig:
 
 def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
     """The ``MarketMakingEnv`` (homework market, with the volatility switch of
-    ``vol_switch_step``/``vol_switch_factor`` if set) and the ``EnvParams`` that ``config``
-    describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``)."""
+    ``vol_switch_step``/``vol_switch_factor``, the fill shape and the Hawkes flow if set) and
+    the ``EnvParams`` that ``config`` describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S
+    spread feature and ``as_skew``)."""
     env = MarketMakingEnv(features=config.features, action_mode=config.action_mode)
     market_params = env.default_params.market.replace(
         vol_switch_step=config.vol_switch_step,
@@ -284,6 +303,14 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         fill_shape=config.fill_shape,
         fill_shape_alpha=config.fill_shape_alpha if config.fill_shape == "power" else None,
     )
+    if config.arrival_model != "poisson":
+        market_params = market_params.replace(
+            arrival_model=config.arrival_model,
+            fill_model="exponential",
+            hawkes_decay=config.hawkes_decay,
+            hawkes_self=config.hawkes_self,
+            hawkes_cross=config.hawkes_cross,
+        )
     env_params = env.default_params.replace(
         market=market_params.validate(),
         phi=config.phi,
