@@ -637,17 +637,26 @@ def _poisson_count(u: jax.Array, rate: jax.Array, max_count: int) -> jax.Array:
     ``max_count``: ``#{j < max_count : u c_J > c_j}`` with ``c_j`` the CDF summed up to ``j``
     and ``c_J`` its sum up to ``J = max_count``. Comparing ``u c_J`` rather than ``u`` keeps
     the count's law exact up to rounding of the probabilities: a CDF that sums to slightly
-    below 1 in float32 cannot send the top uniforms to the cap."""
-    probability = jnp.exp(-rate)
-    cdfs = [probability]
-    for j in range(1, max_count + 1):
+    below 1 in float32 cannot send the top uniforms to the cap. Two short ``fori_loop``s (the
+    total, then the count) keep the compiled step small."""
+    first = jnp.exp(-rate)
+
+    def total(j, carry):
+        probability, cdf = carry
         probability = probability * rate / j
-        cdfs.append(cdfs[-1] + probability)
-    scaled = u * cdfs[-1]
-    count = jnp.zeros_like(scaled)
-    for cdf in cdfs[:-1]:
-        count = count + (scaled > cdf).astype(scaled.dtype)
-    return count
+        return probability, cdf + probability
+
+    _, cdf_total = jax.lax.fori_loop(1, max_count + 1, total, (first, first))
+    scaled = u * cdf_total
+
+    def count(j, carry):
+        probability, cdf, n = carry
+        n = n + (scaled > cdf).astype(n.dtype)
+        probability = probability * rate / (j + 1)
+        return probability, cdf + probability, n
+
+    _, _, n = jax.lax.fori_loop(0, max_count, count, (first, first, jnp.zeros_like(scaled)))
+    return n
 
 
 def hawkes_arrivals(

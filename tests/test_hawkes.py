@@ -403,3 +403,72 @@ def test_environment_steps_the_hawkes_market_and_sees_the_intensity():
     plain = mm.env.MarketMakingEnv(features="hawkes")
     obs, _ = plain.reset(key, plain.default_params)
     np.testing.assert_array_equal(obs[-2:], 0.0)
+
+
+def test_ppo_config_builds_the_hawkes_market():
+    from train.config import PPOConfig, market_env
+
+    config = PPOConfig(
+        arrival_model="hawkes",
+        hawkes_decay=20.0,
+        hawkes_self=8.0,
+        hawkes_cross=4.0,
+        hawkes_mean_intensity=100.0,
+        features="hawkes",
+    ).validate()
+    _, env_params = market_env(config)
+    market_params = env_params.market
+    assert market_params.arrival_model == "hawkes" and market_params.fill_model == "exponential"
+    bid, ask = params_lib.hawkes_stationary_intensity(market_params)
+    assert bid == pytest.approx(100.0) and ask == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="branching"):
+        PPOConfig(arrival_model="hawkes", hawkes_decay=20.0, hawkes_self=20.0).validate()
+    with pytest.raises(ValueError, match="hawkes_decay"):
+        PPOConfig(arrival_model="hawkes").validate()
+    # the default path is untouched: the homework market, Poisson flow
+    _, default = market_env(PPOConfig())
+    assert default.market == mm.presets.homework()
+
+
+def test_evaluation_on_the_hawkes_market_uses_the_labelled_poisson_table():
+    from train import evaluate
+    from train.config import PPOConfig, market_env
+
+    config = PPOConfig(arrival_model="hawkes", hawkes_decay=20.0, hawkes_self=8.0)
+    _, env_params = market_env(config.validate())
+    solution = evaluate.optimal_solution(env_params)
+    reference = params_lib.hawkes_poisson_reference(env_params.market)
+    np.testing.assert_array_equal(
+        solution.bid_depth, optimal.bellman(reference, config.phi).bid_depth
+    )
+    result = evaluate.compare(
+        env_params,
+        evaluate.benchmark_policies(config),
+        jax.random.key(0),
+        200,
+        solution,
+    )
+    assert result["optimal_reward"] is None
+    assert result["reference"] == "poisson_optimal_table" and "optimal" not in result["eval"]
+    table = result["eval"]["poisson_optimal_table"]
+    assert table["gap_to_reference"] == 0.0
+    assert result["reference_reward"] == table["mean_reward"]
+    assert all("exact_reward" not in entry for entry in result["eval"].values())
+    text = evaluate.format_comparison(result)
+    assert "NOT the optimum" in text and "exact optimal" not in text
+
+
+@pytest.mark.slow
+def test_study_quick_mode(tmp_path):
+    from experiments import hawkes as study
+
+    result = study.main([], **study.QUICK, out=tmp_path / "hawkes", agents_dir=tmp_path / "agents")
+    assert (tmp_path / "hawkes" / "hawkes.png").stat().st_size > 1000
+    assert (tmp_path / "hawkes" / "summary.json").is_file()
+    cells = result["cells"]
+    assert [row["branching"] for row in cells] == study.QUICK["branching"]
+    for row in cells:
+        np.testing.assert_allclose(row["stationary_mean_intensity"], study.MEAN_INTENSITY)
+        for entry in row["strategies"].values():
+            assert np.isfinite(entry["mean_reward"]) and np.isfinite(entry["minus_table_se"])
+    assert "ppo_intensity" in cells[0]["strategies"]

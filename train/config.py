@@ -12,7 +12,7 @@ import numpy as np
 from jaxmm import market, rewards
 from jaxmm.devices import PLATFORMS
 from jaxmm.env import EnvParams, MarketMakingEnv, RegimeRandomization
-from jaxmm.params import NEVER
+from jaxmm.params import NEVER, MarketParams, hawkes_stationary_intensity
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 
@@ -23,6 +23,7 @@ __all__ = [
     "agent_spec",
     "initial_action",
     "market_env",
+    "with_hawkes_mean_intensity",
 ]
 
 FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended", "hawkes")
@@ -108,6 +109,10 @@ class PPOConfig:
             under ``"poisson"``. There is no exact optimum under clustering: the evaluation's
             reference is the Poisson-optimal table (``train.evaluate.optimal_solution``).
             Pair it with ``features="hawkes"`` for an agent that sees the intensity.
+        hawkes_mean_intensity: with ``"hawkes"``, if > 0 the base intensity ``A`` is set so
+            that the stationary mean intensity per side is this (per time unit; ``A = mean (1
+            - n_dt)`` with ``n_dt`` the stepped chain's branching ratio), which holds the mean
+            order flow fixed while the clustering varies; 0 keeps the homework's ``A``.
     """
 
     phi: float = 0.01
@@ -161,6 +166,7 @@ class PPOConfig:
     hawkes_decay: float = 0.0
     hawkes_self: float = 0.0
     hawkes_cross: float = 0.0
+    hawkes_mean_intensity: float = 0.0
 
     @property
     def batch_size(self) -> int:
@@ -225,6 +231,7 @@ class PPOConfig:
             ("average_window", lambda x: 0 <= x <= 1, "in [0, 1]"),
             ("naive_half_spread", lambda x: x > 0, "> 0"),
             ("as_gamma", lambda x: x >= 0, ">= 0"),
+            ("hawkes_mean_intensity", lambda x: x >= 0, ">= 0 (0: the homework's A)"),
         )
         for name, ok, allowed in ranges:
             value = getattr(self, name)
@@ -311,6 +318,8 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
             hawkes_self=config.hawkes_self,
             hawkes_cross=config.hawkes_cross,
         )
+        if config.hawkes_mean_intensity > 0:
+            market_params = with_hawkes_mean_intensity(market_params, config.hawkes_mean_intensity)
     env_params = env.default_params.replace(
         market=market_params.validate(),
         phi=config.phi,
@@ -318,6 +327,22 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         as_gamma=config.as_gamma,
     )
     return env, env_params.validate()
+
+
+def with_hawkes_mean_intensity(market_params: MarketParams, mean: float) -> MarketParams:
+    """``market_params`` (Hawkes flow) with ``A`` scaled so that the stationary mean intensity
+    of the bid side is ``mean`` per time unit (the chain is linear in ``A``: ``A' = A mean /
+    lambda_bar``); with equal side multipliers both sides then have mean ``mean``. The
+    branching ratio is validated first (at ``A = 1``), then the result."""
+    unit = market_params.replace(A=1.0).validate()
+    bid, _ = hawkes_stationary_intensity(unit)
+    if not float(bid) > 0:
+        raise ValueError(
+            f"hawkes_mean_intensity = {mean}: the bid side has no base intensity "
+            f"(bid_intensity_mult = {market_params.bid_intensity_mult}); allowed: a positive "
+            "multiplier"
+        )
+    return market_params.replace(A=mean / float(bid)).validate()
 
 
 def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:
