@@ -5,8 +5,11 @@ Poisson-thinning fills) with self-exciting market orders (``arrival_model="hawke
 decay ``beta = 20`` per time unit (a cluster lasts about 10 steps), two thirds of the excitation
 on the same side and one third on the other, for branching ratios ``n = (self + cross) / beta``
 in 0, 0.3, 0.6, 0.8. The base intensity is set so that the stepped chain's stationary mean
-intensity is 100 per side in every cell (``train.config.with_hawkes_mean_intensity``): only the
-clustering changes. The sessions start with no excitation, as the environment's do.
+intensity is 100 per side in every cell (``train.config.with_hawkes_mean_intensity``), and every
+session starts at the stationary mean excitation (``hawkes_start="mean"``), so the expected
+intensity is 100 at every step: only the clustering changes. (From rest, the default, the flow
+would build up over the first ~50 steps at n = 0.8 and average only 74 per side over the
+session.)
 
 On the same keys (common random numbers: every strategy sees the same mid path and the same
 market-order flow) it compares, under the reward ``pnl - phi sum q'^2`` (phi = 0.01):
@@ -86,6 +89,7 @@ def hawkes_market(branching: float) -> mm.MarketParams:
         hawkes_decay=DECAY,
         hawkes_self=SELF_SHARE * jump,
         hawkes_cross=(1.0 - SELF_SHARE) * jump,
+        hawkes_start="mean",
     )
     return with_hawkes_mean_intensity(market, MEAN_INTENSITY)
 
@@ -102,6 +106,7 @@ def ppo_agent(branching: float, timesteps: int, agents_dir: Path | None, quick: 
         hawkes_self=SELF_SHARE * branching * DECAY,
         hawkes_cross=(1.0 - SELF_SHARE) * branching * DECAY,
         hawkes_mean_intensity=MEAN_INTENSITY,
+        hawkes_start="mean",
         total_timesteps=timesteps,
         seed=0,
         out_dir=agents_dir,

@@ -184,7 +184,8 @@ class MarketState:
             is stored at ``i % latency`` and acts at step ``i + latency`` (``latency > 0``).
         bid_excitation, ask_excitation: the Hawkes excitation ``e_t`` of sell (they hit the
             bid) and buy (they lift the ask) market orders: the intensity above the base
-            intensity, arrivals per time unit, >= 0 (``arrival_model="hawkes"``; 0 at reset).
+            intensity, arrivals per time unit, >= 0 (``arrival_model="hawkes"``; at reset 0
+            or the stationary mean, ``MarketParams.hawkes_start``).
     """
 
     t: jax.Array
@@ -237,7 +238,8 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
     """The state at the start of a session: ``t = 0``, ``S = S0``, no inventory, no PnL.
 
     With the extensions: ``v = v0`` (Heston), no fees, not halted, and an empty latency queue
-    (depth ``+inf``: no quote acts during the first ``latency`` steps), no Hawkes excitation.
+    (depth ``+inf``: no quote acts during the first ``latency`` steps), and the Hawkes
+    excitation of ``hawkes_start`` (0, or its stationary mean).
 
     ``key`` is accepted for a uniform interface (random initial conditions are a natural
     extension); the current initial state is deterministic.
@@ -259,8 +261,9 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         extensions["pending_ask"] = empty
         extensions["pending_mid"] = jnp.full((params.latency,), params.S0, dtype)
     if params.arrival_model == "hawkes":
-        extensions["bid_excitation"] = zero
-        extensions["ask_excitation"] = zero
+        bid_excitation, ask_excitation = _initial_excitation(params)
+        extensions["bid_excitation"] = bid_excitation
+        extensions["ask_excitation"] = ask_excitation
     return MarketState(
         t=jnp.zeros((), jnp.int32),
         mid=jnp.asarray(params.S0, dtype),
@@ -272,6 +275,26 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         recent_fills=window,
         **extensions,
     )
+
+
+def _initial_excitation(params: MarketParams) -> tuple[jax.Array, jax.Array]:
+    """The Hawkes excitation at reset: 0 (``hawkes_start="rest"``) or the stationary mean
+    ``(I - g K)^{-1} mu - mu`` with ``g = dt / (1 - exp(-beta dt))`` (``"mean"``; the JAX form
+    of ``params.hawkes_stationary_intensity``, so it traces and vmaps with the fields)."""
+    dtype = float_dtype()
+    if params.hawkes_start == "rest":
+        zero = jnp.zeros((), dtype)
+        return zero, zero
+    dt = params.dt
+    gain = dt / -jnp.expm1(-params.hawkes_decay * dt)
+    bid_base = params.A * params.bid_intensity_mult
+    ask_base = params.A * params.ask_intensity_mult
+    diagonal = 1.0 - gain * params.hawkes_self
+    off = gain * params.hawkes_cross
+    determinant = diagonal**2 - off**2
+    bid = (diagonal * bid_base + off * ask_base) / determinant - bid_base
+    ask = (diagonal * ask_base + off * bid_base) / determinant - ask_base
+    return jnp.asarray(bid, dtype), jnp.asarray(ask, dtype)
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))

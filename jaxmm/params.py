@@ -44,6 +44,7 @@ __all__ = [
     "ARRIVAL_MODELS",
     "FILL_MODELS",
     "FILL_SHAPES",
+    "HAWKES_STARTS",
     "JUMP_MODELS",
     "MAX_HAWKES_ARRIVALS_PER_STEP",
     "MAX_HAWKES_MEAN_PER_STEP",
@@ -72,6 +73,7 @@ NEVER = 2**30  # a step index no session reaches: the default "no volatility swi
 MAX_JUMP_RATE_PER_STEP = 1.0  # jump_intensity * dt; the Poisson count is resolved up to 16
 MAX_STEPS_WITH_EXTRA_NOISE = 2**28 - 1  # extra noise blocks use step counters t + j * 2**28
 ARRIVAL_MODELS = ("poisson", "hawkes")
+HAWKES_STARTS = ("rest", "mean")
 MAX_HAWKES_RATE_PER_STEP = 24.0  # the Hawkes step caps lambda_t dt here (a hard ceiling)
 MAX_HAWKES_ARRIVALS_PER_STEP = 64  # and resolves the count up to 64 (P(N > 64 | 24) < 1e-11)
 MAX_HAWKES_MEAN_PER_STEP = 4.0  # validated: the stationary mean lambda dt of either side
@@ -171,6 +173,11 @@ class MarketParams:
             step on). Needs ``fill_model="exponential"`` (the thinned Poisson clock); ``lambda
             dt`` is capped at ``MAX_HAWKES_RATE_PER_STEP`` and the stationary mean ``lambda dt``
             must not exceed ``MAX_HAWKES_MEAN_PER_STEP``.
+        hawkes_start: the excitation at reset (static, Hawkes only): ``"rest"`` (0, the
+            default: the flow starts at its base intensity and builds up) or ``"mean"`` (the
+            stationary mean excitation ``hawkes_stationary_intensity - mu``, from which the
+            chain's mean intensity stays at its stationary value at every step; the variance
+            still starts at 0).
         latency: a quote computed at step ``t`` acts at step ``t + latency`` (static integer
             >= 0); during the first ``latency`` steps the desk has no quote in the market.
     """
@@ -217,6 +224,7 @@ class MarketParams:
     latency: int = struct.field(pytree_node=False, default=0)
     fill_shape: str = struct.field(pytree_node=False, default="exponential")
     arrival_model: str = struct.field(pytree_node=False, default="poisson")
+    hawkes_start: str = struct.field(pytree_node=False, default="rest")
 
     @property
     def dt(self) -> Any:
@@ -416,7 +424,14 @@ _HAWKES_FIELDS = ("hawkes_decay", "hawkes_self", "hawkes_cross")
 def _validate_hawkes(params: MarketParams) -> None:
     """``arrival_model`` and the Hawkes fields: set together, stationary, within the rate bound."""
     _choice(params, "arrival_model", ARRIVAL_MODELS)
+    _choice(params, "hawkes_start", HAWKES_STARTS)
     hawkes = params.arrival_model == "hawkes"
+    if not hawkes and params.hawkes_start != "rest":
+        raise ValueError(
+            f"MarketParams.hawkes_start = {params.hawkes_start!r} with arrival_model = "
+            f"{params.arrival_model!r}; allowed: 'rest' (the default) unless arrival_model is "
+            "'hawkes'"
+        )
     given = {name: getattr(params, name) for name in _HAWKES_FIELDS}
     if any((value is None) == hawkes for value in given.values()):
         settings = ", ".join(f"{name} = {value!r}" for name, value in given.items())
@@ -547,6 +562,7 @@ def hawkes_poisson_reference(params: MarketParams) -> MarketParams:
         }
     return params.replace(
         arrival_model="poisson",
+        hawkes_start="rest",
         hawkes_decay=None,
         hawkes_self=None,
         hawkes_cross=None,

@@ -389,7 +389,8 @@ def test_environment_steps_the_hawkes_market_and_sees_the_intensity():
     params = env.default_params.replace(market=hawkes())
     key = jax.random.key(1)
     obs, state = env.reset(key, params)
-    assert env.feature_names[-2:] == ("bid_intensity", "ask_intensity")
+    assert env.feature_names == (*mm.env.FEATURE_SETS["full"], "bid_intensity", "ask_intensity")
+    assert env.observation_space(params).shape == (7,)
     np.testing.assert_array_equal(obs[-2:], 0.0)
     step = jax.jit(env.step)
     for i in range(30):
@@ -472,3 +473,21 @@ def test_study_quick_mode(tmp_path):
         for entry in row["strategies"].values():
             assert np.isfinite(entry["mean_reward"]) and np.isfinite(entry["minus_table_se"])
     assert "ppo_intensity" in cells[0]["strategies"]
+
+
+def test_mean_start_keeps_the_mean_intensity_stationary_from_the_first_step():
+    params = hawkes(hawkes_start="mean")
+    state = market.reset(jax.random.key(0), params)
+    bid, ask = params_lib.hawkes_stationary_intensity(params)
+    np.testing.assert_allclose(
+        [state.bid_excitation, state.ask_excitation], [bid - 60, ask - 60], rtol=1e-6
+    )
+    counts, mean_intensity, *_ = simulate_flow(params, 4000, 0, seed=4)
+    se = mean_intensity.std(axis=0, ddof=1) / math.sqrt(len(mean_intensity))
+    assert np.all(np.abs(mean_intensity.mean(axis=0) - bid) < TOLERANCE_SE * se)
+    se = counts.std(axis=0, ddof=1) / math.sqrt(len(counts))
+    assert np.all(np.abs(counts.mean(axis=0) - bid * params.T) < TOLERANCE_SE * se)
+    with pytest.raises(ValueError, match="hawkes_start"):
+        mm.presets.homework().replace(hawkes_start="mean").validate()
+    with pytest.raises(ValueError, match="hawkes_start"):
+        hawkes(hawkes_start="warm")

@@ -113,6 +113,9 @@ class PPOConfig:
             that the stationary mean intensity per side is this (per time unit; ``A = mean (1
             - n_dt)`` with ``n_dt`` the stepped chain's branching ratio), which holds the mean
             order flow fixed while the clustering varies; 0 keeps the homework's ``A``.
+        hawkes_start: the excitation at reset (``MarketParams.hawkes_start``): ``"rest"``
+            (0) or ``"mean"`` (the stationary mean: the mean intensity is then stationary
+            from the first step).
     """
 
     phi: float = 0.01
@@ -167,6 +170,7 @@ class PPOConfig:
     hawkes_self: float = 0.0
     hawkes_cross: float = 0.0
     hawkes_mean_intensity: float = 0.0
+    hawkes_start: str = "rest"
 
     @property
     def batch_size(self) -> int:
@@ -317,6 +321,7 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
             hawkes_decay=config.hawkes_decay,
             hawkes_self=config.hawkes_self,
             hawkes_cross=config.hawkes_cross,
+            hawkes_start=config.hawkes_start,
         )
         if config.hawkes_mean_intensity > 0:
             market_params = with_hawkes_mean_intensity(market_params, config.hawkes_mean_intensity)
