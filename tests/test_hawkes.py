@@ -491,3 +491,23 @@ def test_mean_start_keeps_the_mean_intensity_stationary_from_the_first_step():
         mm.presets.homework().replace(hawkes_start="mean").validate()
     with pytest.raises(ValueError, match="hawkes_start"):
         hawkes(hawkes_start="warm")
+
+
+def test_multi_asset_steps_each_asset_with_its_own_hawkes_flow():
+    """multi_asset runs the one market step per asset, so Hawkes flow works there: each asset
+    carries its own excitation, drawn from its own stream. With excitation the fills rise well
+    above those of the same base intensity without it (paired on the same keys, 4 SE)."""
+    from jaxmm import multi_asset
+
+    policy = multi_asset.per_asset(mm.policies.avellaneda_stoikov(0.1, 1.5))
+    fills = []
+    for jump in (0.0, 1.0):
+        market_params = hawkes(hawkes_self=12.0 * jump, hawkes_cross=6.0 * jump)
+        params = multi_asset.make_params(market_params, [[1.0, 0.5], [0.5, 1.0]])
+        rollout = multi_asset.simulate_multi(params, policy, jax.random.key(0), 500)
+        assert np.all(np.isfinite(np.asarray(rollout.pnl)))
+        assets = rollout.assets
+        fills.append(np.asarray(assets.n_bid_fills + assets.n_ask_fills, np.float64))
+    difference = fills[1] - fills[0]  # [n_episodes, n_assets]
+    se = difference.std(axis=0, ddof=1) / math.sqrt(len(difference))
+    assert np.all(difference.mean(axis=0) > TOLERANCE_SE * se)
