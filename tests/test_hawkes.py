@@ -290,19 +290,17 @@ def test_zero_excitation_is_the_poisson_market_in_distribution():
     )
     policy = mm.policies.avellaneda_stoikov(0.1, 1.5)
     key = jax.random.key(9)
-    n = 20_000
-    first = mm.simulate(poisson, policy, key, n)
-    second = mm.simulate(flat, policy, key, n)
+    n = 5000
+    first = mm.simulate(poisson, policy, key, n, paths=True)
+    second = mm.simulate(flat, policy, key, n, paths=True)
     for name in ("n_bid_fills", "n_ask_fills", "pnl"):
         difference = np.asarray(getattr(second, name), np.float64) - np.asarray(
             getattr(first, name), np.float64
         )
         se = difference.std(ddof=1) / math.sqrt(n)
         assert abs(difference.mean()) < TOLERANCE_SE * se, name
-    paths_a = mm.simulate(poisson, policy, key, 50, paths=True)
-    paths_b = mm.simulate(flat, policy, key, 50, paths=True)
     np.testing.assert_array_equal(
-        np.diff(paths_a.paths.mid, axis=1), np.diff(paths_b.paths.mid, axis=1)
+        np.diff(first.paths.mid, axis=1), np.diff(second.paths.mid, axis=1)
     )
 
 
@@ -442,13 +440,8 @@ def test_evaluation_on_the_hawkes_market_uses_the_labelled_poisson_table():
     np.testing.assert_array_equal(
         solution.bid_depth, optimal.bellman(reference, config.phi).bid_depth
     )
-    result = evaluate.compare(
-        env_params,
-        evaluate.benchmark_policies(config),
-        jax.random.key(0),
-        200,
-        solution,
-    )
+    policies = {"avellaneda_stoikov": evaluate.benchmark_policies(config)["avellaneda_stoikov"]}
+    result = evaluate.compare(env_params, policies, jax.random.key(0), 200, solution)
     assert result["optimal_reward"] is None
     assert result["reference"] == "poisson_optimal_table" and "optimal" not in result["eval"]
     table = result["eval"]["poisson_optimal_table"]
