@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None, *, agents_dir: Path | None = None, **opt
     args = parse_args(argv, **options)
     args.out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed)
-    quick = args.n_episodes < 200
+    quick = args.n_episodes < 200  # a smoke run: the agent's own evaluations are tiny too
     with Timer() as timer:
         reference = hawkes_poisson_reference(hawkes_market(max(args.branching)))
         solution = optimal.bellman(reference, PHI)
