@@ -67,6 +67,7 @@ STUDIES = (
     "cp_schedule",
     "cj_package",
     "market_orders",
+    "hawkes",
     "tasks",
     "all",
 )

@@ -28,6 +28,11 @@ of ``env.feature_names``); the feature sets of the ablation study are in ``FEATU
   ``"alpha"`` is ``"full"`` plus it) in units of its stationary standard deviation
   ``alpha_vol / sqrt(2 alpha_rate)`` (price units per time unit when ``alpha_vol = 0``), in
   (-inf, inf). A market without the alpha signal cannot show it (a clear error).
+- ``bid_intensity``, ``ask_intensity``: the Hawkes excitation of sell / buy market orders
+  divided by that side's base intensity ``A * <side>_intensity_mult`` (``e / mu``: 0 at rest,
+  1 when the flow runs at twice its base rate), in [0, inf); 0 when the market's
+  ``arrival_model`` is ``"poisson"`` (or the base intensity is 0). The ``"hawkes"`` set is
+  ``"full"`` plus these two.
 
 Actions (``f32[2]``, Box; ``f32[3]`` in ``"depths_mo"``):
 
@@ -126,6 +131,15 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
         "pnl",
     ),
     "alpha": ("inventory", "mid_change", "time_left", "volatility", "as_spread", "alpha"),
+    "hawkes": (
+        "inventory",
+        "mid_change",
+        "time_left",
+        "volatility",
+        "as_spread",
+        "bid_intensity",
+        "ask_intensity",
+    ),
 }
 # (low, high) of each feature: the observation space contains every observation.
 FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -137,6 +151,8 @@ FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "fill_rate": (0.0, 2.0),
     "pnl": (-np.inf, np.inf),
     "alpha": (-np.inf, np.inf),
+    "bid_intensity": (0.0, np.inf),
+    "ask_intensity": (0.0, np.inf),
 }
 ACTION_MODES = ("depths", "as_skew", "depths_mo")
 MO_THRESHOLD = 1.0 / 3.0  # "depths_mo": order < -1/3 sells one unit, order > 1/3 buys one
@@ -302,12 +318,24 @@ class RegimeRandomization:
         return batched.replace(market=market_params)
 
 
+def _relative_excitation(
+    excitation: jax.Array | None, mult: jax.Array, market_params: MarketParams
+) -> jax.Array:
+    """``excitation / (A * mult)``, the ``bid_intensity``/``ask_intensity`` feature: 0 without
+    Hawkes flow (``excitation`` is None) or with a zero base intensity."""
+    if excitation is None:
+        return jnp.zeros((), market.float_dtype())
+    base = market_params.A * mult
+    return jnp.where(base > 0, excitation / jnp.where(base > 0, base, 1.0), 0.0)
+
+
 class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
     """A gymnax environment over ``jaxmm.market.step``; see the module docstring.
 
     Args:
         features: the observation, a key of ``FEATURE_SETS``: ``"full"``, ``"no_as_spread"``,
-            ``"no_volatility"``, ``"inventory_only"`` or ``"extended"``.
+            ``"no_volatility"``, ``"inventory_only"``, ``"extended"``, ``"alpha"`` or
+            ``"hawkes"``.
         action_mode: ``"depths"`` (bid and ask depths), ``"as_skew"`` (A-S risk-aversion
             multiplier and skew) or ``"depths_mo"`` (the depths and a market order).
 
@@ -386,6 +414,12 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
             "fill_rate": lambda: market.recent_fill_rate(state, market_params),
             "pnl": lambda: state.pnl / params.pnl_scale,
             "alpha": lambda: alpha_feature(state, market_params),
+            "bid_intensity": lambda: _relative_excitation(
+                state.bid_excitation, market_params.bid_intensity_mult, market_params
+            ),
+            "ask_intensity": lambda: _relative_excitation(
+                state.ask_excitation, market_params.ask_intensity_mult, market_params
+            ),
         }
         return jnp.stack([jnp.asarray(compute[name](), jnp.float32) for name in self.feature_names])
 

@@ -72,15 +72,22 @@ step is the same program as without them):
   Z_alpha`` (``zeta = alpha_rate``, ``eta = alpha_vol``), ``Z_alpha`` independent of ``Z`` and of
   the fills. Alpha does not jump on fills or market orders (CJP's optional jumps are not
   modelled).
+- Self-exciting order flow (``arrival_model="hawkes"``): per side, the step's count of market
+  orders is ``N ~ Poisson(lambda_t dt)`` with ``lambda_t`` the base intensity plus the state's
+  excitation (``hawkes_arrivals``; the count does not depend on the quotes), each order reaches
+  the quote with probability ``p(delta) = min(1, intensity_shape(delta))``, so the quote fills
+  with probability ``1 - (1 - p)^N`` (``1 - exp(-lambda_t p dt)`` given the state: Poisson
+  thinning), and the excitation decays exactly and jumps by the step's orders,
+  ``e_{t+1} = e_t exp(-beta dt) + hawkes_self N_same + hawkes_cross N_other``.
 
-Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes, the alpha's
-``Z_alpha``) comes from extra Threefry blocks at the counters ``(episode, t + j 2^28)``
-(``j = 1, 2, 3``; ``j = 7`` for the alpha) of the same stream,
+Extra randomness (the Heston ``Z'``, the jump count and size, the order sizes, the Hawkes counts,
+the alpha's ``Z_alpha``) comes from extra Threefry blocks at the counters ``(episode, t + j 2^28)``
+(``j = 1, 2, 3, 4``; ``j = 7`` for the alpha) of the same stream,
 disjoint from the base block ``(episode, t)``; they are drawn only when the option is on and do
 not depend on the quotes (common random numbers hold). ``Noise`` carries its counter
 (``stream``, ``episode``, ``t``) for this; a hand-built ``Noise`` may give the extra uniforms
 explicitly instead (``u_vol``, ``u_jump_count``, ``u_jump_size``, ``u_bid_size``,
-``u_ask_size``, ``u_alpha``).
+``u_ask_size``, ``u_bid_arrivals``, ``u_ask_arrivals``, ``u_alpha``).
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmm.params import MarketParams
+from jaxmm.params import MAX_HAWKES_ARRIVALS_PER_STEP, MAX_HAWKES_RATE_PER_STEP, MarketParams
 
 __all__ = [
     "ALPHA_BLOCK",
@@ -108,6 +115,8 @@ __all__ = [
     "fill_probability",
     "fill_probability_numpy",
     "float_dtype",
+    "hawkes_arrivals",
+    "hawkes_fill_probability",
     "intensity_shape",
     "intensity_shape_numpy",
     "intensity_shape_slope",
@@ -157,8 +166,9 @@ class Noise:
     ``stream`` (``uint32[2]``), ``episode`` and ``t`` (``uint32``) are the counter the noise was
     drawn at (``counter_noise`` fills them), from which a step draws the extra noise of the
     extensions it has switched on; ``u_vol`` (Heston ``Z'``), ``u_jump_count``, ``u_jump_size``,
-    ``u_bid_size``, ``u_ask_size`` and ``u_alpha`` (the alpha signal's ``Z_alpha``) give that
-    extra noise explicitly (they take precedence).
+    ``u_bid_size`` and ``u_ask_size``, ``u_bid_arrivals`` and ``u_ask_arrivals`` (the Hawkes
+    counts of sell and buy market orders) and ``u_alpha`` (the alpha signal's ``Z_alpha``) give
+    that extra noise explicitly (they take precedence).
     """
 
     u_bid: jax.Array
@@ -173,6 +183,8 @@ class Noise:
     u_bid_size: jax.Array | None = None
     u_ask_size: jax.Array | None = None
     u_alpha: jax.Array | None = None
+    u_bid_arrivals: jax.Array | None = None
+    u_ask_arrivals: jax.Array | None = None
 
 
 @struct.dataclass
@@ -202,6 +214,10 @@ class MarketState:
             is stored at ``i % latency`` and acts at step ``i + latency`` (``latency > 0``).
         alpha: the observed short-term alpha ``alpha_t`` (``alpha_model="ou"``), price units
             per time unit: the mid's drift over step ``t`` is ``alpha_t dt``.
+        bid_excitation, ask_excitation: the Hawkes excitation ``e_t`` of sell (they hit the
+            bid) and buy (they lift the ask) market orders: the intensity above the base
+            intensity, arrivals per time unit, >= 0 (``arrival_model="hawkes"``; at reset 0
+            or the stationary mean, ``MarketParams.hawkes_start``).
     """
 
     t: jax.Array
@@ -219,6 +235,8 @@ class MarketState:
     pending_ask: jax.Array | None = None
     pending_mid: jax.Array | None = None
     alpha: jax.Array | None = None
+    bid_excitation: jax.Array | None = None
+    ask_excitation: jax.Array | None = None
 
 
 @struct.dataclass
@@ -234,6 +252,9 @@ class StepInfo:
     ``market_order`` the signed units the desk's market order executed (0 when none was sent
     or it was refused at the inventory limit) and ``market_order_cost`` its cost
     ``|market_order| * mo_cost`` (price units, >= 0), already subtracted in ``spread_pnl``.
+    Under ``arrival_model="hawkes"``: ``bid_arrivals``/``ask_arrivals`` are the step's counts
+    of sell/buy market orders (``None`` otherwise) and the fill probabilities are those given
+    the counts, ``1 - (1 - p)^N``.
     """
 
     bid_fill: jax.Array
@@ -249,6 +270,8 @@ class StepInfo:
     fees: jax.Array | None = None
     market_order: jax.Array | None = None
     market_order_cost: jax.Array | None = None
+    bid_arrivals: jax.Array | None = None
+    ask_arrivals: jax.Array | None = None
 
 
 def reset(key: jax.Array, params: MarketParams) -> MarketState:
@@ -256,7 +279,8 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
 
     With the extensions: ``v = v0`` (Heston), no fees, not halted, and an empty latency queue
     (depth ``+inf``: no quote acts during the first ``latency`` steps), ``alpha = alpha0``
-    (0 when ``alpha0`` is None) with the alpha signal.
+    (0 when ``alpha0`` is None) with the alpha signal, and the Hawkes excitation of
+    ``hawkes_start`` (0, or its stationary mean).
 
     ``key`` is accepted for a uniform interface (random initial conditions are a natural
     extension); the current initial state is deterministic.
@@ -279,6 +303,10 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         extensions["pending_mid"] = jnp.full((params.latency,), params.S0, dtype)
     if params.alpha_model != "none":
         extensions["alpha"] = jnp.asarray(0.0 if params.alpha0 is None else params.alpha0, dtype)
+    if params.arrival_model == "hawkes":
+        bid_excitation, ask_excitation = _initial_excitation(params)
+        extensions["bid_excitation"] = bid_excitation
+        extensions["ask_excitation"] = ask_excitation
     return MarketState(
         t=jnp.zeros((), jnp.int32),
         mid=jnp.asarray(params.S0, dtype),
@@ -290,6 +318,26 @@ def reset(key: jax.Array, params: MarketParams) -> MarketState:
         recent_fills=window,
         **extensions,
     )
+
+
+def _initial_excitation(params: MarketParams) -> tuple[jax.Array, jax.Array]:
+    """The Hawkes excitation at reset: 0 (``hawkes_start="rest"``) or the stationary mean
+    ``(I - g K)^{-1} mu - mu`` with ``g = dt / (1 - exp(-beta dt))`` (``"mean"``; the JAX form
+    of ``params.hawkes_stationary_intensity``, so it traces and vmaps with the fields)."""
+    dtype = float_dtype()
+    if params.hawkes_start == "rest":
+        zero = jnp.zeros((), dtype)
+        return zero, zero
+    dt = params.dt
+    gain = dt / -jnp.expm1(-params.hawkes_decay * dt)
+    bid_base = params.A * params.bid_intensity_mult
+    ask_base = params.A * params.ask_intensity_mult
+    diagonal = 1.0 - gain * params.hawkes_self
+    off = gain * params.hawkes_cross
+    determinant = diagonal**2 - off**2
+    bid = (diagonal * bid_base + off * ask_base) / determinant - bid_base
+    ask = (diagonal * ask_base + off * bid_base) / determinant - ask_base
+    return jnp.asarray(bid, dtype), jnp.asarray(ask, dtype)
 
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -381,6 +429,7 @@ def noise_from_words(
 EXTRA_BLOCK_STRIDE = 2**28  # extra block j of step t sits at the step counter t + j * 2**28
 VOL_BLOCK, JUMP_BLOCK, SIZE_BLOCK = 1, 2, 3
 ALPHA_BLOCK = 7  # the alpha signal's Z_alpha (first word)
+HAWKES_BLOCK = 4  # the Hawkes arrival counts (sell orders: first word, buy orders: second)
 
 
 def _extra_words(noise: Noise, block: int, what: str) -> tuple[jax.Array, jax.Array]:
@@ -405,8 +454,8 @@ def extension_noise(noise: Noise, params: MarketParams) -> Noise:
     Uniforms already present are kept; missing ones are drawn from the counter-mode blocks
     ``(episode, t + j 2^28)`` of the noise's stream: ``j = 1``: ``u_vol`` (first word);
     ``j = 2``: ``u_jump_count``, ``u_jump_size``; ``j = 3``: ``u_bid_size``, ``u_ask_size``;
-    ``j = 7``: ``u_alpha`` (first word). Each is the top 23 bits of its word. Nothing is drawn
-    for options that are off.
+    ``j = 4``: ``u_bid_arrivals``, ``u_ask_arrivals``; ``j = 7``: ``u_alpha`` (first word).
+    Each is the top 23 bits of its word. Nothing is drawn for options that are off.
     """
     updates = {}
     if params.vol_model == "heston" and noise.u_vol is None:
@@ -427,6 +476,14 @@ def extension_noise(noise: Noise, params: MarketParams) -> Noise:
     if params.alpha_model != "none" and noise.u_alpha is None:
         word, _ = _extra_words(noise, ALPHA_BLOCK, f"alpha_model={params.alpha_model!r}")
         updates["u_alpha"] = _extra_uniform(word)
+    if params.arrival_model == "hawkes" and (
+        noise.u_bid_arrivals is None or noise.u_ask_arrivals is None
+    ):
+        bid_word, ask_word = _extra_words(noise, HAWKES_BLOCK, "arrival_model='hawkes'")
+        if noise.u_bid_arrivals is None:
+            updates["u_bid_arrivals"] = _extra_uniform(bid_word)
+        if noise.u_ask_arrivals is None:
+            updates["u_ask_arrivals"] = _extra_uniform(ask_word)
     return noise.replace(**updates) if updates else noise
 
 
@@ -645,6 +702,85 @@ def jump_sum(noise: Noise, params: MarketParams) -> jax.Array:
     return count * params.jump_mean + params.jump_std * jnp.sqrt(count) * size
 
 
+def _poisson_count(u: jax.Array, rate: jax.Array, max_count: int) -> jax.Array:
+    """The Poisson(``rate``) count of the uniform ``u`` by inverse CDF, resolved up to
+    ``max_count``: ``#{j < max_count : u c_J > c_j}`` with ``c_j`` the CDF summed up to ``j``
+    and ``c_J`` its sum up to ``J = max_count``. Comparing ``u c_J`` rather than ``u`` keeps
+    the count's law exact up to rounding of the probabilities: a CDF that sums to slightly
+    below 1 in float32 cannot send the top uniforms to the cap. Two short ``fori_loop``s (the
+    total, then the count) keep the compiled step small."""
+    first = jnp.exp(-rate)
+
+    def total(j, carry):
+        probability, cdf = carry
+        probability = probability * rate / j
+        return probability, cdf + probability
+
+    _, cdf_total = jax.lax.fori_loop(1, max_count + 1, total, (first, first))
+    scaled = u * cdf_total
+
+    def count(j, carry):
+        probability, cdf, n = carry
+        n = n + (scaled > cdf).astype(n.dtype)
+        probability = probability * rate / (j + 1)
+        return probability, cdf + probability, n
+
+    _, _, n = jax.lax.fori_loop(0, max_count, count, (first, first, jnp.zeros_like(scaled)))
+    return n
+
+
+def hawkes_arrivals(
+    state: MarketState, noise: Noise, params: MarketParams
+) -> tuple[jax.Array, jax.Array]:
+    """This step's counts ``(N_bid, N_ask)`` of sell and buy market orders under
+    ``arrival_model="hawkes"`` (the market's dtype, integer-valued).
+
+    ``N_s ~ Poisson(min(lambda_s dt, MAX_HAWKES_RATE_PER_STEP))`` with ``lambda_s = mu_s + e_s``
+    (``mu_s = A * <side>_intensity_mult``, ``e_s`` the state's excitation), by inverse CDF of
+    ``noise.u_bid_arrivals`` / ``u_ask_arrivals`` (extra block ``HAWKES_BLOCK``), resolved up to
+    ``MAX_HAWKES_ARRIVALS_PER_STEP``. The counts do not depend on the quotes: every policy sees
+    the same order flow on the same noise. Needs ``extension_noise`` applied to ``noise``.
+    """
+    dtype = float_dtype()
+    dt = params.dt
+    counts = []
+    for mult, excitation, u in (
+        (params.bid_intensity_mult, state.bid_excitation, noise.u_bid_arrivals),
+        (params.ask_intensity_mult, state.ask_excitation, noise.u_ask_arrivals),
+    ):
+        rate = jnp.minimum((params.A * mult + excitation) * dt, MAX_HAWKES_RATE_PER_STEP)
+        counts.append(_poisson_count(u, jnp.asarray(rate, dtype), MAX_HAWKES_ARRIVALS_PER_STEP))
+    return counts[0], counts[1]
+
+
+def hawkes_fill_probability(reach: jax.Array, arrivals: jax.Array) -> jax.Array:
+    """``1 - (1 - p)^N``: the probability that at least one of ``N`` market orders reaches a
+    quote that each reaches independently with probability ``p = min(1, max(reach, 0))``
+    (``reach`` = ``intensity_shape`` of the depth). Computed as ``-expm1(N log1p(-p))``
+    (accurate for small ``p``), 1 at ``p = 1`` and ``N >= 1``, 0 at ``N = 0``; finite
+    gradients everywhere."""
+    p = jnp.clip(reach, 0.0, 1.0)
+    certain = p >= 1.0
+    safe_p = jnp.where(certain, 0.0, p)
+    thinned = -jnp.expm1(arrivals * jnp.log1p(-safe_p))
+    return jnp.where(certain, (arrivals > 0).astype(thinned.dtype), thinned)
+
+
+def _hawkes_fill_probabilities(
+    state: MarketState, quotes: Quotes, noise: Noise, params: MarketParams
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``_quote_fill_probabilities`` of the Hawkes market: the probabilities given the step's
+    arrival counts (``hawkes_arrivals``), ``1 - (1 - p(delta))^N`` per side."""
+    dtype = float_dtype()
+    bid_depth = jnp.asarray(quotes.bid_depth, dtype)
+    ask_depth = jnp.asarray(quotes.ask_depth, dtype)
+    bid_arrivals, ask_arrivals = hawkes_arrivals(state, noise, params)
+    shape = (params.k, params.fill_shape, params.fill_shape_alpha)
+    bid_prob = hawkes_fill_probability(intensity_shape(bid_depth, *shape), bid_arrivals)
+    ask_prob = hawkes_fill_probability(intensity_shape(ask_depth, *shape), ask_arrivals)
+    return bid_depth, ask_depth, bid_prob, ask_prob
+
+
 def fee_rates(
     bid_depth: jax.Array, ask_depth: jax.Array, params: MarketParams
 ) -> tuple[jax.Array, jax.Array]:
@@ -709,7 +845,12 @@ def step_with_noise(
     state, quotes = _acting_quotes(state, quotes, params)
     if market_order is not None:  # it executes first: the fills start from q_t + m
         state = state.replace(inventory=state.inventory + market_order)
-    bid_depth, ask_depth, bid_prob, ask_prob = _quote_fill_probabilities(state, quotes, params)
+    if params.arrival_model == "hawkes":
+        noise = extension_noise(noise, params)
+        fills = _hawkes_fill_probabilities(state, quotes, noise, params)
+    else:
+        fills = _quote_fill_probabilities(state, quotes, params)
+    bid_depth, ask_depth, bid_prob, ask_prob = fills
     bid_open, ask_open = _limits_open(state, params)
     if fill is None:
         bid_fill = ((noise.u_bid < bid_prob) & bid_open).astype(dtype)
@@ -851,6 +992,19 @@ def _apply_fills(
         )
     if params.alpha_model != "none":
         extensions["alpha"] = alpha_transition(state.alpha, noise.u_alpha, params)
+    if params.arrival_model == "hawkes":  # e' = e exp(-beta dt) + self N_same + cross N_other
+        bid_arrivals, ask_arrivals = hawkes_arrivals(state, noise, params)
+        decay = jnp.exp(-params.hawkes_decay * dt)
+        extensions["bid_excitation"] = (
+            state.bid_excitation * decay
+            + params.hawkes_self * bid_arrivals
+            + params.hawkes_cross * ask_arrivals
+        )
+        extensions["ask_excitation"] = (
+            state.ask_excitation * decay
+            + params.hawkes_self * ask_arrivals
+            + params.hawkes_cross * bid_arrivals
+        )
     next_pnl = state.pnl + pnl_inc
     if params.loss_limit is not None:
         extensions["halted"] = state.halted | (next_pnl < -params.loss_limit)
@@ -882,6 +1036,8 @@ def _apply_fills(
         market_order=market_order,
         market_order_cost=mo_cost_inc,
     )
+    if params.arrival_model == "hawkes":
+        info = info.replace(bid_arrivals=bid_arrivals, ask_arrivals=ask_arrivals)
     return next_state, info
 
 

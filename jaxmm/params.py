@@ -46,9 +46,14 @@ from flax import struct
 
 __all__ = [
     "ALPHA_MODELS",
+    "ARRIVAL_MODELS",
     "FILL_MODELS",
     "FILL_SHAPES",
+    "HAWKES_STARTS",
     "JUMP_MODELS",
+    "MAX_HAWKES_ARRIVALS_PER_STEP",
+    "MAX_HAWKES_MEAN_PER_STEP",
+    "MAX_HAWKES_RATE_PER_STEP",
     "MAX_JUMP_RATE_PER_STEP",
     "MAX_STEPS_WITH_EXTRA_NOISE",
     "NEVER",
@@ -56,6 +61,10 @@ __all__ = [
     "PRICE_MODELS",
     "VOL_MODELS",
     "MarketParams",
+    "hawkes_branching_ratio",
+    "hawkes_discrete_branching_ratio",
+    "hawkes_poisson_reference",
+    "hawkes_stationary_intensity",
     "validate",
 ]
 
@@ -69,6 +78,11 @@ ALPHA_MODELS = ("none", "ou")
 NEVER = 2**30  # a step index no session reaches: the default "no volatility switch"
 MAX_JUMP_RATE_PER_STEP = 1.0  # jump_intensity * dt; the Poisson count is resolved up to 16
 MAX_STEPS_WITH_EXTRA_NOISE = 2**28 - 1  # extra noise blocks use step counters t + j * 2**28
+ARRIVAL_MODELS = ("poisson", "hawkes")
+HAWKES_STARTS = ("rest", "mean")
+MAX_HAWKES_RATE_PER_STEP = 24.0  # the Hawkes step caps lambda_t dt here (a hard ceiling)
+MAX_HAWKES_ARRIVALS_PER_STEP = 64  # and resolves the count up to 64 (P(N > 64 | 24) < 1e-11)
+MAX_HAWKES_MEAN_PER_STEP = 4.0  # validated: the stationary mean lambda dt of either side
 
 
 @struct.dataclass
@@ -145,6 +159,13 @@ class MarketParams:
             ``alpha_{t+1} = alpha_t e^{-zeta dt} + eta sqrt((1 - e^{-2 zeta dt}) / (2 zeta)) Z'_t``.
             The alpha does not jump on fills or market orders. The stationary standard
             deviation of alpha is ``eta / sqrt(2 zeta)``.
+        hawkes_decay, hawkes_self, hawkes_cross: the self-exciting market-order flow
+            (``arrival_model="hawkes"``; ``None`` otherwise): the exponential kernel's decay
+            ``beta > 0`` (per time unit) and the jump of a side's intensity per market order
+            on the same side (``hawkes_self``) and on the other side (``hawkes_cross``), both
+            ``>= 0``, arrivals per time unit. The branching ratio ``(hawkes_self +
+            hawkes_cross) / hawkes_decay`` must be below 1 (and so must the discrete chain's,
+            ``hawkes_discrete_branching_ratio``); see ``arrival_model``.
         fill_shape_alpha: the power shape's exponent (``> 1``; required by ``"power"``,
             ``None`` otherwise).
         mo_cost: cost of one unit of the desk's own market order relative to the mid, price
@@ -165,6 +186,25 @@ class MarketParams:
         order_size: size of each incoming market order (static): ``"unit"`` (1),
             ``"fixed"`` (``order_size_mean``) or ``"geometric"`` (on ``{1, 2, ...}`` with mean
             ``order_size_mean``, drawn independently for each side and step).
+        arrival_model: how market orders arrive (static). ``"poisson"`` (the default): at the
+            constant base intensity; a quote fills with the per-step probability of
+            ``fill_model``. ``"hawkes"``: a bivariate Hawkes process with exponential kernel,
+            stepped as a chain: in step ``t`` side ``s`` (bid: sell orders, ask: buy orders)
+            receives ``N_s ~ Poisson(lambda_s dt)`` market orders with ``lambda_s = mu_s +
+            e_s``, ``mu_s`` the base intensity ``A * <side>_intensity_mult`` and ``e_s`` the
+            excitation (``MarketState.bid_excitation``/``ask_excitation``); each order reaches
+            a quote at depth ``delta`` with probability ``p = min(1, intensity_shape(delta))``
+            (Poisson thinning), so the quote fills with probability ``1 - (1 - p)^N`` and, given
+            the state, ``1 - exp(-lambda p dt)``. Then ``e_s' = e_s exp(-beta dt) +
+            hawkes_self N_s + hawkes_cross N_other`` (the step's orders count from the next
+            step on). Needs ``fill_model="exponential"`` (the thinned Poisson clock); ``lambda
+            dt`` is capped at ``MAX_HAWKES_RATE_PER_STEP`` and the stationary mean ``lambda dt``
+            must not exceed ``MAX_HAWKES_MEAN_PER_STEP``.
+        hawkes_start: the excitation at reset (static, Hawkes only): ``"rest"`` (0, the
+            default: the flow starts at its base intensity and builds up) or ``"mean"`` (the
+            stationary mean excitation ``hawkes_stationary_intensity - mu``, from which the
+            chain's mean intensity stays at its stationary value at every step; the variance
+            still starts at 0).
         latency: a quote computed at step ``t`` acts at step ``t + latency`` (static integer
             >= 0); during the first ``latency`` steps the desk has no quote in the market.
     """
@@ -203,6 +243,9 @@ class MarketParams:
     alpha0: float | None = None
     mo_cost: float | None = None
     mo_permanent_impact: float | None = None
+    hawkes_decay: float | None = None
+    hawkes_self: float | None = None
+    hawkes_cross: float | None = None
     n_steps: int = struct.field(pytree_node=False, default=200)
     fill_model: str = struct.field(pytree_node=False, default="linear")
     price_model: str = struct.field(pytree_node=False, default="arithmetic")
@@ -213,6 +256,8 @@ class MarketParams:
     latency: int = struct.field(pytree_node=False, default=0)
     fill_shape: str = struct.field(pytree_node=False, default="exponential")
     alpha_model: str = struct.field(pytree_node=False, default="none")
+    arrival_model: str = struct.field(pytree_node=False, default="poisson")
+    hawkes_start: str = struct.field(pytree_node=False, default="rest")
 
     @property
     def dt(self) -> Any:
@@ -246,6 +291,7 @@ class MarketParams:
             or self.jump_model != "none"
             or self.order_size == "geometric"
             or self.alpha_model != "none"
+            or self.arrival_model == "hawkes"
         )
 
     def extensions_in_use(self) -> tuple[str, ...]:
@@ -295,6 +341,9 @@ _RULES = (
     ("alpha0", lambda x: np.isfinite(x), "finite (alpha_model 'ou') or None"),
     ("mo_cost", lambda x: x >= 0, ">= 0 (price units) or None"),
     ("mo_permanent_impact", lambda x: x >= 0, ">= 0 (price units, needs mo_cost) or None"),
+    ("hawkes_decay", lambda x: x > 0, "> 0 per time unit (arrival_model 'hawkes') or None"),
+    ("hawkes_self", lambda x: x >= 0, ">= 0 per time unit (arrival_model 'hawkes') or None"),
+    ("hawkes_cross", lambda x: x >= 0, ">= 0 per time unit (arrival_model 'hawkes') or None"),
 )
 _MAY_BE_INFINITE = ("q_max", "loss_limit")
 # desk fields that are None (off, not in the pytree) by default
@@ -314,6 +363,7 @@ _STATIC_SWITCHES = (
     ("order_size", "unit"),
     ("latency", 0),
     ("alpha_model", "none"),
+    ("arrival_model", "poisson"),
 )
 
 
@@ -355,6 +405,7 @@ def validate(params: MarketParams) -> None:
             f"MarketParams.history_window = {params.history_window!r}; allowed: an integer >= 1"
         )
     _validate_extensions(params)
+    _validate_hawkes(params)
     _choice(params, "fill_shape", FILL_SHAPES)
     ou = params.price_model == "ou"
     if ou != (params.ou_rate is not None) or (params.ou_level is not None and not ou):
@@ -451,3 +502,160 @@ def _validate_extensions(params: MarketParams) -> None:
                 f"MarketParams.order_size_mean = {size} with order_size='fixed'; allowed: an "
                 "integer >= 1 (inventories stay integers)"
             )
+
+
+_HAWKES_FIELDS = ("hawkes_decay", "hawkes_self", "hawkes_cross")
+
+
+def _validate_hawkes(params: MarketParams) -> None:
+    """``arrival_model`` and the Hawkes fields: set together, stationary, within the rate bound."""
+    _choice(params, "arrival_model", ARRIVAL_MODELS)
+    _choice(params, "hawkes_start", HAWKES_STARTS)
+    hawkes = params.arrival_model == "hawkes"
+    if not hawkes and params.hawkes_start != "rest":
+        raise ValueError(
+            f"MarketParams.hawkes_start = {params.hawkes_start!r} with arrival_model = "
+            f"{params.arrival_model!r}; allowed: 'rest' (the default) unless arrival_model is "
+            "'hawkes'"
+        )
+    given = {name: getattr(params, name) for name in _HAWKES_FIELDS}
+    if any((value is None) == hawkes for value in given.values()):
+        settings = ", ".join(f"{name} = {value!r}" for name, value in given.items())
+        raise ValueError(
+            f"MarketParams.{settings} with arrival_model = {params.arrival_model!r}; allowed: "
+            "hawkes_decay > 0, hawkes_self >= 0 and hawkes_cross >= 0 all set exactly when "
+            "arrival_model is 'hawkes'"
+        )
+    if not hawkes:
+        return
+    if params.fill_model != "exponential":
+        raise ValueError(
+            f"MarketParams.fill_model = {params.fill_model!r} with arrival_model = 'hawkes'; "
+            "allowed: 'exponential' (Hawkes fills thin the step's Poisson count of market "
+            "orders, whose marginal is 1 - exp(-lambda p dt); the 'linear' min(1, lambda dt) "
+            "has no arrival count behind it)"
+        )
+    values = [_concrete(getattr(params, name)) for name in (*_HAWKES_FIELDS, "T")]
+    if any(value is None for value in values):
+        return  # traced inside jit: validated at the boundary
+    branching = hawkes_branching_ratio(params)
+    if np.any(branching >= 1):
+        raise ValueError(
+            f"MarketParams.hawkes_self + hawkes_cross = {values[1] + values[2]} with "
+            f"hawkes_decay = {values[0]} gives a branching ratio (hawkes_self + hawkes_cross) "
+            f"/ hawkes_decay = {np.max(branching):.6g}; allowed: < 1 (a stationary flow)"
+        )
+    discrete = hawkes_discrete_branching_ratio(params)
+    if np.any(discrete >= 1):
+        raise ValueError(
+            f"MarketParams.hawkes_self + hawkes_cross = {values[1] + values[2]} with "
+            f"hawkes_decay = {values[0]} and dt = T / n_steps gives a discrete-time branching "
+            f"ratio (hawkes_self + hawkes_cross) dt / (1 - exp(-hawkes_decay dt)) = "
+            f"{np.max(discrete):.6g}; allowed: < 1 (the stepped chain is stationary; use more "
+            "steps or a lower excitation)"
+        )
+    bid, ask = hawkes_stationary_intensity(params)
+    per_step = np.maximum(bid, ask) * values[3] / params.n_steps
+    if np.any(per_step > MAX_HAWKES_MEAN_PER_STEP):
+        raise ValueError(
+            f"MarketParams.A = {_concrete(params.A)} with the Hawkes excitation gives a "
+            f"stationary mean of {np.max(per_step):.4g} market orders per step; allowed: at most "
+            f"{MAX_HAWKES_MEAN_PER_STEP} (a step resolves lambda dt up to "
+            f"{MAX_HAWKES_RATE_PER_STEP}; use more steps)"
+        )
+
+
+def _hawkes_numbers(params: MarketParams) -> tuple[np.ndarray, ...]:
+    if params.arrival_model != "hawkes":
+        raise ValueError(
+            f"MarketParams.arrival_model = {params.arrival_model!r}; allowed: 'hawkes' here"
+        )
+    return tuple(
+        np.asarray(getattr(params, name), np.float64)
+        for name in (*_HAWKES_FIELDS, "T", "A", "bid_intensity_mult", "ask_intensity_mult")
+    )
+
+
+def hawkes_branching_ratio(params: MarketParams) -> np.ndarray:
+    """``(hawkes_self + hawkes_cross) / hawkes_decay``: the continuous-time branching ratio
+    (expected direct offspring of one market order, both sides together), float64 on the host
+    (the shape of the fields: an array for a sweep)."""
+    decay, self_jump, cross_jump, *_ = _hawkes_numbers(params)
+    return (self_jump + cross_jump) / decay
+
+
+def hawkes_discrete_branching_ratio(params: MarketParams) -> np.ndarray:
+    """``(hawkes_self + hawkes_cross) dt / (1 - exp(-hawkes_decay dt))``: the branching ratio
+    of the stepped chain, whose excitation keeps a step's orders undecayed until the next step;
+    it exceeds ``hawkes_branching_ratio`` and tends to it as ``dt -> 0`` (``n (1 + beta dt / 2
+    + O(dt^2))``). Float64 on the host."""
+    decay, self_jump, cross_jump, session, *_ = _hawkes_numbers(params)
+    dt = session / params.n_steps
+    return (self_jump + cross_jump) * dt / -np.expm1(-decay * dt)
+
+
+def hawkes_stationary_intensity(params: MarketParams) -> tuple[np.ndarray, np.ndarray]:
+    """The stationary mean intensities ``(bid, ask)`` of the stepped Hawkes chain, market
+    orders per time unit (float64 on the host).
+
+    In stationarity ``E e' = E e`` with ``e' = e exp(-beta dt) + K N``, ``E N = lambda_bar dt``
+    and ``K = [[self, cross], [cross, self]]``: ``(1 - exp(-beta dt)) (lambda_bar - mu) = dt K
+    lambda_bar``, so ``lambda_bar = (I - g K)^{-1} mu`` with ``g = dt / (1 - exp(-beta dt))``.
+    As ``dt -> 0`` ``g -> 1 / beta``: the continuous Hawkes mean ``(I - K / beta)^{-1} mu``,
+    ``mu / (1 - (self + cross) / beta)`` for symmetric base intensities.
+    """
+    decay, self_jump, cross_jump, session, base, bid_mult, ask_mult = _hawkes_numbers(params)
+    dt = session / params.n_steps
+    gain = dt / -np.expm1(-decay * dt)
+    bid_base, ask_base = base * bid_mult, base * ask_mult
+    diagonal = 1.0 - gain * self_jump
+    off = gain * cross_jump
+    determinant = diagonal**2 - off**2
+    bid = (diagonal * bid_base + off * ask_base) / determinant
+    ask = (diagonal * ask_base + off * bid_base) / determinant
+    return bid, ask
+
+
+def hawkes_poisson_reference(params: MarketParams) -> MarketParams:
+    """The Poisson market with the Hawkes market's stationary mean intensity on each side.
+
+    ``arrival_model="poisson"``, the Hawkes fields ``None``, and ``A`` replaced by the
+    stationary mean ``lambda_bar`` (``hawkes_stationary_intensity``) with the side multipliers
+    unchanged, ``A' = lambda_bar_bid / bid_intensity_mult``; when the two sides' means are not
+    in the ratio of the multipliers (asymmetric base intensities with cross-excitation), the
+    multipliers are set to ``lambda_bar / A'`` instead, so that each side's intensity is its
+    stationary mean. The exact solvers of ``jaxmm.optimal`` solve this market: its optimum is
+    the "Poisson-optimal table", the best known (t, q) table for the Hawkes market, not its
+    optimum (the value there depends on the excitation, which a (t, q) table ignores).
+    """
+    params.validate()
+    bid, ask = hawkes_stationary_intensity(params)
+    bid_mult = np.asarray(params.bid_intensity_mult, np.float64)
+    ask_mult = np.asarray(params.ask_intensity_mult, np.float64)
+    base = np.where(
+        bid_mult > 0,
+        bid / np.where(bid_mult > 0, bid_mult, 1.0),
+        np.where(ask_mult > 0, ask / np.where(ask_mult > 0, ask_mult, 1.0), params.A),
+    )
+    if np.allclose(bid * ask_mult, ask * bid_mult, rtol=1e-12, atol=0.0):
+        updates = {"A": _like(params.A, base)}
+    else:
+        safe = np.where(base > 0, base, 1.0)
+        updates = {
+            "A": _like(params.A, base),
+            "bid_intensity_mult": _like(params.bid_intensity_mult, bid / safe),
+            "ask_intensity_mult": _like(params.ask_intensity_mult, ask / safe),
+        }
+    return params.replace(
+        arrival_model="poisson",
+        hawkes_start="rest",
+        hawkes_decay=None,
+        hawkes_self=None,
+        hawkes_cross=None,
+        **updates,
+    ).validate()
+
+
+def _like(template: Any, value: np.ndarray) -> Any:
+    """``value`` as a Python float when ``template`` is a scalar, else as an array."""
+    return float(value) if np.ndim(template) == 0 and np.ndim(value) == 0 else value

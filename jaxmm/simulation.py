@@ -194,6 +194,8 @@ _STATE_AXES = MarketState(
     pending_ask=1,
     pending_mid=1,
     alpha=0,
+    bid_excitation=0,
+    ask_excitation=0,
 )
 
 
@@ -223,6 +225,8 @@ def initial_states(params: MarketParams, n_episodes: int) -> MarketState:
         pending_ask=jax.tree.map(batch_last, state.pending_ask),
         pending_mid=jax.tree.map(batch_last, state.pending_mid),
         alpha=jax.tree.map(batch, state.alpha),
+        bid_excitation=jax.tree.map(batch, state.bid_excitation),
+        ask_excitation=jax.tree.map(batch, state.ask_excitation),
     )
 
 

@@ -197,7 +197,8 @@ def test_features_by_hand():
     }
     assert env.feature_names == tuple(expected)
     np.testing.assert_allclose(obs, list(expected.values()), rtol=2e-5, atol=1e-6)
-    # every feature set is the named columns of the extended one
+    # every feature set of the Poisson market is the named columns of the extended one (the
+    # "hawkes" set adds the Hawkes intensities, checked in test_hawkes)
     for features, names in FEATURE_SETS.items():
         if not set(names) <= set(env.feature_names):
             continue  # a feature of a market extension (alpha: tests/test_alpha.py)

@@ -13,7 +13,7 @@ from jaxmm import market, rewards
 from jaxmm.devices import PLATFORMS
 from jaxmm.env import EnvParams, MarketMakingEnv, RegimeRandomization
 from jaxmm.execution import ExecutionEnv, ExecutionParams
-from jaxmm.params import FILL_MODELS, NEVER
+from jaxmm.params import FILL_MODELS, NEVER, MarketParams, hawkes_stationary_intensity
 from jaxmm.policies import AvellanedaStoikov
 from train.networks import ACTIVATIONS, ActorCritic, AgentSpec
 
@@ -27,9 +27,18 @@ __all__ = [
     "execution_env",
     "initial_action",
     "market_env",
+    "with_hawkes_mean_intensity",
 ]
 
-FEATURES = ("full", "no_as_spread", "no_volatility", "inventory_only", "extended", "alpha")
+FEATURES = (
+    "full",
+    "no_as_spread",
+    "no_volatility",
+    "inventory_only",
+    "extended",
+    "alpha",
+    "hawkes",
+)
 ACTION_MODES = ("depths", "as_skew", "depths_mo")
 TASKS = ("market_making", "execution")
 MO_OFF = -1.0  # PPOConfig.mo_cost: no market orders
@@ -133,6 +142,22 @@ class PPOConfig:
             ``action_mode="depths_mo"`` requires (PPO then chooses a market order
             beside its depths). The optimum is then the joint-action ``optimal.bellman``, and
             every strategy is scored on the same market. ``mo_permanent_impact = 0`` is off.
+        arrival_model, hawkes_decay, hawkes_self, hawkes_cross: ``"hawkes"`` trains on
+            self-exciting market-order flow (``MarketParams.arrival_model``): the homework's
+            base intensity A = 100 per side, the kernel's decay (per time unit) and the jumps
+            of the intensity per same-side and per other-side order (per time unit); the
+            market then fills by Poisson thinning (``fill_model="exponential"``; the
+            homework's ``"linear"`` has no arrival count). The Hawkes numbers are ignored
+            under ``"poisson"``. There is no exact optimum under clustering: the evaluation's
+            reference is the Poisson-optimal table (``train.evaluate.optimal_solution``).
+            Pair it with ``features="hawkes"`` for an agent that sees the intensity.
+        hawkes_mean_intensity: with ``"hawkes"``, if > 0 the base intensity ``A`` is set so
+            that the stationary mean intensity per side is this (per time unit; ``A = mean (1
+            - n_dt)`` with ``n_dt`` the stepped chain's branching ratio), which holds the mean
+            order flow fixed while the clustering varies; 0 keeps the homework's ``A``.
+        hawkes_start: the excitation at reset (``MarketParams.hawkes_start``): ``"rest"``
+            (0) or ``"mean"`` (the stationary mean: the mean intensity is then stationary
+            from the first step).
     """
 
     phi: float = 0.01
@@ -200,6 +225,12 @@ class PPOConfig:
     alpha_grid_points: int = 41
     mo_cost: float = MO_OFF
     mo_permanent_impact: float = 0.0
+    arrival_model: str = "poisson"
+    hawkes_decay: float = 0.0
+    hawkes_self: float = 0.0
+    hawkes_cross: float = 0.0
+    hawkes_mean_intensity: float = 0.0
+    hawkes_start: str = "rest"
 
     @property
     def batch_size(self) -> int:
@@ -265,6 +296,7 @@ class PPOConfig:
             ("average_window", lambda x: 0 <= x <= 1, "in [0, 1]"),
             ("naive_half_spread", lambda x: x > 0, "> 0"),
             ("as_gamma", lambda x: x >= 0, ">= 0"),
+            ("hawkes_mean_intensity", lambda x: x >= 0, ">= 0 (0: the homework's A)"),
         )
         for name, ok, allowed in ranges:
             value = getattr(self, name)
@@ -298,6 +330,11 @@ class PPOConfig:
                 raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
         self._validate_alpha()
         self._validate_market_orders()
+        if self.arrival_model != "poisson":
+            try:
+                market_env(self)
+            except ValueError as error:  # MarketParams names arrival_model / hawkes_*
+                raise ValueError(f"arrival_model / hawkes_*: {error}") from None
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -385,9 +422,10 @@ class PPOConfig:
 
 def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
     """The ``MarketMakingEnv`` (homework market, with the volatility switch of
-    ``vol_switch_step``/``vol_switch_factor`` if set) and the ``EnvParams`` that ``config``
-    describes: ``phi``, ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``).
-    With ``task = "execution"``: ``execution_env(config)`` instead."""
+    ``vol_switch_step``/``vol_switch_factor``, the fill shape, the alpha signal, market orders
+    and the Hawkes flow if set) and the ``EnvParams`` that ``config`` describes: ``phi``,
+    ``reward`` and ``as_gamma`` (the A-S spread feature and ``as_skew``). With
+    ``task = "execution"``: ``execution_env(config)`` instead."""
     if config.task == "execution":
         return execution_env(config)
     env = MarketMakingEnv(features=config.features, action_mode=config.action_mode)
@@ -410,6 +448,17 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
             mo_cost=config.mo_cost,
             mo_permanent_impact=config.mo_permanent_impact or None,
         )
+    if config.arrival_model != "poisson":
+        market_params = market_params.replace(
+            arrival_model=config.arrival_model,
+            fill_model="exponential",
+            hawkes_decay=config.hawkes_decay,
+            hawkes_self=config.hawkes_self,
+            hawkes_cross=config.hawkes_cross,
+            hawkes_start=config.hawkes_start,
+        )
+        if config.hawkes_mean_intensity > 0:
+            market_params = with_hawkes_mean_intensity(market_params, config.hawkes_mean_intensity)
     env_params = env.default_params.replace(
         market=market_params.validate(),
         phi=config.phi,
@@ -434,6 +483,22 @@ def execution_env(config: PPOConfig) -> tuple[ExecutionEnv, ExecutionParams]:
         n_steps=config.execution_steps,
     )
     return ExecutionEnv(), params.validate()
+
+
+def with_hawkes_mean_intensity(market_params: MarketParams, mean: float) -> MarketParams:
+    """``market_params`` (Hawkes flow) with ``A`` scaled so that the stationary mean intensity
+    of the bid side is ``mean`` per time unit (the chain is linear in ``A``: ``A' = A mean /
+    lambda_bar``); with equal side multipliers both sides then have mean ``mean``. The
+    branching ratio is validated first (at ``A = 1``), then the result."""
+    unit = market_params.replace(A=1.0).validate()
+    bid, _ = hawkes_stationary_intensity(unit)
+    if not float(bid) > 0:
+        raise ValueError(
+            f"hawkes_mean_intensity = {mean}: the bid side has no base intensity "
+            f"(bid_intensity_mult = {market_params.bid_intensity_mult}); allowed: a positive "
+            "multiplier"
+        )
+    return market_params.replace(A=mean / float(bid)).validate()
 
 
 def initial_action(config: PPOConfig, env: Any, env_params: Any) -> np.ndarray:

@@ -24,6 +24,15 @@ With the short-term alpha signal (``MarketParams.alpha_model="ou"``) the optimum
 ``mm.optimal.bellman_alpha`` on the state (t, q, alpha) (``V = value_at(0, 0, alpha0)``, exact
 for the alpha chain on its grid), its table policy (``mm.policies.alpha_table``) is simulated
 on the same paths, and the ``exact_reward`` entries come from ``mm.optimal.evaluate_alpha``.
+On a Hawkes market (``arrival_model="hawkes"``) there is no exact optimum (the value depends on
+the excitation, which no (t, q) solver models) and no exact evaluation. The reference is then
+the **Poisson-optimal table**: ``bellman`` on the Poisson market whose intensity on each side is
+the Hawkes stationary mean (``jaxmm.params.hawkes_poisson_reference``), the best known table,
+not the optimum. It is simulated on the Hawkes market beside the others (key
+``"poisson_optimal_table"``); the result has ``optimal_reward = None``, ``reference_reward`` (the
+table's simulated mean reward on the Hawkes market, with its standard error) and, per strategy,
+``gap_to_reference = -mean(D) / reference_reward`` from the same paired differences (a
+negative gap: better than the table). No ``exact_reward`` is reported.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import jaxmm as mm
 from jaxmm import devices as device_lib
 from jaxmm import execution, market, optimal, rewards
 from jaxmm.env import EnvParams
+from jaxmm.params import hawkes_poisson_reference
 from jaxmm.results import write_json
 from train import checkpoint
 from train.config import PPOConfig, market_env
@@ -61,6 +71,7 @@ __all__ = [
     "execution_compare",
     "execution_stats",
     "format_comparison",
+    "is_hawkes",
     "make_progress_evaluator",
     "needs_paths",
     "optimal_solution",
@@ -80,13 +91,26 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
     return rewards.episode_reward(rollout, env_params.phi, env_params.reward, env_params.market)
 
 
+REFERENCE_TABLE = "poisson_optimal_table"  # the reference strategy's key on a Hawkes market
+
+
+def is_hawkes(env_params: EnvParams) -> bool:
+    """Whether the environment's market has Hawkes flow (no exact optimum: see the module)."""
+    return env_params.market.arrival_model == "hawkes"
+
+
 def optimal_solution(
     env_params: EnvParams, n_alpha: int = 41
 ) -> optimal.QuoteTable | optimal.AlphaQuoteTable:
     """``mm.optimal.bellman`` for the environment's market, reward and action bounds (the
     joint optimum over quotes and market orders when the market has them, ``mo_cost`` set);
     ``bellman_cara`` for the CARA reward (its value is a certainty equivalent); with the alpha
-    signal ``mm.optimal.bellman_alpha`` on ``n_alpha`` alpha grid points."""
+    signal ``mm.optimal.bellman_alpha`` on ``n_alpha`` alpha grid points; on a Hawkes market
+    the Poisson-optimal table (``bellman`` on ``hawkes_poisson_reference``: the Poisson market
+    with the stationary mean intensity), the best known table, not an optimum."""
+    if is_hawkes(env_params):
+        reference = hawkes_poisson_reference(env_params.market)
+        return optimal.bellman(reference, env_params.phi, reward=env_params.reward)
     if env_params.reward == "cara":
         return optimal.bellman_cara(env_params.market, env_params.phi)
     if env_params.market.alpha_model != "none":
@@ -169,6 +193,8 @@ def compare(
     """
     if n_episodes < 2:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
+    if is_hawkes(env_params):
+        return _compare_with_reference(env_params, policies, key, n_episodes, solution, devices)
     market_params = env_params.market
     optimal_policy, optimal_reward = _optimal_policy_and_reward(solution, env_params)
     policies = {**policies, "optimal": optimal_policy}
@@ -218,6 +244,54 @@ def _certainty_equivalent_gaps(
         )
 
 
+def _compare_with_reference(
+    env_params: EnvParams,
+    policies: dict[str, Any],
+    key: jax.Array,
+    n_episodes: int,
+    solution: optimal.QuoteTable,
+    devices: list[jax.Device] | None,
+) -> dict[str, Any]:
+    """``compare`` on a Hawkes market: the Poisson-optimal table ``solution`` is simulated as
+    ``REFERENCE_TABLE`` and every strategy's ``gap_to_reference`` is measured against its
+    simulated mean reward (paired differences); no exact values (see the module docstring)."""
+    policies = {**policies, REFERENCE_TABLE: mm.policies.table(solution)}
+    episode_rewards = {}
+    results: dict[str, dict[str, Any]] = {}
+    for name, policy in policies.items():
+        rollout = mm.simulate(
+            env_params.market,
+            policy,
+            key,
+            n_episodes,
+            paths=needs_paths(env_params),
+            devices=devices,
+        )
+        episode_rewards[name] = np.asarray(episode_reward(rollout, env_params), np.float64)
+        results[name] = strategy_stats(rollout, episode_rewards[name])
+    reference = results[REFERENCE_TABLE]
+    reference_reward = reference["mean_reward"]
+    for name, stats in results.items():
+        difference = episode_rewards[name] - episode_rewards[REFERENCE_TABLE]
+        stats["gap_to_reference"] = float(-difference.mean() / reference_reward)
+        stats["gap_to_reference_stderr"] = float(
+            difference.std(ddof=1) / (math.sqrt(n_episodes) * abs(reference_reward))
+        )
+    return {
+        "eval": results,
+        "optimal_reward": None,
+        "reference": REFERENCE_TABLE,
+        "reference_reward": reference_reward,
+        "reference_reward_stderr": reference["stderr_reward"],
+        "reference_poisson_value": solution.value_at(0, 0),
+        "reference_note": "the Poisson-optimal table: optimal.bellman on the Poisson market "
+        "with the Hawkes stationary mean intensity per side (best known table, not the "
+        "optimum; there is no exact optimum under clustering); reference_reward is its "
+        "simulated mean on the Hawkes market, reference_poisson_value its exact value on the "
+        "Poisson market it was solved for",
+    }
+
+
 def benchmark_policies(config: PPOConfig) -> dict[str, Any]:
     """The naive, Avellaneda-Stoikov and GLFT (asymptotic closed form) benchmarks of
     ``config``; A-S and GLFT use the risk aversion ``as_gamma`` and the market's k, A, sigma."""
@@ -259,6 +333,24 @@ def evaluate_run(
         devices,
     )
     ppo = result["eval"]["ppo"]
+    if is_hawkes(env_params):
+        return {
+            **result,
+            "optimality_gap": None,
+            "gap_to_reference": ppo["gap_to_reference"],
+            "gap_to_reference_stderr": ppo["gap_to_reference_stderr"],
+            "evaluation": {
+                "n_episodes": n_episodes,
+                "eval_seed": eval_seed,
+                "seed_index": seed_index,
+                "noise": "common random numbers: every strategy sees the same paths and "
+                "the same market-order flow",
+                "naive": {"half_spread": config.naive_half_spread},
+                "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
+                REFERENCE_TABLE: result["reference_note"],
+                "devices": device_lib.describe(devices),
+            },
+        }
     return {
         **result,
         "optimality_gap": ppo["optimality_gap"],
@@ -441,7 +533,10 @@ COLUMNS = (
 
 
 def format_comparison(result: dict[str, Any]) -> str:
-    """A text table of ``result["eval"]`` (one row per strategy) and the optimum."""
+    """A text table of ``result["eval"]`` (one row per strategy) and the optimum (on a Hawkes
+    market: the gaps to the Poisson-optimal table, labelled as such)."""
+    if result.get("reference") == REFERENCE_TABLE:
+        return _format_reference_comparison(result)
     header = f"{'strategy':<20}" + "".join(f"{label:>11}" for _, label in COLUMNS)
     lines = [header, "-" * len(header)]
     for name, stats in result["eval"].items():
@@ -463,6 +558,32 @@ def format_comparison(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_reference_comparison(result: dict[str, Any]) -> str:
+    columns = [
+        ("gap_to_reference", "gap*") if key == "optimality_gap" else
+        ("gap_to_reference_stderr", "± se") if key == "optimality_gap_stderr" else (key, label)
+        for key, label in COLUMNS
+    ]  # fmt: skip
+    header = f"{'strategy':<22}" + "".join(f"{label:>11}" for _, label in columns)
+    lines = [header, "-" * len(header)]
+    for name, stats in result["eval"].items():
+        cells = "".join(f"{stats[key]:>11.4g}" for key, _ in columns)
+        lines.append(f"{name:<22}{cells}")
+    lines.append(
+        f"* gap to the Poisson-optimal table (best known table, NOT the optimum: no exact "
+        f"optimum under Hawkes clustering), reward {result['reference_reward']:.4f} ± "
+        f"{result['reference_reward_stderr']:.4f} simulated on the Hawkes market"
+    )
+    ppo = result["eval"].get("ppo")
+    if ppo is not None:
+        lines.append(
+            f"PPO gap to that table {100 * ppo['gap_to_reference']:.2f}% ± "
+            f"{100 * ppo['gap_to_reference_stderr']:.2f}% (negative: better than the table)"
+        )
+    lines.append("Sharpe is per episode: mean / std of terminal PnL across episodes.")
+    return "\n".join(lines)
+
+
 def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
     """Training episode return (stochastic policy, every seed) and the deterministic progress
     evaluations against environment steps, with the benchmarks' rewards as horizontal lines."""
@@ -476,10 +597,15 @@ def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
     eval_rewards = np.asarray([entry["mean_reward"] for entry in payload["progress_evals"]])
     ax.plot(eval_steps, eval_rewards.mean(axis=1), "o-", color="tab:green", label="eval (mean)")
     shown = [history[np.isfinite(history)], eval_rewards.ravel()]
-    benchmarks = (("avellaneda_stoikov", "tab:orange"), ("naive", "tab:red"))
     if config.get("task") == "execution":
         benchmarks = (("closed_form", "tab:orange"), ("twap", "tab:red"))
-    lines = {"optimal (exact)": (payload["optimal_reward"], "black")}
+    else:
+        benchmarks = (("avellaneda_stoikov", "tab:orange"), ("naive", "tab:red"))
+    if payload.get("reference") == REFERENCE_TABLE:
+        reference = ("Poisson-optimal table (best known)", payload["reference_reward"])
+    else:
+        reference = ("optimal (exact)", payload["optimal_reward"])
+    lines = {reference[0]: (reference[1], "black")}
     for name, colour in benchmarks:
         lines[name] = (payload["eval"][name]["mean_reward"], colour)
     for name, (reward, colour) in lines.items():

@@ -743,6 +743,14 @@ FIELD_HELP = {
     "units (>= 0; -1: no market orders); needs action_mode depths_mo",
     "mo_permanent_impact": "permanent impact of a market order on the mid, price units per "
     "unit (>= 0; 0: none)",
+    "arrival_model": "market-order arrivals: poisson, or hawkes (self-exciting; the market then "
+    "fills by Poisson thinning, fill_model exponential)",
+    "hawkes_decay": "Hawkes kernel decay beta, per time unit (> 0 with hawkes)",
+    "hawkes_self": "Hawkes intensity jump per same-side market order, per time unit (>= 0)",
+    "hawkes_cross": "Hawkes intensity jump per other-side market order, per time unit (>= 0)",
+    "hawkes_mean_intensity": "with hawkes: set A so the stationary mean intensity per side is "
+    "this, per time unit (0: keep the homework's A)",
+    "hawkes_start": "Hawkes excitation at reset: rest (0) or mean (the stationary mean)",
     "task": "market_making (the default) or execution (sell execution_inventory shares over "
     "the session; the market-making fields do not apply)",
     "execution_inventory": "execution: shares to sell, > 0",
