@@ -381,7 +381,7 @@ class GymnasiumMarketMakingEnv(gymnasium.Env):
             self.normalize_actions,
             self._key,
             self._state,
-            jnp.asarray(action),
+            np.asarray(action, np.float32),  # numpy: jit's fast path moves it
             self._device_params,
         )
         obs, reward, terminated, info = jax.device_get(out)
@@ -469,7 +469,7 @@ class MarketMakingVectorEnv(gymnasium.vector.VectorEnv):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._carry is None:
             raise RuntimeError("the vector env was never reset: call reset()")
-        actions = jnp.asarray(actions, jnp.float32)
+        actions = np.asarray(actions, np.float32)  # jit moves it (cheaper than jnp)
         if actions.shape != self.action_space.shape:
             raise ValueError(
                 f"actions have shape {actions.shape}; allowed: {self.action_space.shape}"

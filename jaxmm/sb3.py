@@ -23,8 +23,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import gymnasium
-import jax
-import jax.numpy as jnp
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -69,7 +67,7 @@ class MarketMakingSB3VecEnv(VecEnv):
             self._vector.single_action_space,
         )
         self._seeds = [self._vector._default_seed + i for i in range(self.num_envs)]
-        self._actions: jax.Array | None = None
+        self._actions: np.ndarray | None = None
         self._layout: list | None = None
 
     @property
@@ -91,7 +89,7 @@ class MarketMakingSB3VecEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        actions = jnp.asarray(actions, jnp.float32)
+        actions = np.asarray(actions, np.float32)
         expected = (self.num_envs, *self.action_space.shape)
         if actions.shape != expected:
             raise ValueError(f"actions have shape {actions.shape}; allowed: {expected}")
