@@ -139,13 +139,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=8192,
         help="timed SB3 PPO training steps per env of the gymnasium part (0: skip PPO)",
     )
+    parser.add_argument(
+        "--gym-check-episodes",
+        type=int,
+        default=256,
+        help="episodes of the gymnasium part's same-market check (jaxmm vs the NumPy env)",
+    )
     parser.add_argument("--scaling-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
         parser.error("--sizes, --repeats and --loop-episodes must be >= 1")
-    if min(args.gym_envs) < 1 or args.gym_steps < 1 or args.gym_ppo_steps < 0:
-        parser.error("--gym-envs and --gym-steps must be >= 1, --gym-ppo-steps >= 0")
+    if min(args.gym_envs) < 1 or args.gym_steps < GYM_CHUNK_STEPS or args.gym_ppo_steps < 0:
+        parser.error(
+            f"--gym-envs must be >= 1, --gym-steps >= {GYM_CHUNK_STEPS}, --gym-ppo-steps >= 0"
+        )
+    if args.gym_check_episodes < 2:
+        parser.error("--gym-check-episodes must be >= 2")
     if min(args.scaling_devices) < 1 or args.scaling_episodes < 1:
         parser.error("--scaling-devices and --scaling-episodes must be >= 1")
     try:
@@ -799,7 +809,7 @@ def gymnasium_part(args: argparse.Namespace) -> dict:
             }
         )
         print(f"vector env n={n}: {rate:,.0f} env-steps/s", file=sys.stderr)
-    episodes = 256
+    episodes = args.gym_check_episodes
     jax_rewards = fixed_quote_rewards(make_vector_env(episodes), episodes)
     numpy_rewards = fixed_quote_rewards(NumpyMarketMakingEnv(), episodes)
     difference = jax_rewards.mean() - numpy_rewards.mean()

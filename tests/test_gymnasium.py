@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import math
-import subprocess
-import sys
 import warnings
 
 import gymnasium
@@ -17,6 +16,7 @@ import jaxmm as mm
 from jaxmm import gymnasium_env
 from jaxmm.env import EnvParams, MarketMakingEnv
 from jaxmm.gymnasium_env import ENV_ID, make_env, make_vector_env
+from tests.conftest import run_code, run_module
 
 SHORT = mm.presets.homework().replace(n_steps=5)  # short sessions: several episodes per test
 INFINITE_BOUND_WARNINGS = ("minimum value is -infinity", "maximum value is infinity")
@@ -289,10 +289,25 @@ def test_import_jaxmm_imports_neither_torch_nor_sb3_nor_gymnax():
         "gymnasium.spec('jaxmm/MarketMaking-v0'); "
         "print(sorted(m for m in ('torch', 'stable_baselines3', 'gymnax') if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[]"
+    assert run_code(code).stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_benchmark_gymnasium_part_smoke(tmp_path):
+    """The benchmark's part at a tiny size (about 30 s: five compilations in a fresh process);
+    its NumPy reference env is the same market: the mean episode reward of a fixed quote agrees
+    with jaxmm's within 4 standard errors."""
+    run_module(
+        "experiments.benchmark", "--parts", "gymnasium", "--gym-envs", "1", "4",
+        "--gym-steps", "100", "--gym-ppo-steps", "0", "--gym-check-episodes", "64",
+        "--out", str(tmp_path), timeout=600,
+    )  # fmt: skip
+    result = json.loads((tmp_path / "benchmark.json").read_text())["gymnasium"]
+    assert [row["num_envs"] for row in result["rows"]] == [1, 4]
+    assert all(row["steps_per_second"] > 0 for row in result["rows"])
+    assert result["numpy_steps_per_second"] > 0 and result["sb3_ppo"] is None
+    assert abs(result["same_market"]["difference_in_stderr"]) < 4
+    assert "| vector envs |" in (tmp_path / "benchmark.md").read_text()
 
 
 # --- Stable-Baselines3 -------------------------------------------------------------------
