@@ -391,20 +391,32 @@ class GymnasiumMarketMakingEnv(gymnasium.Env):
 
 
 class MarketMakingVectorEnv(gymnasium.vector.VectorEnv):
-    """``num_envs`` markets stepped by one jitted JAX call; gymnasium's ``NEXT_STEP`` auto-reset.
+    """``num_envs`` markets stepped by one jitted JAX call, with gymnasium's auto-reset.
 
     Observations ``f32[num_envs, n_features]``, actions ``f32[num_envs, 2]``, rewards
     ``f64[num_envs]``, terminations and truncations ``bool[num_envs]`` (truncations always
     False). ``infos`` maps each name of the single env's info to ``[num_envs]`` arrays, with the
-    mask ``"_" + name`` (False for a sub-environment that was reset in this step). Keys and
+    mask ``"_" + name`` (False for a sub-environment that has no info in this step). Keys and
     market states stay on the device; a step makes one transfer of the batch to the host. One
-    compilation per ``(num_envs, env, normalize_actions)`` and parameter structure.
+    compilation per ``(num_envs, env, normalize_actions, autoreset_mode)`` and parameter
+    structure.
+
+    Auto-reset (``metadata["autoreset_mode"]``):
+
+    - ``NEXT_STEP`` (default): the step after a sub-environment terminates ignores its action
+      and returns its reset observation, reward 0, ``terminated = False`` and no info.
+    - ``SAME_STEP``: a sub-environment that terminates is reset within the step; the step
+      returns its reset observation, its reward and ``terminated = True``, and, as gymnasium's
+      ``SyncVectorEnv``, its last observation in ``infos["final_obs"]`` (an object array,
+      ``None`` elsewhere) and its info in ``infos["final_info"]`` (masks ``"_final_obs"``,
+      ``"_final_info"``); its top-level info is then the reset's (none: masked out).
 
     Args:
         num_envs: the number of sub-environments (>= 1).
         env, params, seed, normalize_actions: as ``GymnasiumMarketMakingEnv``; ``seed`` is the
             base seed of the first ``reset()`` without one (sub-environment ``i`` gets
             ``seed + i``).
+        autoreset_mode: an ``AutoresetMode`` (or its value) other than ``DISABLED``.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
@@ -416,11 +428,17 @@ class MarketMakingVectorEnv(gymnasium.vector.VectorEnv):
         params: EnvParams | None = None,
         seed: int | None = None,
         normalize_actions: bool = False,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int | np.integer):
             raise ValueError(f"num_envs = {num_envs!r}; allowed: an integer >= 1")
         if num_envs < 1:
             raise ValueError(f"num_envs = {num_envs!r}; allowed: an integer >= 1")
+        modes = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
+        if autoreset_mode not in modes and autoreset_mode not in [m.value for m in modes]:
+            raise ValueError(
+                f"autoreset_mode = {autoreset_mode!r}; allowed: one of {[m.value for m in modes]}"
+            )
         if env is None:
             from jaxmm.env import MarketMakingEnv
 
@@ -431,6 +449,8 @@ class MarketMakingVectorEnv(gymnasium.vector.VectorEnv):
         self.params = (env.default_params if params is None else params).validate()
         self._device_params = jax.device_put(self.params)  # no scalar transfers per step
         self.normalize_actions = bool(normalize_actions)
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.single_observation_space, self.single_action_space = _spaces(
             env, self.params, normalize_actions
         )
@@ -464,9 +484,13 @@ class MarketMakingVectorEnv(gymnasium.vector.VectorEnv):
         self._carry, obs = _batch_reset(self.env, keys, self._device_params)
         return np.array(obs, np.float32), {}
 
-    def step(
-        self, actions: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step_arrays(self, actions: np.ndarray) -> dict[str, np.ndarray]:
+        """One step of every sub-environment as host arrays, for code that wants no dicts of
+        masks (``jaxmm.sb3``): ``obs`` ``f32[n, n_features]``, ``reward`` and ``info/<name>``
+        ``[n]`` (the market's float dtype), ``terminated`` ``bool[n]``; in ``NEXT_STEP`` mode
+        ``info_mask`` ``bool[n]`` (False: reset in this step, info zero), in ``SAME_STEP`` mode
+        ``final_obs`` ``f32[n, n_features]`` (the step's own observation; ``obs`` holds the
+        reset observation where ``terminated``)."""
         if self._carry is None:
             raise RuntimeError("the vector env was never reset: call reset()")
         actions = np.asarray(actions, np.float32)  # jit moves it (cheaper than jnp)
@@ -474,20 +498,47 @@ class MarketMakingVectorEnv(gymnasium.vector.VectorEnv):
             raise ValueError(
                 f"actions have shape {actions.shape}; allowed: {self.action_space.shape}"
             )
-        settings = (self.env, self.normalize_actions, False)
+        same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
+        settings = (self.env, self.normalize_actions, same_step)
         if self._layout is None:
             self._layout = _output_layout(*settings, self._carry, actions, self._device_params)
         self._carry, packed = _batch_step(*settings, self._carry, actions, self._device_params)
-        out = _unpack(np.asarray(packed), self._layout)
-        infos: dict[str, Any] = {}
-        for name, value in out.items():
-            if name.startswith("info/"):
-                infos[name[5:]] = value
-                infos[f"_{name[5:]}"] = out["info_mask"]
+        return _unpack(np.asarray(packed), self._layout)
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        out = self.step_arrays(actions)
         terminated = out["terminated"]
+        info = {name[5:]: value for name, value in out.items() if name.startswith("info/")}
+        if self.autoreset_mode is AutoresetMode.SAME_STEP:
+            mask = ~terminated
+            infos: dict[str, Any] = {}
+            if terminated.any():
+                final_obs = np.full(self.num_envs, None, dtype=object)
+                for i in np.flatnonzero(terminated):
+                    final_obs[i] = out["final_obs"][i]
+                final_info = {}
+                for name, value in info.items():
+                    final_info[name] = np.where(terminated, value, np.zeros_like(value))
+                    final_info[f"_{name}"] = terminated
+                infos.update(
+                    final_obs=final_obs,
+                    _final_obs=terminated,
+                    final_info=final_info,
+                    _final_info=terminated,
+                )
+            for name, value in info.items():
+                infos[name] = np.where(mask, value, np.zeros_like(value))
+                infos[f"_{name}"] = mask
+        else:
+            infos = {}
+            for name, value in info.items():
+                infos[name] = value
+                infos[f"_{name}"] = out["info_mask"]
         return (
-            np.asarray(out["obs"], np.float32),
-            np.asarray(out["reward"], np.float64),
+            out["obs"].astype(np.float32, copy=False),
+            out["reward"].astype(np.float64, copy=False),
             terminated,
             np.zeros_like(terminated),
             infos,
@@ -503,11 +554,15 @@ def make_env(
 
 
 def make_vector_env(
-    num_envs: int = 1, normalize_actions: bool = False, seed: int | None = None, **settings: Any
+    num_envs: int = 1,
+    normalize_actions: bool = False,
+    seed: int | None = None,
+    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    **settings: Any,
 ) -> MarketMakingVectorEnv:
     """The vector entry point of ``gymnasium.make_vec(ENV_ID, num_envs=n, ...)``."""
     env, params = env_settings(**settings)
-    return MarketMakingVectorEnv(num_envs, env, params, seed, normalize_actions)
+    return MarketMakingVectorEnv(num_envs, env, params, seed, normalize_actions, autoreset_mode)
 
 
 if ENV_ID not in gymnasium.registry:

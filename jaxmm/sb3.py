@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
+from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 
 from jaxmm import gymnasium_env
@@ -55,10 +56,10 @@ class MarketMakingSB3VecEnv(VecEnv):
         seed: int | None = None,
         normalize_actions: bool = False,
     ):
-        # The gymnasium vector env validates the arguments, builds the spaces and holds the
-        # settings; only its jitted program and single-env spaces are used here.
+        # The gymnasium vector env in SAME_STEP mode (SB3's auto-reset) validates the
+        # arguments, holds the settings and steps; this class only reshapes its outputs.
         self._vector = gymnasium_env.MarketMakingVectorEnv(
-            num_envs, env, params, seed, normalize_actions
+            num_envs, env, params, seed, normalize_actions, AutoresetMode.SAME_STEP
         )
         self.render_mode = None
         super().__init__(
@@ -66,9 +67,7 @@ class MarketMakingSB3VecEnv(VecEnv):
             self._vector.single_observation_space,
             self._vector.single_action_space,
         )
-        self._seeds = [self._vector._default_seed + i for i in range(self.num_envs)]
         self._actions: np.ndarray | None = None
-        self._layout: list | None = None
 
     @property
     def env(self) -> MarketMakingEnv:
@@ -96,21 +95,10 @@ class MarketMakingSB3VecEnv(VecEnv):
         self._actions = actions
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
-        vector = self._vector
-        if vector._carry is None:
-            raise RuntimeError("the vector env was never reset: call reset()")
         if self._actions is None:
             raise RuntimeError("step_wait without step_async")
-        settings = (vector.env, vector.normalize_actions, True)
-        if self._layout is None:
-            self._layout = gymnasium_env._output_layout(
-                *settings, vector._carry, self._actions, vector._device_params
-            )
-        vector._carry, packed = gymnasium_env._batch_step(
-            *settings, vector._carry, self._actions, vector._device_params
-        )
+        out = self._vector.step_arrays(self._actions)
         self._actions = None
-        out = gymnasium_env._unpack(np.asarray(packed), self._layout)
         dones = np.asarray(out["terminated"], np.bool_)
         columns = {
             name[5:]: value.tolist() for name, value in out.items() if name.startswith("info/")

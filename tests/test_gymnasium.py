@@ -264,6 +264,41 @@ def test_next_step_autoreset_semantics():
     np.testing.assert_allclose(obs[:, 2], 1 - 1 / SHORT.n_steps)
 
 
+def test_same_step_autoreset_mode_equals_single_envs():
+    envs = gymnasium.make_vec(
+        ENV_ID, num_envs=3, vectorization_mode="vector_entry_point", market=SHORT,
+        autoreset_mode="SameStep",
+    )  # fmt: skip
+    assert envs.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
+    singles = [make_env(market=SHORT) for _ in range(3)]
+    obs, _ = envs.reset(seed=4)
+    np.testing.assert_array_equal(
+        obs, np.stack([env.reset(seed=4 + i)[0] for i, env in enumerate(singles)])
+    )
+    rng = np.random.default_rng(1)
+    n_terminated = 0
+    for _ in range(2 * SHORT.n_steps + 1):
+        actions = rng.uniform(0.0, 3.0, (3, 2)).astype(np.float32)
+        obs, reward, terminated, truncated, info = envs.step(actions)
+        assert not truncated.any()
+        for i, env in enumerate(singles):
+            single_obs, single_reward, single_terminated, _, single_info = env.step(actions[i])
+            assert reward[i] == single_reward and terminated[i] == single_terminated
+            if single_terminated:
+                n_terminated += 1
+                assert info["_final_obs"][i] and info["_final_info"][i] and not info["_pnl"][i]
+                np.testing.assert_array_equal(info["final_obs"][i], single_obs)
+                assert {name: info["final_info"][name][i] for name in single_info} == single_info
+                single_obs, _ = env.reset()
+            else:
+                assert info["_pnl"][i] and ("final_obs" not in info or not info["_final_obs"][i])
+                assert {name: info[name][i] for name in single_info} == single_info
+            np.testing.assert_array_equal(obs[i], single_obs)
+    assert n_terminated == 6
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        make_vector_env(3, autoreset_mode="Disabled")
+
+
 def test_vector_env_compiles_once_per_size_and_settings():
     envs = make_vector_env(3, market=SHORT)
     envs.reset(seed=0)
