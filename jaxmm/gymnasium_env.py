@@ -35,7 +35,8 @@ Episodes end with a termination after ``n_steps`` steps (the time left is observ
 ever truncated. ``MarketMakingVectorEnv`` steps all its environments in one jitted call (a
 ``vmap`` of ``MarketMakingEnv.step_env``) and auto-resets in gymnasium's ``NEXT_STEP`` mode: the
 step after a sub-environment terminates ignores its action and returns its reset observation,
-reward 0, ``terminated = truncated = False`` and no info (the info masks ``_name`` are False).
+reward 0, ``terminated = truncated = False`` and no info (the info masks ``_name`` are False);
+``make_vec(..., autoreset_mode="SameStep")`` gives gymnasium's ``SAME_STEP`` mode instead.
 ``jaxmm.sb3`` wraps the same program as a Stable-Baselines3 ``VecEnv`` (same-step auto-reset).
 """
 
