@@ -22,6 +22,15 @@ it ran on (platform, kind, count); ``--platform``/``--device`` choose the platfo
 The ``backtest`` part replays the AMZN day with ``backtest.sweep`` for 1, 100 and 1,000
 strategies, on one device and sharded, beside the plain-Python oracle event loop of the tests
 (strategy-events per second).
+
+The ``gymnasium`` part times environment steps with random actions through the gymnasium layer:
+``jaxmm.gymnasium_env.MarketMakingVectorEnv`` at ``--gym-envs`` sub-environments (one jitted
+call per step for all of them) against the single-env adapter ``GymnasiumMarketMakingEnv``
+(one jitted call per step) and ``NumpyMarketMakingEnv``, a plain NumPy ``gymnasium.Env`` of the
+same homework market written here as the reference; the NumPy env's mean episode reward under a
+fixed quote is checked against the vector env's (difference in standard errors). With
+Stable-Baselines3 installed it also times PPO training on ``jaxmm.sb3.MarketMakingSB3VecEnv``
+against PPO on the single adapter (the same PPO settings and rollout size).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium
 import jax
 import numpy as np
 
@@ -51,11 +61,12 @@ from experiments.common import Timer, environment, write_json
 from jaxmm import devices as device_lib
 from jaxmm import optimal, streaming
 
-PARTS = ("simulate", "solvers", "ppo", "scaling", "backtest")
+PARTS = ("simulate", "solvers", "ppo", "scaling", "backtest", "gymnasium")
 LOOP_TARGET = 500.0  # simulate / per-episode Python loop, at >= 100k episodes
 NUMPY_TARGET = 6.0  # simulate / vectorised NumPy, at >= 100k episodes
 BACKTEST_SECONDS_TARGET = 2.0  # 1,000 strategies over the full AMZN day, after compilation
 BACKTEST_LOOP_TARGET = 500.0  # backtest.sweep / the plain-Python oracle, per strategy-event
+GYM_VECTOR_TARGET = 50.0  # vector env at 64 envs / the single-env adapter, env-steps per second
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,11 +124,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="LOBSTER day of the backtest part (default: ../shared/data/lobster-amzn-2012-06-21)",
     )
+    parser.add_argument(
+        "--gym-envs",
+        type=int,
+        nargs="+",
+        default=[1, 16, 64, 256],
+        help="sub-environment counts of the gymnasium part's vector env",
+    )
+    parser.add_argument(
+        "--gym-steps",
+        type=int,
+        default=20_000,
+        help="env steps timed per cell of the gymnasium part (vector env: at least 2,000 calls)",
+    )
+    parser.add_argument(
+        "--gym-ppo-steps",
+        type=int,
+        default=8192,
+        help="timed SB3 PPO training steps per env of the gymnasium part (0: skip PPO)",
+    )
+    parser.add_argument(
+        "--gym-check-episodes",
+        type=int,
+        default=256,
+        help="episodes of the gymnasium part's same-market check (jaxmm vs the NumPy env)",
+    )
     parser.add_argument("--scaling-worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"), help="output folder")
     args = parser.parse_args(argv)
     if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
         parser.error("--sizes, --repeats and --loop-episodes must be >= 1")
+    if min(args.gym_envs) < 1 or args.gym_steps < GYM_CHUNK_STEPS or args.gym_ppo_steps < 0:
+        parser.error(
+            f"--gym-envs must be >= 1, --gym-steps >= {GYM_CHUNK_STEPS}, --gym-ppo-steps >= 0"
+        )
+    if args.gym_check_episodes < 2:
+        parser.error("--gym-check-episodes must be >= 2")
     if min(args.scaling_devices) < 1 or args.scaling_episodes < 1:
         parser.error("--scaling-devices and --scaling-episodes must be >= 1")
     try:
@@ -472,6 +514,8 @@ def main(argv: list[str] | None = None) -> dict:
         parts["scaling"] = scaling_part(args)
     if "backtest" in args.parts:
         parts["backtest"] = backtest_part(args)
+    if "gymnasium" in args.parts:
+        parts["gymnasium"] = gymnasium_part(args)
     devices = device_lib.describe(device_lib.select(args.platform))
     header = (
         f"Devices: {devices['devices_used']} x {devices['platform']} ({devices['device_kind']}), "
@@ -582,6 +626,246 @@ def backtest_part(args: argparse.Namespace) -> dict:
             "seconds_at_largest": {"value": best_large, "target": BACKTEST_SECONDS_TARGET},
             "vs_python_loop": {"value": ratio, "target": BACKTEST_LOOP_TARGET},
         },
+        "markdown": "\n".join(lines),
+    }
+
+
+class NumpyMarketMakingEnv(gymnasium.Env):
+    """The homework market as a plain NumPy ``gymnasium.Env``: the speed reference.
+
+    Written from the model of ``jaxmm.market`` (its module docstring), not from its code: the
+    arithmetic mid, linear fills ``min(1, A exp(-k delta) dt)`` drawn independently at
+    ``S_t -+ delta``, ``q_{t+1} = q_t + bid_fill - ask_fill``, the mid moves by
+    ``sigma sqrt(dt) Z``, PnL increment ``fills * depth + q_{t+1} (S_{t+1} - S_t)``, reward
+    ``dPnL - phi q_{t+1}^2``; the ``"full"`` observation of ``jaxmm.env`` (inventory / 10,
+    ``(S_t - S0) / (2 sqrt(T))``, time left, the trailing 20-step realised volatility / 2, the A-S
+    spread at ``gamma = 0.1`` in units of ``2/k``); depth actions clipped to ``[0.01, 5]``.
+    Its random numbers are NumPy's, so its episodes differ from jaxmm's path by path but not in
+    distribution.
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
+    window, gamma = 20, 0.1
+
+    def __init__(self, phi: float = 0.01):
+        market = mm.presets.homework()
+        self.S0, self.sigma, self.T = market.S0, market.sigma, market.T
+        self.A, self.k, self.n_steps = market.A, market.k, market.n_steps
+        self.dt, self.phi = market.T / market.n_steps, phi
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (5,), np.float32)
+        self.action_space = gymnasium.spaces.Box(0.01, 5.0, (2,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.t, self.mid, self.inventory = 0, self.S0, 0.0
+        self.returns = np.zeros(self.window)
+        return self.observe(), {}
+
+    def observe(self) -> np.ndarray:
+        count = min(self.t, self.window)
+        vol = np.sqrt(np.sum(self.returns**2) / (count * self.dt)) if count else self.sigma
+        time_left = self.T - self.t * self.dt
+        spread = self.gamma * self.sigma**2 * time_left + (2 / self.gamma) * np.log1p(
+            self.gamma / self.k
+        )
+        return np.array(
+            [
+                self.inventory / 10.0,
+                (self.mid - self.S0) / (2.0 * np.sqrt(self.T)),
+                (self.n_steps - self.t) / self.n_steps,
+                vol / 2.0,
+                spread * self.k / 2.0,
+            ],
+            np.float32,
+        )
+
+    def step(self, action: np.ndarray):
+        bid_depth, ask_depth = np.clip(np.asarray(action, np.float64), 0.01, 5.0)
+        u_bid, u_ask = self.np_random.random(2)
+        bid_fill = float(u_bid < min(1.0, self.A * np.exp(-self.k * bid_depth) * self.dt))
+        ask_fill = float(u_ask < min(1.0, self.A * np.exp(-self.k * ask_depth) * self.dt))
+        self.inventory += bid_fill - ask_fill
+        change = self.sigma * np.sqrt(self.dt) * self.np_random.standard_normal()
+        pnl = bid_fill * bid_depth + ask_fill * ask_depth + self.inventory * change
+        self.mid += change
+        self.returns[self.t % self.window] = change
+        self.t += 1
+        reward = pnl - self.phi * self.inventory**2
+        return self.observe(), float(reward), self.t >= self.n_steps, False, {}
+
+
+GYM_CHUNK_STEPS = 50  # calls per timed chunk of the gymnasium part (the best chunk counts)
+
+
+def best_chunk_rate(step, n_calls: int, steps_per_call: int) -> float:
+    """Env steps per second of the fastest chunk of ``GYM_CHUNK_STEPS`` calls of ``step(i)``,
+    ``i`` in ``range(n_calls)``: on a shared CPU a long run measures the neighbours' load, the
+    fastest chunk the code (``timeit``'s rule)."""
+    best = float("inf")
+    for start in range(0, n_calls - GYM_CHUNK_STEPS + 1, GYM_CHUNK_STEPS):
+        with Timer() as timer:
+            for i in range(start, start + GYM_CHUNK_STEPS):
+                step(i)
+        best = min(best, timer.seconds)
+    return GYM_CHUNK_STEPS * steps_per_call / best
+
+
+def single_env_rate(env, steps: int, seed: int = 0) -> float:
+    """Env steps per second of a single gymnasium env under random actions (pre-drawn),
+    resetting at the end of each episode (``best_chunk_rate`` over ``steps`` steps)."""
+    rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
+    actions = rng.uniform(low, high, (steps, *low.shape)).astype(np.float32)
+    env.reset(seed=seed)
+    for action in actions[:10]:  # warm-up (compilation for the jaxmm adapter)
+        if env.step(action)[2]:
+            env.reset()
+
+    def step(i: int) -> None:
+        if env.step(actions[i])[2]:
+            env.reset()
+
+    return best_chunk_rate(step, steps, 1)
+
+
+def vector_env_rate(envs, calls: int, seed: int = 0) -> tuple[float, float]:
+    """``(env steps per second, compile seconds)`` of a vector env under random actions
+    (``best_chunk_rate`` over ``calls`` calls)."""
+    rng = np.random.default_rng(seed)
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    actions = rng.uniform(low, high, (calls, envs.num_envs, *low.shape)).astype(np.float32)
+    with Timer() as compile_timer:
+        envs.reset(seed=seed)
+        envs.step(actions[0])
+    return best_chunk_rate(lambda i: envs.step(actions[i]), calls, envs.num_envs), (
+        compile_timer.seconds
+    )
+
+
+def fixed_quote_rewards(envs_or_env, episodes: int, depth: float = 0.75) -> np.ndarray:
+    """Episode rewards of the fixed quote ``(depth, depth)``: a vector env runs ``num_envs``
+    episodes at once, a single env ``episodes`` in turn."""
+    action = np.array([depth, depth], np.float32)
+    if hasattr(envs_or_env, "num_envs"):
+        envs = envs_or_env
+        envs.reset(seed=123)
+        total = np.zeros(envs.num_envs)
+        for _ in range(mm.presets.homework().n_steps):
+            total += envs.step(np.tile(action, (envs.num_envs, 1)))[1]
+        return total
+    env, totals = envs_or_env, []
+    for episode in range(episodes):
+        env.reset(seed=10_000 + episode)
+        total, terminated = 0.0, False
+        while not terminated:
+            _, reward, terminated, _, _ = env.step(action)
+            total += reward
+        totals.append(total)
+    return np.array(totals)
+
+
+def sb3_ppo_rates(steps_per_env: int) -> dict | None:
+    """SB3 PPO training env steps per second on the SB3 vector env (64 envs x 32 steps per
+    rollout) and on the single adapter (1 env x 2,048 steps), both with SB3's other defaults
+    (batch 64, 10 epochs): the same rollout size and gradient work per update. None without
+    Stable-Baselines3."""
+    try:
+        import torch
+        from stable_baselines3 import PPO
+    except ModuleNotFoundError:
+        return None
+    from jaxmm.gymnasium_env import make_env
+    from jaxmm.sb3 import make_sb3_vec_env
+
+    torch.set_num_threads(1)
+    rows = {}
+    for name, env, n_steps in (
+        ("vector_64", make_sb3_vec_env(64, normalize_actions=True, seed=0), 32),
+        ("single_adapter", make_env(normalize_actions=True, seed=0), 2048),
+    ):
+        model = PPO("MlpPolicy", env, n_steps=n_steps, seed=0, device="cpu")
+        model.learn(2048)  # warm-up: compilation, the first rollout and update
+        with Timer() as timer:
+            model.learn(steps_per_env, reset_num_timesteps=False)
+        rows[name] = steps_per_env / timer.seconds
+    rows["ratio"] = rows["vector_64"] / rows["single_adapter"]
+    return rows
+
+
+def gymnasium_part(args: argparse.Namespace) -> dict:
+    """Env steps per second with random actions: the vector env at ``--gym-envs`` sizes, the
+    single-env adapter and the NumPy reference env, with ratios; SB3 PPO training rates."""
+    from jaxmm.gymnasium_env import make_env, make_vector_env
+
+    single = single_env_rate(make_env(), min(args.gym_steps, 5_000))
+    numpy_rate = single_env_rate(NumpyMarketMakingEnv(), args.gym_steps)
+    rows = []
+    for n in args.gym_envs:
+        calls = max(2_000, args.gym_steps // n)  # >= 40 chunks to pick the fastest from
+        rate, compile_seconds = vector_env_rate(make_vector_env(n), calls)
+        rows.append(
+            {
+                "num_envs": n,
+                "steps_per_second": rate,
+                "compile_seconds": compile_seconds,
+                "vs_single_adapter": rate / single,
+                "vs_numpy": rate / numpy_rate,
+            }
+        )
+        print(f"vector env n={n}: {rate:,.0f} env-steps/s", file=sys.stderr)
+    episodes = args.gym_check_episodes
+    jax_rewards = fixed_quote_rewards(make_vector_env(episodes), episodes)
+    numpy_rewards = fixed_quote_rewards(NumpyMarketMakingEnv(), episodes)
+    difference = jax_rewards.mean() - numpy_rewards.mean()
+    stderr = np.hypot(jax_rewards.std(ddof=1), numpy_rewards.std(ddof=1)) / np.sqrt(episodes)
+    ppo = sb3_ppo_rates(args.gym_ppo_steps) if args.gym_ppo_steps else None
+    at_64 = next((r for r in rows if r["num_envs"] == 64), None)
+    lines = [
+        "Gymnasium layer, homework market, random actions (env steps per second after "
+        f"compilation, the fastest chunk of {GYM_CHUNK_STEPS} calls): `MarketMakingVectorEnv` "
+        "(one jitted call steps "
+        "all envs) against the "
+        f"single-env adapter ({single:,.0f}/s) and a plain NumPy gymnasium env of the same "
+        f"market ({numpy_rate:,.0f}/s; NumPy / adapter = {numpy_rate / single:.1f}x).",
+        "",
+        "| vector envs | env steps/s | x single adapter | x NumPy env | compile s |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['num_envs']} | {r['steps_per_second']:,.0f} | {r['vs_single_adapter']:.1f} | "
+            f"{r['vs_numpy']:.2f} | {r['compile_seconds']:.2f} |"
+        )
+    if at_64 is not None:
+        verdict = "met" if at_64["vs_single_adapter"] >= GYM_VECTOR_TARGET else "NOT met"
+        lines.append(
+            f"\nTarget: >= {GYM_VECTOR_TARGET:g}x the single adapter at 64 envs: "
+            f"{at_64['vs_single_adapter']:.1f}x, {verdict}."
+        )
+    lines.append(
+        f"\nSame market: mean episode reward of the quote (0.75, 0.75) over {episodes} episodes, "
+        f"jaxmm {jax_rewards.mean():.3f}, NumPy {numpy_rewards.mean():.3f} (difference "
+        f"{difference / stderr:+.1f} SE)."
+    )
+    if ppo is None:
+        lines.append("\nSB3 PPO: skipped (stable-baselines3 not installed or --gym-ppo-steps 0).")
+    else:
+        lines.append(
+            f"\nSB3 PPO training (MlpPolicy, rollout 2,048 steps, batch 64, 10 epochs, torch on 1 "
+            f"thread): {ppo['vector_64']:,.0f} env steps/s on `jaxmm.sb3` with 64 envs, "
+            f"{ppo['single_adapter']:,.0f} on the single adapter ({ppo['ratio']:.1f}x)."
+        )
+    return {
+        "rows": rows,
+        "single_adapter_steps_per_second": single,
+        "numpy_steps_per_second": numpy_rate,
+        "target_vs_single_at_64": GYM_VECTOR_TARGET,
+        "same_market": {
+            "jaxmm_mean_reward": float(jax_rewards.mean()),
+            "numpy_mean_reward": float(numpy_rewards.mean()),
+            "difference_in_stderr": float(difference / stderr),
+        },
+        "sb3_ppo": ppo,
         "markdown": "\n".join(lines),
     }
 

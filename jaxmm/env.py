@@ -75,17 +75,16 @@ time left is in the observation, so do not bootstrap across it); ``truncated`` i
 Also here: ``LogWrapper``, ``FlattenObservationWrapper`` and ``LegacyStepAPIWrapper`` (the
 five-value ``step`` for PureJaxRL-style code) -- gymnax's wrappers made safe to ``deepcopy`` and
 pickle -- and ``GymnasiumMarketMakingEnv`` (``env.gymnasium(params)``), a ``gymnasium.Env``
-that passes ``gymnasium.utils.env_checker.check_env``, for Stable-Baselines3.
+that passes ``gymnasium.utils.env_checker.check_env``, for Stable-Baselines3 (defined in
+``jaxmm.gymnasium_env``, with the registered id and the batched ``MarketMakingVectorEnv``).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
-import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,6 +93,7 @@ from gymnax.environments import environment, spaces
 from gymnax.wrappers import compat, purerl
 
 from jaxmm import market, presets, rewards
+from jaxmm.gymnasium_env import GymnasiumMarketMakingEnv
 from jaxmm.market import MarketState, Quotes, StepInfo
 from jaxmm.params import NEVER, MarketParams
 from jaxmm.policies import AvellanedaStoikov
@@ -544,10 +544,13 @@ class MarketMakingEnv(environment.Environment[MarketState, EnvParams]):
         return EnvPolicy(action_fn=action_fn, env_params=params, env=self)
 
     def gymnasium(
-        self, params: EnvParams | None = None, seed: int | None = None
+        self,
+        params: EnvParams | None = None,
+        seed: int | None = None,
+        normalize_actions: bool = False,
     ) -> GymnasiumMarketMakingEnv:
         """A ``gymnasium.Env`` over this environment (see ``GymnasiumMarketMakingEnv``)."""
-        return GymnasiumMarketMakingEnv(self, params, seed)
+        return GymnasiumMarketMakingEnv(self, params, seed, normalize_actions)
 
 
 @struct.dataclass
@@ -589,71 +592,3 @@ class LogWrapper(_CopySafeGetattr, purerl.LogWrapper):
 
 class FlattenObservationWrapper(_CopySafeGetattr, purerl.FlattenObservationWrapper):
     """gymnax's ``FlattenObservationWrapper``, safe to copy."""
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _gym_reset(
-    env: MarketMakingEnv, key: jax.Array, params: EnvParams
-) -> tuple[jax.Array, MarketState]:
-    return env.reset_env(key, params)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _gym_step(
-    env: MarketMakingEnv, key: jax.Array, state: MarketState, action: jax.Array, params: EnvParams
-) -> tuple[jax.Array, jax.Array, MarketState, jax.Array, jax.Array, dict[str, jax.Array]]:
-    key, step_key = jax.random.split(key)
-    obs, state, reward, terminated, info = env.step_env(step_key, state, action, params)
-    return key, obs, state, reward, terminated, info
-
-
-class GymnasiumMarketMakingEnv(gymnasium.Env):
-    """``gymnasium.Env`` adapter for Stable-Baselines3 and other gymnasium code.
-
-    The same market and the same ``step_env`` (jitted, one call per step), without gymnax's
-    auto-reset: after ``terminated`` call ``reset``. Observations are ``np.float32`` arrays,
-    rewards Python floats. ``reset(seed=s)`` restarts the JAX key stream from ``s``; an episode
-    is a pure function of the seed and the actions. Copies and pickles work.
-
-    Args:
-        env: the gymnax environment. params: its settings (default ``env.default_params``),
-            validated here. seed: seed of the JAX key stream (default 0).
-    """
-
-    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
-
-    def __init__(
-        self, env: MarketMakingEnv, params: EnvParams | None = None, seed: int | None = None
-    ):
-        super().__init__()
-        self.env = env
-        self.params = (env.default_params if params is None else params).validate()
-        gym_space = functools.partial(gymnasium.spaces.Box, dtype=np.float32)
-        action_space = env.action_space(self.params)
-        observation_space = env.observation_space(self.params)
-        self.action_space = gym_space(low=action_space.low, high=action_space.high)
-        self.observation_space = gym_space(low=observation_space.low, high=observation_space.high)
-        self._key = np.asarray(jax.random.PRNGKey(0 if seed is None else seed))
-        self._state: MarketState | None = None
-        self._done = True
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
-        if seed is not None:
-            self._key = np.asarray(jax.random.PRNGKey(seed))
-        obs, self._state = _gym_reset(self.env, jnp.asarray(self._key), self.params)
-        self._done = False
-        return np.asarray(obs, np.float32), {}
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._done:
-            raise RuntimeError("the episode has ended (or was never started): call reset()")
-        key, obs, self._state, reward, terminated, info = _gym_step(
-            self.env, jnp.asarray(self._key), self._state, jnp.asarray(action), self.params
-        )
-        self._key = np.asarray(key)
-        self._done = bool(terminated)
-        info = {name: float(value) for name, value in info.items()}
-        return np.asarray(obs, np.float32), float(reward), self._done, False, info
