@@ -40,7 +40,13 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
     parser.add_argument(
         "--costs", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="mo_cost values"
     )
-    parser.add_argument("--phis", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument(
+        "--phis",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.1],
+        help="inventory penalties of the reward, per unit of inventory squared per step",
+    )
     parser.add_argument(
         "--impact", type=float, default=0.0, help="mo_permanent_impact (0: none), price units"
     )
