@@ -86,3 +86,33 @@ def test_environment_steps_the_ou_market():
     for _ in range(3):
         obs, state, reward, *_ = step(key, state, jnp.array([0.5, 0.5]), params)
     assert np.isfinite(np.asarray(obs)).all() and np.isfinite(float(reward))
+
+
+def test_ppo_config_trains_and_scores_on_the_ou_mid():
+    """``--ou-rate``: the market is Ornstein-Uhlenbeck, and the evaluation, with no exact
+    optimum, scores every strategy against the mean-reversion-blind table simulated on the
+    same paths (its own gap 0; labelled as the best known table)."""
+    from train import evaluate
+    from train.config import PPOConfig, market_env
+
+    with pytest.raises(ValueError, match="ou_rate"):
+        PPOConfig(ou_rate=-1.0).validate()
+    with pytest.raises(ValueError, match="ou_rate"):
+        PPOConfig(ou_level=100.0).validate()
+    config = PPOConfig(ou_rate=5.0).validate()
+    _, env_params = market_env(config)
+    assert env_params.market.price_model == "ou"
+    assert float(env_params.market.ou_level) == float(env_params.market.S0)
+    assert evaluate.reference_kind(env_params) == evaluate.OU_REFERENCE_TABLE
+    solution = evaluate.optimal_solution(env_params)
+    blind = env_params.market.replace(price_model="arithmetic", ou_rate=None, ou_level=None)
+    assert solution.value_at(0, 0) == pytest.approx(optimal.bellman(blind, 0.01).value_at(0, 0))
+    result = evaluate.compare(
+        env_params, evaluate.benchmark_policies(config), jax.random.key(0), 500, solution
+    )
+    assert result["optimal_reward"] is None
+    assert result["reference"] == evaluate.OU_REFERENCE_TABLE
+    assert result["eval"][evaluate.OU_REFERENCE_TABLE]["gap_to_reference"] == 0.0
+    a_s = result["eval"]["avellaneda_stoikov"]
+    assert a_s["gap_to_reference"] > 4 * a_s["gap_to_reference_stderr"]  # the table is better
+    assert "mean-reversion-blind" in evaluate.format_comparison(result)

@@ -142,6 +142,12 @@ class PPOConfig:
             ``action_mode="depths_mo"`` requires (PPO then chooses a market order
             beside its depths). The optimum is then the joint-action ``optimal.bellman``, and
             every strategy is scored on the same market. ``mo_permanent_impact = 0`` is off.
+        ou_rate, ou_level: with ``ou_rate > 0`` the mid is Ornstein-Uhlenbeck
+            (``MarketParams.price_model="ou"``: ``dS = ou_rate (ou_level - S) dt + sigma dW``,
+            ``ou_rate`` per time unit, ``ou_level`` in price units, 0: the market's ``S0``).
+            There is no exact optimum (the value depends on S): the evaluation's reference is
+            the mean-reversion-blind table, ``bellman`` on the arithmetic mid (best known, not
+            the optimum). The agent sees the mid through ``mid_change``.
         arrival_model, hawkes_decay, hawkes_self, hawkes_cross: ``"hawkes"`` trains on
             self-exciting market-order flow (``MarketParams.arrival_model``): the homework's
             base intensity A = 100 per side, the kernel's decay (per time unit) and the jumps
@@ -225,6 +231,8 @@ class PPOConfig:
     alpha_grid_points: int = 41
     mo_cost: float = MO_OFF
     mo_permanent_impact: float = 0.0
+    ou_rate: float = 0.0
+    ou_level: float = 0.0
     arrival_model: str = "poisson"
     hawkes_decay: float = 0.0
     hawkes_self: float = 0.0
@@ -330,6 +338,14 @@ class PPOConfig:
                 raise ValueError(f"fill_shape / fill_shape_alpha: {error}") from None
         self._validate_alpha()
         self._validate_market_orders()
+        if self.ou_rate != 0 or self.ou_level != 0:
+            if not (math.isfinite(self.ou_rate) and self.ou_rate > 0):
+                raise ValueError(
+                    f"ou_rate = {self.ou_rate!r}; allowed: > 0 per time unit (the "
+                    "Ornstein-Uhlenbeck mid), or 0 (off, and then ou_level must be 0 too)"
+                )
+            if not math.isfinite(self.ou_level):
+                raise ValueError(f"ou_level = {self.ou_level!r}; allowed: finite (price units)")
         if self.arrival_model != "poisson":
             try:
                 market_env(self)
@@ -447,6 +463,12 @@ def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:
         market_params = market_params.replace(
             mo_cost=config.mo_cost,
             mo_permanent_impact=config.mo_permanent_impact or None,
+        )
+    if config.ou_rate != 0:
+        market_params = market_params.replace(
+            price_model="ou",
+            ou_rate=config.ou_rate,
+            ou_level=config.ou_level if config.ou_level else market_params.S0,
         )
     if config.arrival_model != "poisson":
         market_params = market_params.replace(

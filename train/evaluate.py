@@ -76,6 +76,7 @@ __all__ = [
     "needs_paths",
     "optimal_solution",
     "plot_training_curve",
+    "reference_kind",
     "strategy_stats",
 ]
 
@@ -92,11 +93,33 @@ def episode_reward(rollout: mm.Rollout, env_params: EnvParams) -> jax.Array:
 
 
 REFERENCE_TABLE = "poisson_optimal_table"  # the reference strategy's key on a Hawkes market
+OU_REFERENCE_TABLE = "arithmetic_optimal_table"  # ... and on an Ornstein-Uhlenbeck mid
+REFERENCE_NOTES = {
+    REFERENCE_TABLE: "the Poisson-optimal table: optimal.bellman on the Poisson market with the "
+    "Hawkes stationary mean intensity per side (best known table, not the optimum; there is no "
+    "exact optimum under clustering); reference_reward is its simulated mean on the Hawkes "
+    "market, reference_solved_value its exact value on the Poisson market it was solved for",
+    OU_REFERENCE_TABLE: "the mean-reversion-blind table: optimal.bellman on the arithmetic mid "
+    "with the same sigma (best known table, not the optimum; the (t, q) solvers do not model "
+    "the mean reversion, whose value depends on S); reference_reward is its simulated mean on "
+    "the Ornstein-Uhlenbeck market, reference_solved_value its exact value on the arithmetic "
+    "market it was solved for",
+}
 
 
 def is_hawkes(env_params: EnvParams) -> bool:
     """Whether the environment's market has Hawkes flow (no exact optimum: see the module)."""
     return env_params.market.arrival_model == "hawkes"
+
+
+def reference_kind(env_params: EnvParams) -> str | None:
+    """The key of the best known table on a market without an exact optimum (Hawkes flow:
+    ``REFERENCE_TABLE``; an Ornstein-Uhlenbeck mid: ``OU_REFERENCE_TABLE``), else None."""
+    if is_hawkes(env_params):
+        return REFERENCE_TABLE
+    if env_params.market.price_model == "ou":
+        return OU_REFERENCE_TABLE
+    return None
 
 
 def optimal_solution(
@@ -107,10 +130,14 @@ def optimal_solution(
     ``bellman_cara`` for the CARA reward (its value is a certainty equivalent); with the alpha
     signal ``mm.optimal.bellman_alpha`` on ``n_alpha`` alpha grid points; on a Hawkes market
     the Poisson-optimal table (``bellman`` on ``hawkes_poisson_reference``: the Poisson market
-    with the stationary mean intensity), the best known table, not an optimum."""
+    with the stationary mean intensity), and on an Ornstein-Uhlenbeck mid ``bellman`` on the
+    arithmetic mid: best known tables, not optima."""
     if is_hawkes(env_params):
         reference = hawkes_poisson_reference(env_params.market)
         return optimal.bellman(reference, env_params.phi, reward=env_params.reward)
+    if env_params.market.price_model == "ou":  # the best known table: mean reversion ignored
+        blind = env_params.market.replace(price_model="arithmetic", ou_rate=None, ou_level=None)
+        return optimal.bellman(blind, env_params.phi, reward=env_params.reward)
     if env_params.reward == "cara":
         return optimal.bellman_cara(env_params.market, env_params.phi)
     if env_params.market.alpha_model != "none":
@@ -193,7 +220,7 @@ def compare(
     """
     if n_episodes < 2:
         raise ValueError(f"n_episodes = {n_episodes}; allowed: an integer >= 2")
-    if is_hawkes(env_params):
+    if reference_kind(env_params) is not None:
         return _compare_with_reference(env_params, policies, key, n_episodes, solution, devices)
     market_params = env_params.market
     optimal_policy, optimal_reward = _optimal_policy_and_reward(solution, env_params)
@@ -252,10 +279,12 @@ def _compare_with_reference(
     solution: optimal.QuoteTable,
     devices: list[jax.Device] | None,
 ) -> dict[str, Any]:
-    """``compare`` on a Hawkes market: the Poisson-optimal table ``solution`` is simulated as
-    ``REFERENCE_TABLE`` and every strategy's ``gap_to_reference`` is measured against its
-    simulated mean reward (paired differences); no exact values (see the module docstring)."""
-    policies = {**policies, REFERENCE_TABLE: mm.policies.table(solution)}
+    """``compare`` on a market without an exact optimum: the best known table ``solution`` is
+    simulated under its key (``reference_kind``) and every strategy's ``gap_to_reference`` is
+    measured against its simulated mean reward (paired differences); no exact values (see the
+    module docstring)."""
+    kind = reference_kind(env_params)
+    policies = {**policies, kind: mm.policies.table(solution)}
     episode_rewards = {}
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
@@ -269,10 +298,10 @@ def _compare_with_reference(
         )
         episode_rewards[name] = np.asarray(episode_reward(rollout, env_params), np.float64)
         results[name] = strategy_stats(rollout, episode_rewards[name])
-    reference = results[REFERENCE_TABLE]
+    reference = results[kind]
     reference_reward = reference["mean_reward"]
     for name, stats in results.items():
-        difference = episode_rewards[name] - episode_rewards[REFERENCE_TABLE]
+        difference = episode_rewards[name] - episode_rewards[kind]
         stats["gap_to_reference"] = float(-difference.mean() / reference_reward)
         stats["gap_to_reference_stderr"] = float(
             difference.std(ddof=1) / (math.sqrt(n_episodes) * abs(reference_reward))
@@ -280,15 +309,11 @@ def _compare_with_reference(
     return {
         "eval": results,
         "optimal_reward": None,
-        "reference": REFERENCE_TABLE,
+        "reference": kind,
         "reference_reward": reference_reward,
         "reference_reward_stderr": reference["stderr_reward"],
-        "reference_poisson_value": solution.value_at(0, 0),
-        "reference_note": "the Poisson-optimal table: optimal.bellman on the Poisson market "
-        "with the Hawkes stationary mean intensity per side (best known table, not the "
-        "optimum; there is no exact optimum under clustering); reference_reward is its "
-        "simulated mean on the Hawkes market, reference_poisson_value its exact value on the "
-        "Poisson market it was solved for",
+        "reference_solved_value": solution.value_at(0, 0),
+        "reference_note": REFERENCE_NOTES[kind],
     }
 
 
@@ -333,7 +358,7 @@ def evaluate_run(
         devices,
     )
     ppo = result["eval"]["ppo"]
-    if is_hawkes(env_params):
+    if reference_kind(env_params) is not None:
         return {
             **result,
             "optimality_gap": None,
@@ -347,7 +372,7 @@ def evaluate_run(
                 "the same market-order flow",
                 "naive": {"half_spread": config.naive_half_spread},
                 "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
-                REFERENCE_TABLE: result["reference_note"],
+                result["reference"]: result["reference_note"],
                 "devices": device_lib.describe(devices),
             },
         }
@@ -535,7 +560,7 @@ COLUMNS = (
 def format_comparison(result: dict[str, Any]) -> str:
     """A text table of ``result["eval"]`` (one row per strategy) and the optimum (on a Hawkes
     market: the gaps to the Poisson-optimal table, labelled as such)."""
-    if result.get("reference") == REFERENCE_TABLE:
+    if result.get("reference") is not None:
         return _format_reference_comparison(result)
     header = f"{'strategy':<20}" + "".join(f"{label:>11}" for _, label in COLUMNS)
     lines = [header, "-" * len(header)]
@@ -569,10 +594,16 @@ def _format_reference_comparison(result: dict[str, Any]) -> str:
     for name, stats in result["eval"].items():
         cells = "".join(f"{stats[key]:>11.4g}" for key, _ in columns)
         lines.append(f"{name:<22}{cells}")
+    what = (
+        "the Poisson-optimal table (best known table, NOT the optimum: no exact optimum under "
+        "Hawkes clustering)"
+        if result["reference"] == REFERENCE_TABLE
+        else "the mean-reversion-blind table (best known table, NOT the optimum: the solvers do "
+        "not model the Ornstein-Uhlenbeck mid)"
+    )
     lines.append(
-        f"* gap to the Poisson-optimal table (best known table, NOT the optimum: no exact "
-        f"optimum under Hawkes clustering), reward {result['reference_reward']:.4f} ± "
-        f"{result['reference_reward_stderr']:.4f} simulated on the Hawkes market"
+        f"* gap to {what}, reward {result['reference_reward']:.4f} ± "
+        f"{result['reference_reward_stderr']:.4f} simulated on this market"
     )
     ppo = result["eval"].get("ppo")
     if ppo is not None:
@@ -601,8 +632,8 @@ def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
         benchmarks = (("closed_form", "tab:orange"), ("twap", "tab:red"))
     else:
         benchmarks = (("avellaneda_stoikov", "tab:orange"), ("naive", "tab:red"))
-    if payload.get("reference") == REFERENCE_TABLE:
-        reference = ("Poisson-optimal table (best known)", payload["reference_reward"])
+    if payload.get("reference") is not None:
+        reference = (f"{payload['reference']} (best known)", payload["reference_reward"])
     else:
         reference = ("optimal (exact)", payload["optimal_reward"])
     lines = {reference[0]: (reference[1], "black")}

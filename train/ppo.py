@@ -743,6 +743,8 @@ FIELD_HELP = {
     "units (>= 0; -1: no market orders); needs action_mode depths_mo",
     "mo_permanent_impact": "permanent impact of a market order on the mid, price units per "
     "unit (>= 0; 0: none)",
+    "ou_rate": "Ornstein-Uhlenbeck mid: mean-reversion rate, per time unit (> 0; 0: off)",
+    "ou_level": "Ornstein-Uhlenbeck mid: the level it reverts to, price units (0: S0)",
     "arrival_model": "market-order arrivals: poisson, or hawkes (self-exciting; the market then "
     "fills by Poisson thinning, fill_model exponential)",
     "hawkes_decay": "Hawkes kernel decay beta, per time unit (> 0 with hawkes)",
