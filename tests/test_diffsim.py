@@ -11,7 +11,8 @@ from jax.flatten_util import ravel_pytree
 
 from jaxmm import market, optimal, presets
 from jaxmm.gradients import ExactObjective
-from train.diffsim import DiffSimConfig, make_problem
+from train.config import market_env
+from train.diffsim import DiffSimConfig, expected_step_reward, gauss_hermite, make_problem
 from train.networks import ObsNorm
 
 SMALL = (8, 8)
@@ -128,3 +129,159 @@ def test_config_refuses_exact_without_a_tq_policy():
         DiffSimConfig(estimator="reinforce").validate()
     with pytest.raises(ValueError, match="reward"):
         DiffSimConfig(reward="cara").validate()
+
+
+# ------------------------------------------------- estimators on a one-step market (closed forms)
+
+
+def one_step_problem(phi=0.1, **options):
+    config = DiffSimConfig(phi=phi, hidden_sizes=SMALL, **options)
+    env, env_params = market_env(config.ppo_config())
+    one_step = env_params.market.replace(n_steps=1, T=0.005)  # dt = 0.005 as in the homework
+    return make_problem(config, env, env_params.replace(market=one_step))
+
+
+def closed_form_reward(problem, params, fill_moments=None):
+    """``E[reward]`` of the one step from ``q = 0``: ``p_b d_b + p_a d_a - phi E[q'^2]``
+    (``E[dS] = 0``) with ``p = min(1, A exp(-k d) dt)``. With ``fill_moments(p) -> (E f,
+    E f^2)`` the fills are ``f`` instead of Bernoulli (the relaxed fills)."""
+    start = market.reset(jax.random.key(0), problem.market)
+    quotes = problem.quotes(params, start)
+    m = problem.market
+    depths = jnp.stack([quotes.bid_depth, quotes.ask_depth])
+    probs = jnp.minimum(1.0, m.A * jnp.exp(-m.k * depths) * m.dt)
+    if fill_moments is None:
+        first, second = probs, probs
+    else:
+        first, second = fill_moments(probs)
+    phi = problem.env_params.phi
+    square = second[0] + second[1] - 2 * first[0] * first[1]  # E (f_b - f_a)^2
+    return first @ depths - phi * square
+
+
+def relaxed_moments(temperature, n=200_000):
+    """``(E f, E f^2)`` of the relaxed fill ``sigmoid((logit p - logit u) / T)``, ``u`` uniform:
+    the midpoint rule on ``n`` points (smooth integrand; error far below the test's SE)."""
+    u = (jnp.arange(n) + 0.5) / n
+
+    def moments(p):
+        logits = jnp.log(p[:, None]) - jnp.log1p(-p[:, None]) - jnp.log(u) + jnp.log1p(-u)
+        f = jax.nn.sigmoid(logits / temperature)
+        return f.mean(axis=1), (f**2).mean(axis=1)
+
+    return moments
+
+
+def projections(problem, gradients, directions):
+    """Per-sample gradients ``[M, ...]`` (pytrees) projected on fixed directions: ``[M, d]``."""
+    flat = jax.vmap(problem.actor_vector)(gradients)
+    return np.asarray(flat @ directions.T, np.float64)
+
+
+def assert_within_se(samples, target, n_se=4.0):
+    mean = samples.mean(axis=0)
+    se = samples.std(axis=0, ddof=1) / np.sqrt(samples.shape[0])
+    assert np.all(np.abs(mean - target) <= n_se * se + 1e-6 * np.abs(target)), (mean, target, se)
+    return se
+
+
+def directions_for(problem, reference):
+    rng = np.random.default_rng(7)
+    random = rng.normal(size=(2, reference.size))
+    rows = np.vstack([reference / np.linalg.norm(reference), random])
+    return jnp.asarray(rows / np.linalg.norm(rows, axis=1, keepdims=True), jnp.float32)
+
+
+def test_one_step_exact_gradient_is_the_closed_form():
+    problem = one_step_problem(estimator="exact")
+    params = perturbed(problem, seed=2, scale=0.2)
+    exact = problem.actor_vector(jax.grad(problem.exact_reward)(params))
+    closed = problem.actor_vector(jax.grad(lambda p: closed_form_reward(problem, p))(params))
+    np.testing.assert_allclose(exact, closed, rtol=2e-4, atol=1e-6)
+
+
+def test_one_step_expected_fill_estimator_is_unbiased():
+    problem = one_step_problem(estimator="expected")
+    params = perturbed(problem, seed=2, scale=0.2)
+    closed = problem.actor_vector(jax.grad(lambda p: closed_form_reward(problem, p))(params))
+    directions = directions_for(problem, closed)
+    stream = market.stream_key(jax.random.key(11))
+    pairs = jnp.arange(2 * 2000, dtype=jnp.uint32).reshape(2000, 2)  # baseline needs n >= 2
+    grads = jax.jit(jax.vmap(lambda e: problem.gradient("expected", params, stream, e)[1]))(pairs)
+    assert_within_se(projections(problem, grads, directions), np.asarray(directions @ closed))
+
+
+@pytest.mark.parametrize("temperature", [0.3, 0.05])
+def test_one_step_relaxed_estimator_is_the_gradient_of_the_relaxed_expectation(temperature):
+    """Its mean is the gradient of the relaxed market's expected reward (closed form over the
+    relaxed fill's moments), not the exact gradient (the bias is measured in the study)."""
+    problem = one_step_problem(estimator="relaxed")
+    params = perturbed(problem, seed=2, scale=0.2)
+    moments = relaxed_moments(temperature)
+    relaxed = jax.grad(lambda p: closed_form_reward(problem, p, moments))(params)
+    relaxed = problem.actor_vector(relaxed)
+    exact = problem.actor_vector(jax.grad(lambda p: closed_form_reward(problem, p))(params))
+    directions = directions_for(problem, exact)
+    stream = market.stream_key(jax.random.key(12))
+    episodes = jnp.arange(40_000, dtype=jnp.uint32)[:, None]
+
+    def one(e):
+        return problem.gradient("relaxed", params, stream, e, temperature)[1]
+
+    samples = projections(problem, jax.jit(jax.vmap(one))(episodes), directions)
+    assert_within_se(samples, np.asarray(directions @ relaxed))
+
+
+def test_one_step_ppo_estimate_is_the_stochastic_policy_gradient():
+    """PPO's rescaled surrogate gradient at ratio 1 against the gradient of the stochastic
+    policy's expected reward (a 40 x 40 Gauss-Hermite rule over the Gaussian raw actions of
+    the closed form), which the DP's 12 x 12 mixture reproduces."""
+    problem = one_step_problem(estimator="exact")
+    params = perturbed(problem, seed=2, scale=0.2)
+    inner = dict(params["params"])
+    inner["log_std"] = jnp.full((2,), -1.0)  # raw-action std 0.37
+    params = {**params, "params": inner}
+    z, w = gauss_hermite(40)
+
+    def stochastic_closed_form(p):
+        start = market.reset(jax.random.key(0), problem.market)
+        obs = problem.env.observation(start, problem.env_params)
+        mean, log_std = problem._network(p, obs)
+        low, high = problem._bounds(mean.dtype)
+        raw_b = mean[0] + jnp.exp(log_std[0]) * z[:, None]
+        raw_a = mean[1] + jnp.exp(log_std[1]) * z[None, :]
+        d_b = low[0] + (high[0] - low[0]) * jax.nn.sigmoid(raw_b)
+        d_a = low[1] + (high[1] - low[1]) * jax.nn.sigmoid(raw_a)
+        m, phi = problem.market, problem.env_params.phi
+        p_b = jnp.minimum(1.0, m.A * jnp.exp(-m.k * d_b) * m.dt)
+        p_a = jnp.minimum(1.0, m.A * jnp.exp(-m.k * d_a) * m.dt)
+        value = p_b * d_b + p_a * d_a - phi * ((p_b - p_a) ** 2 + p_b * (1 - p_b) + p_a * (1 - p_a))
+        return w @ value @ w
+
+    closed = problem.actor_vector(jax.grad(stochastic_closed_form)(params))
+    dp = problem.actor_vector(jax.grad(problem.exact_stochastic_reward)(params))
+    np.testing.assert_allclose(dp, closed, rtol=1e-3, atol=1e-5)
+
+    directions = directions_for(problem, closed)
+    stream = market.stream_key(jax.random.key(13))
+    ppo_config = DiffSimConfig().ppo_config()
+    n_batches, batch = 100, 8192
+    episodes = jnp.arange(n_batches * batch, dtype=jnp.uint32).reshape(n_batches, batch)
+    keys = jax.random.split(jax.random.key(14), n_batches)
+
+    def one(e, k):
+        return problem.ppo_gradient(params, stream, e, k, ppo_config)[1]
+
+    samples = projections(problem, jax.jit(jax.vmap(one))(episodes, keys), directions)
+    assert_within_se(samples, np.asarray(directions @ closed))
+
+
+def test_expected_step_reward_is_the_four_outcome_average():
+    q, d_b, d_a, p_b, p_a, ds, c = 2.0, 0.7, 1.1, 0.3, 0.45, 0.2, 0.1
+    total = 0.0
+    for b in (0, 1):
+        for a in (0, 1):
+            weight = (p_b if b else 1 - p_b) * (p_a if a else 1 - p_a)
+            after = q + b - a
+            total += weight * (b * d_b + a * d_a + after * ds - c * after**2)
+    assert float(expected_step_reward(q, d_b, d_a, p_b, p_a, ds, c)) == pytest.approx(total)

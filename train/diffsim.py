@@ -410,8 +410,8 @@ class Problem:
         weights = jnp.asarray(np.outer(w, w).ravel(), dtype)
         std = jnp.exp(log_std)
         low, high = self._bounds(dtype)
-        bid = squash(mean[..., None, 0] + std[0] * zb[:, None], low[0], high[0])
-        ask = squash(mean[..., None, 1] + std[1] * za[:, None], low[1], high[1])
+        bid = squash(mean[:, None, :, 0] + std[0] * zb[None, :, None], low[0], high[0])
+        ask = squash(mean[:, None, :, 1] + std[1] * za[None, :, None], low[1], high[1])
         return jnp.clip(bid, 0.01, 5.0), jnp.clip(ask, 0.01, 5.0), weights
 
     def exact_stochastic_reward(self, params: Any, nodes: int = 12) -> jax.Array:
