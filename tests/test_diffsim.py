@@ -3,6 +3,9 @@ against central finite differences (float64); each gradient estimator's expectat
 one-step market against a closed form (within 4 standard errors, fixed seeds); the command
 line at a tiny budget, and its reproducibility."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +14,18 @@ from jax.flatten_util import ravel_pytree
 
 from jaxmm import market, optimal, presets
 from jaxmm.gradients import ExactObjective
+from tests.conftest import run_module
+from train import checkpoint
 from train.config import market_env
-from train.diffsim import DiffSimConfig, expected_step_reward, gauss_hermite, make_problem
+from train.diffsim import (
+    DiffSimConfig,
+    expected_step_reward,
+    gauss_hermite,
+    make_chunk_runner,
+    make_optimizer,
+    make_problem,
+    parse_args,
+)
 from train.networks import ObsNorm
 
 SMALL = (8, 8)
@@ -104,7 +117,7 @@ def test_masked_network_reads_t_and_q_only():
     assert float(c.bid_depth) != float(d.bid_depth)
 
 
-@pytest.mark.parametrize("phi", [0.01, 0.1])
+@pytest.mark.parametrize("phi", [pytest.param(0.01, marks=pytest.mark.slow), 0.1])
 def test_exact_gradient_matches_central_finite_differences(phi):
     problem = make_problem(DiffSimConfig(phi=phi, estimator="exact", hidden_sizes=SMALL))
     with jax.enable_x64(True):
@@ -211,7 +224,7 @@ def test_one_step_expected_fill_estimator_is_unbiased():
     assert_within_se(projections(problem, grads, directions), np.asarray(directions @ closed))
 
 
-@pytest.mark.parametrize("temperature", [0.3, 0.05])
+@pytest.mark.parametrize("temperature", [0.3, pytest.param(0.05, marks=pytest.mark.slow)])
 def test_one_step_relaxed_estimator_is_the_gradient_of_the_relaxed_expectation(temperature):
     """Its mean is the gradient of the relaxed market's expected reward (closed form over the
     relaxed fill's moments), not the exact gradient (the bias is measured in the study)."""
@@ -232,6 +245,7 @@ def test_one_step_relaxed_estimator_is_the_gradient_of_the_relaxed_expectation(t
     assert_within_se(samples, np.asarray(directions @ relaxed))
 
 
+@pytest.mark.slow
 def test_one_step_ppo_estimate_is_the_stochastic_policy_gradient():
     """PPO's rescaled surrogate gradient at ratio 1 against the gradient of the stochastic
     policy's expected reward (a 40 x 40 Gauss-Hermite rule over the Gaussian raw actions of
@@ -285,3 +299,59 @@ def test_expected_step_reward_is_the_four_outcome_average():
             after = q + b - a
             total += weight * (b * d_b + a * d_a + after * ds - c * after**2)
     assert float(expected_step_reward(q, d_b, d_a, p_b, p_a, ds, c)) == pytest.approx(total)
+
+
+# ------------------------------------------------------------------ the command line, seeds
+
+
+def test_cli_smoke_run_writes_the_ppo_layout(tmp_path):
+    args = ["--estimator", "expected", "--num-iterations", "3", "--num-envs", "4"]
+    args += ["--num-seeds", "2", "--hidden-sizes", "8", "8", "--eval-episodes", "40"]
+    args += ["--progress-episodes", "10", "--num-evals", "2", "--phi", "0.1"]
+    run_module("train.diffsim", *args, "--out-dir", str(tmp_path), "--name", "smoke")
+    run_dir = tmp_path / "smoke"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("eval", "optimal_reward", "optimality_gap", "optimality_gap_stderr"):
+        assert key in metrics
+    assert metrics["env_steps"] == 3 * 4 * 200
+    assert metrics["diffsim_config"]["estimator"] == "expected"
+    assert (run_dir / "training_curve.png").is_file()
+    config = checkpoint.load_config(run_dir)
+    assert config.phi == 0.1 and config.hidden_sizes == (8, 8)
+    policy = checkpoint.load_policy(run_dir)
+    _, env_params = market_env(config)
+    # the deployed policy's exact value is the one the run recorded for its selected seed
+    exact = optimal.evaluate(env_params.market, policy, 0.1).value_at(0, 0)
+    selected = metrics["selected_seed"]
+    recorded = metrics["progress_evals"][-1]["exact_reward"][selected]
+    assert exact == pytest.approx(recorded, rel=1e-4)
+    # --config reads the run's diffsim_config.json back; flags override it
+    saved = DiffSimConfig.from_dict(json.loads((run_dir / "diffsim_config.json").read_text()))
+    again = parse_args(["--config", str(run_dir / "diffsim_config.json"), "--phi", "0.01"])
+    assert again == dataclasses.replace(saved, phi=0.01)
+
+
+@pytest.mark.parametrize(
+    "estimator", [pytest.param("relaxed", marks=pytest.mark.slow), "expected",
+                  pytest.param("exact", marks=pytest.mark.slow)]
+)  # fmt: skip
+def test_training_is_reproducible(estimator):
+    config = DiffSimConfig(
+        estimator=estimator, num_iterations=4, num_envs=4, num_seeds=2, hidden_sizes=SMALL
+    )
+    problem = make_problem(config)
+    optimizer = make_optimizer(config)
+    run = make_chunk_runner(config, problem, optimizer)
+
+    def train(seed):
+        keys = jax.random.split(jax.random.key(seed), 2)
+        params = jax.vmap(problem.init)(keys)
+        streams = jax.vmap(market.stream_key)(keys)
+        (params, _), values = run(params, jax.vmap(optimizer.init)(params), streams,
+                                  jnp.uint32(0), 4)  # fmt: skip
+        return np.asarray(ravel_pytree(params)[0]), np.asarray(values)
+
+    first, again, other = train(0), train(0), train(1)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
