@@ -355,3 +355,20 @@ def test_training_is_reproducible(estimator):
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], other[0])
+
+
+def test_gradient_is_finite_when_a_mid_change_rounds_to_zero():
+    """``trailing_volatility`` is a square root: at one recorded mid change of exactly 0 its
+    derivative is infinite, and 0 * inf would poison the gradient (seen in 1 of 8192 relaxed
+    episodes). Without adverse selection the mid does not depend on the policy."""
+    problem = make_problem(DiffSimConfig(hidden_sizes=SMALL, tq_only=False))
+    params = problem.init(jax.random.key(0))
+    start = market.reset(jax.random.key(0), problem.market)
+
+    def depth(p):
+        scale = ravel_pytree(p)[0][0]  # the mid path written as a function of the parameters
+        state = start.replace(t=jnp.int32(1), recent_returns=start.recent_returns * scale)
+        return problem.quotes(p, state).bid_depth
+
+    gradient = ravel_pytree(jax.jit(jax.grad(depth))(params))[0]
+    assert np.all(np.isfinite(np.asarray(gradient)))

@@ -355,10 +355,23 @@ class Problem:
             jnp.asarray(self.spec.action_high, dtype),
         )
 
+    def observation(self, state: market.MarketState) -> jax.Array:
+        """``env.observation(state)``, with the mid path held constant for differentiation
+        when the market has no adverse selection: the mid then does not depend on the fills,
+        so its derivative is exactly zero, and ``trailing_volatility``'s square root (whose
+        derivative is infinite when a float32 mid change rounds to 0) stays out of the
+        backward pass."""
+        if float(self.market.adverse_selection) == 0.0:
+            state = state.replace(
+                mid=jax.lax.stop_gradient(state.mid),
+                recent_returns=jax.lax.stop_gradient(state.recent_returns),
+            )
+        return self.env.observation(state, self.env_params)
+
     def quotes(self, params: Any, state: market.MarketState) -> market.Quotes:
         """The deterministic policy's quotes in ``state``: ``squash(mean(obs))`` through the
         environment's action mapping (depth clip, as ``env.as_policy`` does)."""
-        mean, _ = self._network(params, self.env.observation(state, self.env_params))
+        mean, _ = self._network(params, self.observation(state))
         low, high = self._bounds(mean.dtype)
         return self.env.quotes(squash(mean, low, high), state, self.env_params)
 
@@ -554,7 +567,7 @@ class Problem:
         def episode(index, episode_key):
             def body(state, step_key):
                 noise = market.counter_noise(stream, index, state.t)
-                obs = self.env.observation(state, self.env_params)
+                obs = self.observation(state)
                 mean, log_std = self._network(params, obs)
                 policy = policy_distribution(mean, log_std)
                 raw = policy.sample(seed=step_key)
@@ -563,7 +576,7 @@ class Problem:
                 reward = rewards.step_reward(
                     info.pnl, next_state.inventory, self._coefficient(state)
                 )
-                next_obs = self.env.observation(next_state, self.env_params)
+                next_obs = self.observation(next_state)
                 out = (obs, raw, policy.log_prob(raw), critic(state, obs), reward)
                 return next_state, (*out, critic(next_state, next_obs))
 
