@@ -24,6 +24,7 @@ head to head with PPO, and where pathwise gradients break.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 
 from experiments import common
 from jaxmm import market
-from train import diffsim, ppo
+from train import diffsim, evaluate, ppo
 from train.config import PPOConfig, market_env
 
 __all__ = ["PARTS", "main", "part_breaks", "part_estimators", "part_h2h", "score"]
@@ -158,25 +159,56 @@ def _reaching(curve, optimum, level, key, value_key):
     return None
 
 
+def progress_optimum(config: PPOConfig) -> float:
+    """The exact optimal policy's mean reward on the progress-evaluation episodes of
+    ``train.evaluate.make_progress_evaluator`` (``progress_episodes`` on ``key(eval_seed +
+    1)``): the progress rewards divided by it are fractions of the optimum on the same paths
+    (common random numbers), far less noisy than divided by the exact optimum."""
+    import jaxmm as mm
+
+    _, env_params = market_env(config)
+    solution = evaluate.optimal_solution(env_params)
+    stream = market.stream_key(jax.random.key(config.eval_seed + 1))
+    episodes = jnp.arange(config.progress_episodes, dtype=jnp.uint32)
+    rollout = mm.rollout(
+        env_params.market, mm.policies.table(solution), stream, episodes,
+        paths=evaluate.needs_paths(env_params),
+    )  # fmt: skip
+    return float(np.mean(np.asarray(evaluate.episode_reward(rollout, env_params), np.float64)))
+
+
+def _run(train, config, reuse: bool) -> tuple[dict[str, Any], float]:
+    """``train(config)``'s payload and its seconds, or with ``reuse`` an earlier run's
+    ``metrics.json`` (its recorded seconds) when it exists."""
+    path = Path(config.out_dir) / config.name / "metrics.json"
+    if reuse and path.is_file():
+        payload = json.loads(path.read_text())
+        return payload, payload.get("wall_seconds", math.nan)
+    with common.Timer() as timer:
+        payload = train(config)
+    return payload, timer.seconds
+
+
 def part_h2h(args, out: Path) -> dict[str, Any]:
     rows = []
     for phi in PHIS:
         for estimator, extra in args.h2h_runs:
-            config = diffsim.DiffSimConfig(
-                phi=phi,
-                estimator=estimator,
-                name=f"diffsim_{estimator}_phi{phi}",
-                out_dir=str(out / "runs"),
-                num_evals=args.num_evals,
+            fields = {
+                "phi": phi,
+                "estimator": estimator,
+                "name": f"diffsim_{estimator}_phi{phi}",
+                "out_dir": str(out / "runs"),
+                "num_evals": args.num_evals,
                 **extra,
-            )
-            with common.Timer() as timer:
-                payload = diffsim.train_run(config)
+            }
+            fields["name"] = fields["name"].format(phi=phi)
+            config = diffsim.DiffSimConfig(**fields)
+            payload, seconds = _run(diffsim.train_run, config, args.reuse)
             rows.append(
                 {
                     "phi": phi,
                     "agent": f"diffsim/{estimator}",
-                    "settings": extra,
+                    "settings": {k: v for k, v in extra.items() if k != "name"},
                     "optimality_gap": payload["optimality_gap"],
                     "optimality_gap_stderr": payload["optimality_gap_stderr"],
                     "env_steps": payload["env_steps"],
@@ -184,6 +216,7 @@ def part_h2h(args, out: Path) -> dict[str, Any]:
                     "env_steps_to_99": payload["env_steps_to_99"],
                     "seconds_to_95": payload["seconds_to_95"],
                     "seconds_to_99": payload["seconds_to_99"],
+                    "final_progress_fraction": None,
                     "final_exact_fraction": payload["progress_evals"][-1][
                         "exact_fraction_of_optimum"
                     ],
@@ -192,7 +225,7 @@ def part_h2h(args, out: Path) -> dict[str, Any]:
                         / payload["optimal_reward"]
                     ),
                     "training_seconds": payload["training_wall_seconds"],
-                    "command_seconds": timer.seconds,
+                    "command_seconds": seconds,
                 }
             )
             print(rows[-1], flush=True)
@@ -204,9 +237,8 @@ def part_h2h(args, out: Path) -> dict[str, Any]:
                 out_dir=str(out / "runs"),
                 num_evals=args.num_evals,
             )
-            with common.Timer() as timer:
-                payload = ppo.train_run(config)
-            optimum = payload["optimal_reward"]
+            payload, seconds = _run(ppo.train_run, config, args.reuse)
+            optimum = progress_optimum(config)  # on the progress episodes themselves
             curve = payload["progress_evals"]
             seconds_per_step = payload["training_wall_seconds"] / (
                 config.num_updates * config.batch_size
@@ -228,11 +260,12 @@ def part_h2h(args, out: Path) -> dict[str, Any]:
                     "seconds_to_95": None if to[0.95] is None else to[0.95] * seconds_per_step,
                     "seconds_to_99": None if to[0.99] is None else to[0.99] * seconds_per_step,
                     "final_exact_fraction": None,
+                    "final_progress_fraction": float(np.mean(curve[-1]["mean_reward"]) / optimum),
                     "seed_spread_exact": float(
                         np.std(curve[-1]["mean_reward"], ddof=1) / optimum
                     ),  # Monte Carlo (PPO reads the mid path: no exact value)
                     "training_seconds": payload["training_wall_seconds"],
-                    "command_seconds": timer.seconds,
+                    "command_seconds": seconds,
                 }
             )
             print(rows[-1], flush=True)
@@ -249,17 +282,22 @@ def _problem_on(config: diffsim.DiffSimConfig, **market_options) -> diffsim.Prob
     return diffsim.make_problem(config, env, env_params.replace(market=changed))
 
 
-def _reference_fd(problem, params, direction, stream, n_episodes, h):
+def _reference_fd(problem, params, direction, stream, n_batches, batch, h):
     """Central difference of the hard simulator's mean reward along ``direction`` on common
-    random numbers: the derivative of the expectation, which pathwise estimators can miss."""
+    random numbers (``n_batches`` batches of ``batch`` episodes): the derivative of the
+    expectation, which a pathwise estimator can miss. Returns ``(mean, standard error)``."""
     flat, unravel = jax.flatten_util.ravel_pytree(params)
 
-    def mean_reward(x):
-        episodes = jnp.arange(n_episodes, dtype=jnp.uint32)
-        return problem.expected_surrogate(unravel(x), stream, episodes)[1]
+    @jax.jit
+    def difference(episodes):
+        up = problem.expected_surrogate(unravel(flat + h * direction), stream, episodes)[1]
+        down = problem.expected_surrogate(unravel(flat - h * direction), stream, episodes)[1]
+        return (up - down) / (2 * h)
 
-    f = jax.jit(mean_reward)
-    return float((f(flat + h * direction) - f(flat - h * direction)) / (2 * h))
+    base = jnp.arange(batch, dtype=jnp.uint32)
+    values = np.asarray([float(difference(base + np.uint32(b * batch))) for b in
+                         range(n_batches)])  # fmt: skip
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n_batches))
 
 
 def part_breaks(args, out: Path) -> dict[str, Any]:
@@ -274,7 +312,9 @@ def part_breaks(args, out: Path) -> dict[str, Any]:
             samples, _ = estimator_samples(
                 problem, params, name, batch, reps, args.seed + 20, temperature
             )
-            row[label] = score(samples, reference)["cosine"]
+            scores = score(samples, reference)
+            row[label] = scores["cosine"]
+            row[f"{label} bias"] = scores["bias_cosine"]
         return row
 
     settings = [("relaxed T=0.3", "relaxed", 0.3), ("relaxed T=0.03", "relaxed", 0.03)]
@@ -323,22 +363,32 @@ def part_breaks(args, out: Path) -> dict[str, Any]:
 
     # the loss-limit halt: directional derivatives against central differences
     rows = []
-    for limit in (math.inf, 20.0, 10.0, 5.0):
+    for limit in (math.inf, 5.0, 2.0, 1.0, 0.5):
         options = {} if math.isinf(limit) else {"loss_limit": limit}
         problem = _problem_on(config, **options)
         params = problem.init(jax.random.key(args.seed))
         stream = market.stream_key(jax.random.key(args.seed + 50))
-        row = {"loss_limit": limit}
+        row: dict[str, Any] = {"loss_limit": limit}
+        halted = problem.expected_surrogate(params, stream, jnp.arange(1024, dtype=jnp.uint32))
         probe, _ = estimator_samples(problem, params, "expected", 4096, 1, args.seed + 51)
-        direction = jnp.zeros_like(jax.flatten_util.ravel_pytree(params)[0])
-        actor = jax.flatten_util.ravel_pytree(problem.actor_vector(params))[0].size
-        direction = direction.at[:actor].set(jnp.asarray(probe[0] / np.linalg.norm(probe[0])))
-        row["finite_difference"] = _reference_fd(problem, params, direction, stream, 8192, 0.05)
+        flat = jax.flatten_util.ravel_pytree(params)[0]
+        actor = probe.shape[1]
+        direction = (
+            jnp.zeros_like(flat)
+            .at[:actor]
+            .set(jnp.asarray(probe[0] / np.linalg.norm(probe[0]), flat.dtype))
+        )  # the actor's leaves come first in the flattened parameters
+        row["finite_difference"], row["finite_difference_se"] = _reference_fd(
+            problem, params, direction, stream, 32, 1024, 0.1
+        )
+        row["mean_reward"] = float(halted[1])
         for label, name, temperature in settings:
             samples, _ = estimator_samples(
-                problem, params, name, 1024, 4, args.seed + 52, temperature
+                problem, params, name, 1024, 8, args.seed + 52, temperature
             )
-            row[label] = float(np.mean(samples @ np.asarray(direction[:actor])))
+            projected = samples @ np.asarray(direction[:actor])
+            row[label] = float(projected.mean())
+            row[f"{label} se"] = float(projected.std(ddof=1) / math.sqrt(projected.size))
         rows.append(row)
         print("loss_limit", row, flush=True)
     results["loss_limit"] = rows
@@ -349,22 +399,30 @@ def part_breaks(args, out: Path) -> dict[str, Any]:
 def _plot_breaks(rows, key, label, out, settings):
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [str(r[key]) for r in rows]
-    for name, _, _ in settings:
-        ax.plot(xs, [r[name] for r in rows], "o-", label=name)
-    ax.set(xlabel=label, ylabel="mean cosine to the reference gradient", title=f"phi 0.1: {label}")
+    for index, (name, _, _) in enumerate(settings):
+        colour = f"C{index}"
+        ax.plot(xs, [r[name] for r in rows], "o-", color=colour, label=f"{name}: one batch")
+        ax.plot(xs, [r[f"{name} bias"] for r in rows], "s--", color=colour, label=f"{name}: mean")
+    ax.set(xlabel=label, ylabel="cosine to the reference gradient", title=f"phi 0.1: {label}")
     ax.legend(fontsize=8)
     return str(common.save_figure(fig, out / f"breaks_{key}.png"))
 
 
 def _plot_halt(rows, settings, out):
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [str(r["loss_limit"]) for r in rows]
-    ax.plot(xs, [r["finite_difference"] for r in rows], "k*-", label="central difference")
-    for name, _, _ in settings:
-        ax.plot(xs, [r[name] for r in rows], "o-", label=name)
+    xs = np.arange(len(rows))
+    fd = [r["finite_difference"] for r in rows]
+    fd_se = [2 * r["finite_difference_se"] for r in rows]
+    ax.errorbar(xs, fd, yerr=fd_se, fmt="k*-", capsize=3, label="central difference (±2 SE)")
+    for index, (name, _, _) in enumerate(settings):
+        values = [r[name] for r in rows]
+        errors = [2 * r[f"{name} se"] for r in rows]
+        ax.errorbar(xs + 0.05 * (index + 1), values, yerr=errors, fmt="o-", capsize=3,
+                    label=name)  # fmt: skip
+    ax.set_xticks(xs, [str(r["loss_limit"]) for r in rows])
     ax.set(
         xlabel="loss limit (price units)",
-        ylabel="directional derivative",
+        ylabel="directional derivative of J",
         title="phi 0.1: the loss-limit halt",
     )
     ax.legend(fontsize=8)
@@ -379,12 +437,18 @@ def main(argv: list[str] | None = None, **options: Any) -> dict[str, Any]:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.3, 0.1, 0.03])
     parser.add_argument("--num-evals", type=int, default=20)
     common.add_ppo_arguments(parser)
+    parser.add_argument(
+        "--reuse", action="store_true", help="h2h: read runs already in OUT/runs, do not retrain"
+    )
     args = parser.parse(argv, **options)
     args.h2h_runs = [
-        ("expected", {"num_envs": 8, "num_iterations": 100, "learning_rate": 1e-2}),
-        ("relaxed", {"num_envs": 8, "num_iterations": 100, "learning_rate": 1e-2,
-                     "temperature": 0.3, "temperature_final": 0.3}),
+        ("expected", {"num_envs": 16, "num_iterations": 150, "learning_rate": 1e-2}),
+        ("relaxed", {"num_envs": 16, "num_iterations": 150, "learning_rate": 1e-2,
+                     "temperature": 0.3, "temperature_final": 0.1}),
         ("exact", {"num_iterations": 300, "learning_rate": 1e-2}),
+        ("relaxed", {"num_envs": 4, "num_iterations": 600, "learning_rate": 1e-2,
+                     "temperature": 0.3, "temperature_final": 0.1,
+                     "name": "diffsim_relaxed_n4_phi{phi}"}),
     ]  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

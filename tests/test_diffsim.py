@@ -19,6 +19,7 @@ from train import checkpoint
 from train.config import market_env
 from train.diffsim import (
     DiffSimConfig,
+    _log_bernoulli,
     expected_step_reward,
     gauss_hermite,
     make_chunk_runner,
@@ -372,3 +373,21 @@ def test_gradient_is_finite_when_a_mid_change_rounds_to_zero():
 
     gradient = ravel_pytree(jax.jit(jax.grad(depth))(params))[0]
     assert np.all(np.isfinite(np.asarray(gradient)))
+
+
+def test_expected_fill_pieces_have_finite_gradients_at_the_edges():
+    """A certain fill (a marketable quote: p = 1 under the linear model) and an unquoted side
+    (infinite depth, p = 0: latency's empty queue, the loss-limit halt) gave NaN gradients."""
+    for outcome in (0.0, 1.0):
+        for prob in (0.0, 0.3, 1.0):
+            if (outcome, prob) in ((1.0, 0.0), (0.0, 1.0)):
+                continue  # impossible outcomes
+            g = jax.grad(lambda p, o=outcome: _log_bernoulli(o, p))(jnp.float32(prob))
+            assert np.isfinite(float(g))
+
+    def reward(depth):
+        prob = jnp.minimum(1.0, 0.5 * jnp.exp(-1.5 * depth))
+        unquoted = jnp.where(True, jnp.inf, depth)  # the halt's cancelled quote
+        return expected_step_reward(1.0, depth, unquoted, prob, 0.0, 0.1, 0.1)
+
+    assert np.isfinite(float(jax.grad(reward)(jnp.float32(0.8))))

@@ -276,20 +276,25 @@ def expected_step_reward(
     ``E[q'] = q + p_b - p_a`` and ``E[q'^2] = E[q']^2 + p_b (1 - p_b) + p_a (1 - p_a)``, so the
     expectation is ``p_b d_b + p_a d_a + E[q'] dS - c E[q'^2]``.
     """
-    capture = jnp.where(bid_prob > 0, bid_prob * bid_depth, 0.0) + jnp.where(
-        ask_prob > 0, ask_prob * ask_depth, 0.0
-    )
+    # an unquoted (infinite) depth has probability 0: multiply by 0, never by inf, so that no
+    # 0 * inf reaches the backward pass either
+    bid_depth = jnp.where(bid_prob > 0, bid_depth, 0.0)
+    ask_depth = jnp.where(ask_prob > 0, ask_depth, 0.0)
+    capture = bid_prob * bid_depth + ask_prob * ask_depth
     mean_q = inventory + bid_prob - ask_prob
     second = mean_q**2 + bid_prob * (1 - bid_prob) + ask_prob * (1 - ask_prob)
     return capture + mean_q * mid_change - coefficient * second
 
 
 def _log_bernoulli(outcome: jax.Array, prob: jax.Array) -> jax.Array:
-    """``log P(outcome)`` of a Bernoulli(``prob``) draw, finite for every possible outcome."""
-    tiny = 1e-12
-    hit = jnp.log(jnp.maximum(prob, tiny))
-    miss = jnp.log1p(-jnp.minimum(prob, 1.0 - tiny))
-    return jnp.where(outcome > 0, hit, miss)
+    """``log P(outcome)`` of a Bernoulli(``prob``) draw, finite (with a finite gradient) for
+    every possible outcome, including ``prob = 1`` (a marketable quote under the linear fill
+    model): each branch only sees arguments it can take the log of."""
+    tiny = 1e-6  # above float32's resolution of 1 - p
+    filled = outcome > 0
+    hit = jnp.log(jnp.where(filled, jnp.maximum(prob, tiny), 1.0))
+    miss = jnp.log1p(-jnp.where(filled, 0.0, jnp.minimum(prob, 1.0 - tiny)))
+    return jnp.where(filled, hit, miss)
 
 
 @dataclasses.dataclass(frozen=True)
