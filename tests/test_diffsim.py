@@ -136,6 +136,18 @@ def test_exact_gradient_matches_central_finite_differences(phi):
             assert float(gradient @ direction) == pytest.approx(float(fd), rel=1e-6, abs=1e-7)
 
 
+def test_expected_fill_estimator_refuses_markets_it_does_not_model():
+    config = DiffSimConfig(estimator="expected", hidden_sizes=SMALL)
+    env, env_params = market_env(config.ppo_config())
+    for option in ({"adverse_selection": 0.1}, {"maker_fee": 0.01}):
+        market_params = env_params.market.replace(**option).validate()
+        problem = make_problem(config, env, env_params.replace(market=market_params))
+        params = problem.init(jax.random.key(0))
+        stream = market.stream_key(jax.random.key(0))
+        with pytest.raises(ValueError, match="expected-fill"):
+            problem.gradient("expected", params, stream, jnp.arange(2, dtype=jnp.uint32))
+
+
 def test_config_refuses_exact_without_a_tq_policy():
     with pytest.raises(ValueError, match="tq_only"):
         DiffSimConfig(estimator="exact", tq_only=False).validate()

@@ -27,7 +27,7 @@ is exactly a function of ``(t, q)`` (``inventory``, ``time_left``, ``as_spread``
 expected reward is then ``ExactObjective`` of its tabulated depths, which is what makes the
 exact gradient, the ``exact`` estimator and the exact scoring of the other estimators possible.
 
-``estimate_gradient`` gives each estimator's gradient (and PPO's own: ``ppo_gradient``, the
+``Problem.gradient`` gives each estimator's gradient (and PPO's own: ``Problem.ppo_gradient``, the
 clipped surrogate's gradient at ratio 1 through ``train.ppo.generalized_advantages`` and
 ``train.ppo.ppo_loss``, scored against the exact gradient of PPO's *stochastic* policy, which
 ``stochastic_tables`` evaluates exactly with a Gauss-Hermite rule over the Gaussian actions).
@@ -77,6 +77,8 @@ __all__ = [
     "expected_step_reward",
     "gauss_hermite",
     "main",
+    "make_chunk_runner",
+    "make_optimizer",
     "make_problem",
     "parse_args",
     "train_run",
@@ -214,7 +216,7 @@ class DiffSimConfig:
                 "fill_model",
             )
         }  # fmt: skip
-        n_steps = 200
+        n_steps = 200  # the homework session that market_env builds
         return PPOConfig(
             **shared,
             num_envs=self.num_envs,
@@ -480,7 +482,21 @@ class Problem:
         self, params: Any, stream: jax.Array, episodes: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         """``(surrogate, mean episode reward)`` of hard-fill episodes; the gradient of the
-        surrogate is the expected-fill estimator (module docstring)."""
+        surrogate is the expected-fill estimator (module docstring). Its closed form assumes
+        unit fills, no fees and a mid move independent of the fills: other markets are
+        refused (``ValueError``)."""
+        m = self.market
+        refused = (
+            ("adverse_selection", float(m.adverse_selection) != 0.0, "0"),
+            ("order_size", m.order_size != "unit", "'unit'"),
+            ("maker_fee / taker_fee", bool(m.has_fees), "None"),
+        )
+        for name, bad, allowed in refused:
+            if bad:
+                raise ValueError(
+                    f"params.{name} is set; allowed: {allowed} for the expected-fill estimator "
+                    "(its closed form needs unit fills, no fees and a mid independent of them)"
+                )
 
         def episode(index):
             def body(state, _):
