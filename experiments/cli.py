@@ -68,6 +68,7 @@ STUDIES = (
     "cj_package",
     "market_orders",
     "hawkes",
+    "diffsim",
     "tasks",
     "all",
 )
