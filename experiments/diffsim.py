@@ -431,11 +431,29 @@ def _plot_halt(rows, settings, out):
 
 def main(argv: list[str] | None = None, **options: Any) -> dict[str, Any]:
     parser = common.study_parser("diffsim", __doc__)
-    parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--reps", type=int, default=8)
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 128, 1024])
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.3, 0.1, 0.03])
-    parser.add_argument("--num-evals", type=int, default=20)
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}"
+    )
+    parser.add_argument(
+        "--reps", type=int, default=8, help="independent gradient batches per estimator cell"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[16, 128, 1024],
+        help="episodes per gradient estimate",
+    )
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.3, 0.1, 0.03],
+        help="temperatures of the relaxed fills, dimensionless",
+    )
+    parser.add_argument(
+        "--num-evals", type=int, default=20, help="h2h: progress evaluations per training run"
+    )
     common.add_ppo_arguments(parser)
     parser.add_argument(
         "--reuse", action="store_true", help="h2h: read runs already in OUT/runs, do not retrain"

@@ -317,6 +317,7 @@ def test_expected_step_reward_is_the_four_outcome_average():
 # ------------------------------------------------------------------ the command line, seeds
 
 
+@pytest.mark.slow  # about 25 s of CPU in a child process; CI runs it in the slow pass
 def test_cli_smoke_run_writes_the_ppo_layout(tmp_path):
     args = ["--estimator", "expected", "--num-iterations", "3", "--num-envs", "4"]
     args += ["--num-seeds", "2", "--hidden-sizes", "8", "8", "--eval-episodes", "40"]
