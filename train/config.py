@@ -24,6 +24,8 @@ __all__ = [
     "TASKS",
     "PPOConfig",
     "agent_spec",
+    "config_from_dict",
+    "config_to_dict",
     "execution_env",
     "initial_action",
     "market_env",
@@ -420,20 +422,32 @@ class PPOConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown PPOConfig fields: {sorted(unknown)}")
-        values = dict(values)
-        if values.get("init_action") is not None:
-            values["init_action"] = tuple(values["init_action"])
-        if "hidden_sizes" in values:
-            values["hidden_sizes"] = tuple(values["hidden_sizes"])
-        return cls(**values)
+        return config_from_dict(cls, values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A training config dataclass as a plain dict (its ``config.json``)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` for a training config dataclass read from JSON: unknown fields are a
+    ``ValueError`` naming them, and the JSON lists ``init_action``/``hidden_sizes`` become
+    tuples (``PPOConfig`` and ``train.diffsim.DiffSimConfig``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    values = dict(values)
+    if values.get("init_action") is not None:
+        values["init_action"] = tuple(values["init_action"])
+    if "hidden_sizes" in values:
+        values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    return cls(**values)
 
 
 def market_env(config: PPOConfig) -> tuple[MarketMakingEnv, EnvParams]:

@@ -65,7 +65,14 @@ from jaxmm.calibrate import relaxed_fill
 from jaxmm.gradients import ExactObjective
 from jaxmm.params import FILL_MODELS, NEVER
 from train import checkpoint, evaluate
-from train.config import FEATURES, PPOConfig, agent_spec, market_env
+from train.config import (
+    FEATURES,
+    PPOConfig,
+    agent_spec,
+    config_from_dict,
+    config_to_dict,
+    market_env,
+)
 from train.networks import ACTIVATIONS, ObsNorm, policy_distribution, squash
 from train.ppo import Transition, generalized_advantages, ppo_loss
 
@@ -232,20 +239,11 @@ class DiffSimConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DiffSimConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown DiffSimConfig fields: {sorted(unknown)}")
-        values = dict(values)
-        if values.get("init_action") is not None:
-            values["init_action"] = tuple(values["init_action"])
-        if "hidden_sizes" in values:
-            values["hidden_sizes"] = tuple(values["hidden_sizes"])
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 # ----------------------------------------------------------------------------------------------
