@@ -72,7 +72,10 @@ step's fills, which is the inventory marked to market over the step):
 The session ends with a termination (``terminated = True`` when ``t`` reaches ``n_steps``; the
 time left is in the observation, so do not bootstrap across it); ``truncated`` is always False.
 
-Also here: ``LogWrapper``, ``FlattenObservationWrapper`` and ``LegacyStepAPIWrapper`` (the
+Also here: the training wrappers ``RegimeWrapper`` (each episode in a volatility regime drawn
+from a ``RegimeRandomization``) and ``StaggerWrapper`` (the first episode starts at a random
+point of the session), with ``unwrap_state`` to reach the ``MarketState`` under them;
+``LogWrapper``, ``FlattenObservationWrapper`` and ``LegacyStepAPIWrapper`` (the
 five-value ``step`` for PureJaxRL-style code) -- gymnax's wrappers made safe to ``deepcopy`` and
 pickle -- and ``GymnasiumMarketMakingEnv`` (``env.gymnasium(params)``), a ``gymnasium.Env``
 that passes ``gymnasium.utils.env_checker.check_env``, for Stable-Baselines3 (defined in
@@ -112,8 +115,13 @@ __all__ = [
     "LogWrapper",
     "MarketMakingEnv",
     "RegimeRandomization",
+    "RegimeState",
+    "RegimeWrapper",
+    "StaggerState",
+    "StaggerWrapper",
     "alpha_feature",
     "step_reward",
+    "unwrap_state",
 ]
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
@@ -291,31 +299,30 @@ class RegimeRandomization:
             raise ValueError(f"factor_high = {self.factor_high!r}; allowed: finite, >= factor_low")
         return self
 
-    def sample(self, key: jax.Array, params: EnvParams, n: int) -> EnvParams:
-        """``n`` environments' parameters: every leaf of ``params`` gets a leading axis of
-        length ``n`` and the market's ``vol_switch_step``/``vol_switch_factor`` are drawn.
-        Pure and jit-able; use with ``jax.vmap(env.step, in_axes=(0, 0, 0, 0))``."""
+    def draw(self, key: jax.Array, params: EnvParams) -> EnvParams:
+        """One episode's parameters: ``params`` (every leaf as an array) with the market's
+        ``vol_switch_step``/``vol_switch_factor`` drawn. Pure and jit-able."""
         switch_key, step_key, factor_key = jax.random.split(key, 3)
-        switches = jax.random.bernoulli(switch_key, self.switch_prob, (n,))
-        steps = jax.random.randint(step_key, (n,), self.step_low, self.step_high + 1)
+        switches = jax.random.bernoulli(switch_key, self.switch_prob)
+        step = jax.random.randint(step_key, (), self.step_low, self.step_high + 1)
         log_factor = jax.random.uniform(
-            factor_key, (n,), minval=np.log(self.factor_low), maxval=np.log(self.factor_high)
+            factor_key, (), minval=np.log(self.factor_low), maxval=np.log(self.factor_high)
         )
-
-        def batch(x: Any) -> jax.Array:
-            x = jnp.asarray(x)
-            return jnp.broadcast_to(x, (n, *x.shape))
-
-        batched = jax.tree.map(batch, params)
-        switch_step = batched.market.vol_switch_step
-        switch_factor = batched.market.vol_switch_factor
-        market_params = batched.market.replace(
-            vol_switch_step=jnp.where(switches, steps, NEVER).astype(switch_step.dtype),
+        params = jax.tree.map(jnp.asarray, params)
+        switch_step = params.market.vol_switch_step
+        switch_factor = params.market.vol_switch_factor
+        market_params = params.market.replace(
+            vol_switch_step=jnp.where(switches, step, NEVER).astype(switch_step.dtype),
             vol_switch_factor=jnp.where(switches, jnp.exp(log_factor), 1.0).astype(
                 switch_factor.dtype
             ),
         )
-        return batched.replace(market=market_params)
+        return params.replace(market=market_params)
+
+    def sample(self, key: jax.Array, params: EnvParams, n: int) -> EnvParams:
+        """``n`` independent ``draw``s from ``split(key, n)``: every leaf of ``params`` gets a
+        leading axis of length ``n``. Use with ``jax.vmap(env.step, in_axes=(0, 0, 0, 0))``."""
+        return jax.vmap(self.draw, in_axes=(0, None))(jax.random.split(key, n), params)
 
 
 def _relative_excitation(
@@ -592,3 +599,131 @@ class LogWrapper(_CopySafeGetattr, purerl.LogWrapper):
 
 class FlattenObservationWrapper(_CopySafeGetattr, purerl.FlattenObservationWrapper):
     """gymnax's ``FlattenObservationWrapper``, safe to copy."""
+
+
+def _select(flag: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where the scalar ``flag`` holds, else ``old``, leaf by leaf (same dtypes)."""
+    return jax.tree.map(lambda a, b: jax.lax.select(flag, a, b), new, old)
+
+
+@struct.dataclass
+class RegimeState:
+    """``RegimeWrapper``'s state: the wrapped state and the current episode's parameters."""
+
+    env_state: Any
+    env_params: EnvParams
+
+
+class RegimeWrapper(_CopySafeGetattr, purerl.GymnaxWrapper):
+    """Every episode in its own volatility regime, drawn from ``regimes`` (domain randomisation).
+
+    ``reset(key, params)`` draws the episode's parameters with ``regimes.draw`` from ``params``
+    and resets the wrapped environment with them; ``step`` steps with them and, when the
+    episode ends (``terminated | truncated``), resets into a fresh draw. The parameters live in
+    the state (``RegimeState.env_params``), so ``jax.vmap`` over environments gives each its own
+    regime. Key use: ``reset``: ``split(key)`` into the draw and the reset; ``step``:
+    ``split(key, 3)`` into the step, the next episode's draw and its reset.
+
+    Args:
+        env: a gymnax environment whose parameters are ``EnvParams`` (the market's).
+        regimes: a validated ``RegimeRandomization``.
+    """
+
+    def __init__(self, env: Any, regimes: RegimeRandomization):
+        super().__init__(env)
+        self.regimes = regimes
+
+    def reset(self, key: jax.Array, params: EnvParams | None = None) -> tuple[jax.Array, Any]:
+        params = self._env.default_params if params is None else params
+        regime_key, reset_key = jax.random.split(key)
+        episode_params = self.regimes.draw(regime_key, params)
+        obs, env_state = self._env.reset(reset_key, episode_params)
+        return obs, RegimeState(env_state=env_state, env_params=episode_params)
+
+    def step(
+        self, key: jax.Array, state: RegimeState, action: jax.Array, params: EnvParams | None = None
+    ) -> tuple:
+        params = self._env.default_params if params is None else params
+        step_key, regime_key, reset_key = jax.random.split(key, 3)
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            step_key, state.env_state, action, state.env_params
+        )
+        done = jnp.logical_or(terminated, truncated)
+        fresh = self.regimes.draw(regime_key, params)
+        reset_obs, reset_state = self._env.reset(reset_key, fresh)
+        state = RegimeState(
+            env_state=_select(done, reset_state, env_state),
+            env_params=_select(done, fresh, state.env_params),
+        )
+        return _select(done, reset_obs, obs), state, reward, terminated, truncated, info
+
+
+@struct.dataclass
+class StaggerState:
+    """``StaggerWrapper``'s state: the wrapped state and the number of warm-up steps taken
+    before the first observation (``offset``, i32; 0: the first episode starts at reset)."""
+
+    env_state: Any
+    offset: jax.Array
+
+
+class StaggerWrapper(_CopySafeGetattr, purerl.GymnaxWrapper):
+    """Start the first episode at a random point of the session, so that a batch of
+    environments (``jax.vmap``) is spread over the whole episode instead of in lockstep.
+
+    ``reset`` resets the wrapped environment and advances it ``offset ~ U{0, ..., L - 1}``
+    steps with actions drawn uniformly from ``action_space(params)`` (``L = horizon``); the
+    observation returned is the one after those steps. ``step`` is the wrapped ``step``: its
+    automatic resets start at ``t = 0``, so only the first episode is shortened. An episode
+    with ``offset > 0`` began before the caller saw it (a trainer does not report its return).
+    Key use: ``reset``: ``split(key, 3)`` into the reset, the offset and the warm-up steps.
+
+    Args:
+        env: a gymnax environment with a Box action space.
+        horizon: ``L``, the steps per episode (default: ``params.max_steps_in_episode``, which
+            must then be static).
+    """
+
+    def __init__(self, env: Any, horizon: int | None = None):
+        super().__init__(env)
+        self.horizon = horizon
+
+    def reset(self, key: jax.Array, params: Any = None) -> tuple[jax.Array, StaggerState]:
+        params = self._env.default_params if params is None else params
+        horizon = int(params.max_steps_in_episode if self.horizon is None else self.horizon)
+        reset_key, offset_key, warm_key = jax.random.split(key, 3)
+        obs, env_state = self._env.reset(reset_key, params)
+        offset = jax.random.randint(offset_key, (), 0, horizon)
+        space = self._env.action_space(params)
+
+        def warm_step(carry, index):
+            obs, env_state, key = carry
+            key, action_key, step_key = jax.random.split(key, 3)
+            next_obs, next_state, *_ = self._env.step(
+                step_key, env_state, space.sample(action_key), params
+            )
+            advance = index < offset
+            carry = (_select(advance, next_obs, obs), _select(advance, next_state, env_state), key)
+            return carry, None
+
+        (obs, env_state, _), _ = jax.lax.scan(
+            warm_step, (obs, env_state, warm_key), jnp.arange(horizon - 1)
+        )
+        return obs, StaggerState(env_state=env_state, offset=offset)
+
+    def step(
+        self, key: jax.Array, state: StaggerState, action: jax.Array, params: Any = None
+    ) -> tuple:
+        obs, env_state, reward, terminated, truncated, info = self._env.step(
+            key, state.env_state, action, params
+        )
+        return obs, state.replace(env_state=env_state), reward, terminated, truncated, info
+
+
+def unwrap_state(state: Any) -> Any:
+    """The innermost environment state under any wrapper states that hold it as ``env_state``
+    (``StaggerState``, ``RegimeState``, gymnax's ``LogEnvState``): for the market, the
+    ``MarketState``."""
+    while hasattr(state, "env_state"):
+        state = state.env_state
+    return state

@@ -12,7 +12,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 from scipy import stats
 
-from jaxmm.env import MarketMakingEnv, RegimeRandomization
+from jaxmm.env import MarketMakingEnv, RegimeRandomization, RegimeState, unwrap_state
 from jaxmm.params import NEVER
 from train.config import PPOConfig, agent_spec, initial_action, market_env
 from train.networks import ObsNorm, policy_distribution, squash
@@ -26,6 +26,7 @@ from train.ppo import (
     make_trainer,
     train_run,
     update_epochs,
+    wrap_env,
 )
 
 # ------------------------------------------------------------------------------------- GAE
@@ -283,7 +284,7 @@ def test_learner_pieces_have_the_documented_shapes_and_compose_into_update():
     trainer = make_trainer(config)
     env, env_params = market_env(config)
     spec, optimizer = trainer.spec, make_optimizer(config)
-    venv = VecEnv(env, env_params, config.num_envs)
+    venv = VecEnv(wrap_env(config, env, env_params), env_params, config.num_envs)
     state = trainer.init(jax.random.key(0))
     steps, envs, obs_dim = config.num_steps, config.num_envs, spec.obs_dim
     after, batch, stats = collect_rollout(state, config, spec, venv)
@@ -307,12 +308,12 @@ def test_staggered_market_episodes_cover_the_session():
     config = PPOConfig(num_envs=64, num_steps=8)
     env, env_params = market_env(config)
     state = jax.jit(make_trainer(config, env, env_params).init)(jax.random.key(0))
-    times = np.asarray(state.env_state.t)
+    times = np.asarray(unwrap_state(state.env_state).t)
     assert times.min() < 20 and times.max() > 180 and len(set(times.tolist())) > 40
     # episodes that began before training are not reported
     assert np.isnan(state.episode_return[times > 0]).all()
     unstaggered = make_trainer(dataclasses.replace(config, stagger_envs=False), env, env_params)
-    assert np.all(jax.jit(unstaggered.init)(jax.random.key(0)).env_state.t == 0)
+    assert np.all(unwrap_state(jax.jit(unstaggered.init)(jax.random.key(0)).env_state).t == 0)
 
 
 def test_fresh_market_agent_quotes_the_avellaneda_stoikov_half_spread():
@@ -355,6 +356,14 @@ def test_regime_randomization_draws_match_the_stated_distribution():
     np.testing.assert_array_equal(np.asarray(batched.phi), np.float32(env_params.phi))
 
 
+def episode_params(state):
+    """The environments' current episode parameters under the trainer's wrappers."""
+    env_state = state.env_state
+    while not isinstance(env_state, RegimeState):
+        env_state = env_state.env_state
+    return env_state.env_params
+
+
 def test_random_regimes_are_redrawn_exactly_when_an_episode_ends():
     config = PPOConfig(
         num_envs=16,
@@ -368,11 +377,11 @@ def test_random_regimes_are_redrawn_exactly_when_an_episode_ends():
     update = jax.jit(trainer.update)
     changed_any = False
     for _ in range(6):
-        before_t = np.asarray(state.env_state.t)
-        before = np.asarray(state.env_params.market.vol_switch_factor)
+        before_t = np.asarray(unwrap_state(state.env_state).t)
+        before = np.asarray(episode_params(state).market.vol_switch_factor)
         state, _ = update(state)
-        after_t = np.asarray(state.env_state.t)
-        after = np.asarray(state.env_params.market.vol_switch_factor)
+        after_t = np.asarray(unwrap_state(state.env_state).t)
+        after = np.asarray(episode_params(state).market.vol_switch_factor)
         ended = after_t < before_t  # the episode reached t = 200 and was reset
         np.testing.assert_array_equal(after[~ended], before[~ended])
         assert np.all(after[ended] != before[ended])  # log-uniform draws: never equal
@@ -400,9 +409,11 @@ def test_random_regimes_change_the_volatility_the_environments_see():
     update = jax.jit(trainer.update)
     changes = []
     for _ in range(30):
-        before_t, before_mid = np.asarray(state.env_state.t), np.asarray(state.env_state.mid)
+        before = unwrap_state(state.env_state)
+        before_t, before_mid = np.asarray(before.t), np.asarray(before.mid)
         state, _ = update(state)
-        after_t, after_mid = np.asarray(state.env_state.t), np.asarray(state.env_state.mid)
+        after = unwrap_state(state.env_state)
+        after_t, after_mid = np.asarray(after.t), np.asarray(after.mid)
         inside = (after_t > before_t) & (before_t >= 1)
         changes.append((after_mid - before_mid)[inside])
     changes = np.concatenate(changes).astype(np.float64)

@@ -16,7 +16,8 @@ truncation apart: a terminated transition has no successor value, a truncated on
 from the value of its final observation.
 
 Read top to bottom: ``generalized_advantages``; the state types; the environment side
-(``VecEnv``, ``redraw_regimes``, ``stagger_envs``); the learner (``make_optimizer``,
+(``VecEnv``, and ``wrap_env``: random regimes and staggering are the gymnax wrappers
+``jaxmm.env.RegimeWrapper`` and ``StaggerWrapper``); the learner (``make_optimizer``,
 ``init_train_state``, ``collect_rollout``, ``batch_advantages``, ``ppo_loss``,
 ``update_epochs``, ``finish_update``); ``make_trainer``, whose ``update`` is those calls in
 order; then the chunked runner and the command line.
@@ -47,6 +48,7 @@ import optax
 from flax import struct
 
 from jaxmm import devices as device_lib
+from jaxmm.env import RegimeWrapper, StaggerWrapper
 from train import checkpoint, evaluate
 from train.config import PPOConfig, agent_spec, market_env
 from train.networks import Agent, AgentSpec, ObsNorm, policy_distribution, squash
@@ -71,12 +73,11 @@ __all__ = [
     "make_trainer",
     "parse_args",
     "ppo_loss",
-    "redraw_regimes",
     "seed_devices",
     "seed_keys",
-    "stagger_envs",
     "train_run",
     "update_epochs",
+    "wrap_env",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -138,11 +139,11 @@ class TrainState:
             bias correction, starting from zeros; ``Trainer.agent`` corrects it.
         obs_norm: running observation statistics (frozen during a rollout, updated after it).
         env_state, obs: the ``num_envs`` environments and their current observations.
+            With random regimes each environment's episode parameters are in its state
+            (``jaxmm.env.RegimeState``); ``jaxmm.env.unwrap_state`` gives the market states.
         episode_return: unscaled reward accumulated in each environment's current episode (NaN
-            for an episode that began before training, see ``stagger_envs``).
+            for an episode that began before training, see ``jaxmm.env.StaggerWrapper``).
         key: PRNG key. update: number of updates done (int32).
-        env_params: with ``random_regimes``, each environment's parameters (leaves with a
-            leading ``num_envs`` axis), redrawn whenever its episode ends; else None.
     """
 
     params: Any
@@ -154,7 +155,6 @@ class TrainState:
     episode_return: jax.Array
     key: jax.Array
     update: jax.Array
-    env_params: Any = None
 
 
 @struct.dataclass
@@ -206,104 +206,44 @@ class Trainer:
 class VecEnv:
     """``num_envs`` copies of a gymnax-1.0 environment, reset and stepped together (``vmap``).
 
-    ``step_params`` below is ``params`` for a fixed market, or with random regimes a batch of
-    ``EnvParams`` whose leaves have a leading ``num_envs`` axis (one regime per environment).
+    The environment is the trainer's, already wrapped: ``jaxmm.env.RegimeWrapper`` for random
+    regimes (each copy carries its episode's parameters in its state) and
+    ``jaxmm.env.StaggerWrapper`` for staggering (see ``wrap_env``). ``params`` are the base
+    parameters, shared by every copy.
 
     Attributes:
-        env, params: the environment and its (base) parameters. num_envs: the batch size.
-        regimes: a ``jaxmm.env.RegimeRandomization`` to draw per-environment parameters from,
-            or None for a fixed market.
+        env, params: the (wrapped) environment and its parameters. num_envs: the batch size.
     """
 
     env: Any
     params: Any
     num_envs: int
-    regimes: Any = None
 
     @property
     def action_shape(self) -> tuple[int, ...]:
         return tuple(self.env.action_space(self.params).shape)
-
-    @property
-    def horizon(self) -> int:
-        return int(self.params.max_steps_in_episode)
 
     def reset(self, key: jax.Array) -> tuple[jax.Array, Any]:
         """Reset every environment from ``split(key, num_envs)``: ``(obs, env_state)``."""
         reset = jax.vmap(self.env.reset, in_axes=(0, None))
         return reset(jax.random.split(key, self.num_envs), self.params)
 
-    def step(self, key: jax.Array, env_state: Any, action: jax.Array, step_params: Any) -> tuple:
+    def step(self, key: jax.Array, env_state: Any, action: jax.Array) -> tuple:
         """One gymnax step of every environment from ``split(key, num_envs)``; ``action`` is
         ``f[num_envs, *action_shape]``. Returns the six gymnax values, each batched."""
-        params_axis = None if self.regimes is None else 0
-        step = jax.vmap(self.env.step, in_axes=(0, 0, 0, params_axis))
-        return step(jax.random.split(key, self.num_envs), env_state, action, step_params)
-
-    def sample_regimes(self, key: jax.Array) -> Any:
-        """``num_envs`` regime draws (``EnvParams`` leaves with a leading ``num_envs`` axis)."""
-        return self.regimes.sample(key, self.params, self.num_envs)
+        step = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))
+        return step(jax.random.split(key, self.num_envs), env_state, action, self.params)
 
 
-def _where_env(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
-    """``new`` for the environments where ``mask`` (``bool[num_envs]``) holds, else ``old``."""
-    return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
-
-def redraw_regimes(key: jax.Array, venv: VecEnv, step_params: Any, done: jax.Array) -> Any:
-    """New regimes for the environments whose episode just ended (``done``: ``bool[num_envs]``);
-    the others keep theirs. The reset observation does not depend on the regime (trailing
-    volatility and the A-S spread start from the base sigma), so drawing after gymnax's
-    auto-reset is the same as drawing at reset.
-
-    Not a gymnax wrapper: one draw covers all ``num_envs`` environments, from a key split off
-    the rollout's key (not the step key), which a per-environment wrapper cannot reproduce.
-    """
-    fresh = venv.sample_regimes(key)
-    return jax.tree.map(lambda new, old: _where_env(done, new, old), fresh, step_params)
-
-
-def stagger_envs(
-    key: jax.Array, venv: VecEnv, spec: AgentSpec, obs: jax.Array, env_state: Any, step_params: Any
-) -> tuple[jax.Array, Any, jax.Array]:
-    """Advance environment ``i`` by ``offset_i ~ U{0, .., L - 1}`` steps of uniformly random
-    actions (``L = venv.horizon``), so that the parallel episodes are at different times and
-    every rollout covers the whole episode, not one time window.
-
-    Args:
-        obs: ``f[num_envs, obs_dim]``; env_state: the batched states; step_params: as for
-            ``VecEnv.step``.
-
-    Returns:
-        The observations, states and ``offsets`` (``i32[num_envs]``).
-
-    Not a gymnax wrapper: the offsets and the random actions are drawn for all environments at
-    once from one key, which a per-environment reset wrapper cannot reproduce.
-    """
-    num_envs = venv.num_envs
-    action_low = np.asarray(spec.action_low, np.float32)
-    action_high = np.asarray(spec.action_high, np.float32)
-    offset_key, key = jax.random.split(key)
-    offsets = jax.random.randint(offset_key, (num_envs,), 0, venv.horizon)
-
-    def warm_step(carry, index):
-        obs, env_state, key = carry
-        key, action_key, step_key = jax.random.split(key, 3)
-        shape = (num_envs, action_low.size)
-        action = jax.random.uniform(action_key, shape, minval=action_low, maxval=action_high)
-        action = action.reshape((num_envs, *venv.action_shape))
-        next_obs, next_state, *_ = venv.step(step_key, env_state, action, step_params)
-        advance = index < offsets
-        env_state = jax.tree.map(
-            lambda new, old: _where_env(advance, new, old), next_state, env_state
-        )
-        obs = _where_env(advance, next_obs.reshape(obs.shape).astype(obs.dtype), obs)
-        return (obs, env_state, key), None
-
-    (obs, env_state, _), _ = jax.lax.scan(
-        warm_step, (obs, env_state, key), jnp.arange(venv.horizon - 1)
-    )
-    return obs, env_state, offsets
+def wrap_env(config: PPOConfig, env: Any, env_params: Any) -> Any:
+    """The training environment: ``env`` inside ``RegimeWrapper(env, config.regimes())`` when
+    ``random_regimes``, then inside ``StaggerWrapper`` when ``stagger_envs``."""
+    regimes = config.regimes()
+    if regimes is not None:
+        env = RegimeWrapper(env, regimes)
+    if config.stagger_envs:
+        env = StaggerWrapper(env, horizon=int(env_params.max_steps_in_episode))
+    return env
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,14 +283,8 @@ def init_train_state(
     obs = obs.reshape(config.num_envs, spec.obs_dim)
     # NaN marks an episode that began before training: its return is not reported.
     episode_return = jnp.zeros((config.num_envs,), jnp.float32)
-    step_params = venv.params
-    if venv.regimes is not None:
-        key, regime_key = jax.random.split(key)
-        step_params = venv.sample_regimes(regime_key)
     if config.stagger_envs:
-        key, stagger_key = jax.random.split(key)
-        obs, env_state, offsets = stagger_envs(stagger_key, venv, spec, obs, env_state, step_params)
-        episode_return = jnp.where(offsets > 0, jnp.nan, episode_return)
+        episode_return = jnp.where(env_state.offset > 0, jnp.nan, episode_return)
     return TrainState(
         params=agent.params,
         average_params=jax.tree.map(jnp.zeros_like, agent.params),
@@ -361,7 +295,6 @@ def init_train_state(
         episode_return=episode_return,
         key=key,
         update=jnp.zeros((), jnp.int32),
-        env_params=None if venv.regimes is None else step_params,
     )
 
 
@@ -381,10 +314,8 @@ def collect_rollout(
     action_high = np.asarray(spec.action_high, np.float32)
 
     def env_step(carry, _):
-        env_state, obs, episode_return, finished_sum, finished_count, key, step_params = carry
+        env_state, obs, episode_return, finished_sum, finished_count, key = carry
         key, action_key, step_key = jax.random.split(key, 3)
-        if venv.regimes is not None:  # a separate split keeps fixed-market runs' numbers
-            key, regime_key = jax.random.split(key)
         mean, log_std, value = spec.network.apply(state.params, state.obs_norm.normalize(obs))
         policy = policy_distribution(mean, log_std)
         raw_action = policy.sample(seed=action_key)
@@ -393,12 +324,9 @@ def collect_rollout(
             step_key,
             env_state,
             action.reshape((config.num_envs, *venv.action_shape)),
-            venv.params if venv.regimes is None else step_params,
         )
         reward = reward.astype(jnp.float32)
         done = jnp.logical_or(terminated, truncated)
-        if venv.regimes is not None:
-            step_params = redraw_regimes(regime_key, venv, step_params, done)
         episode_return = episode_return + reward
         counted = done & jnp.isfinite(episode_return)
         finished_sum = finished_sum + jnp.sum(jnp.where(counted, episode_return, 0.0))
@@ -415,21 +343,14 @@ def collect_rollout(
         )
         next_obs = next_obs.reshape(obs.shape).astype(jnp.float32)
         episode_return = jnp.where(done, 0.0, episode_return)
-        carry = (env_state, next_obs, episode_return, finished_sum, finished_count, key)
-        return (*carry, step_params), transition
+        return (env_state, next_obs, episode_return, finished_sum, finished_count, key), transition
 
     zero = jnp.zeros((), jnp.float32)
     start = (state.env_state, state.obs, state.episode_return, zero, zero, state.key)
-    (env_state, obs, episode_return, finished_sum, finished_count, key, step_params), batch = (
-        jax.lax.scan(env_step, (*start, state.env_params), None, length=config.num_steps)
+    (env_state, obs, episode_return, finished_sum, finished_count, key), batch = jax.lax.scan(
+        env_step, start, None, length=config.num_steps
     )
-    state = state.replace(
-        env_state=env_state,
-        obs=obs,
-        episode_return=episode_return,
-        key=key,
-        env_params=step_params,
-    )
+    state = state.replace(env_state=env_state, obs=obs, episode_return=episode_return, key=key)
     mean_return = finished_sum / jnp.maximum(finished_count, 1.0)
     stats = {
         "episode_return": jnp.where(finished_count > 0, mean_return, jnp.nan),
@@ -574,7 +495,7 @@ def make_trainer(config: PPOConfig, env: Any = None, env_params: Any = None) -> 
     elif env_params is None:
         env_params = env.default_params
     spec = agent_spec(config, env, env_params)
-    venv = VecEnv(env, env_params, config.num_envs, config.regimes())
+    venv = VecEnv(wrap_env(config, env, env_params), env_params, config.num_envs)
     optimizer = make_optimizer(config)
 
     def init(key: jax.Array) -> TrainState:
