@@ -1,13 +1,15 @@
 """Trained PPO agents for the studies: train once, reuse while the configuration is unchanged.
 
 ``trained_run(name, **overrides)`` trains ``PPOConfig(name=name, **overrides)`` into
-``results/agents/<name>/`` unless a run with exactly that configuration is already there, and
-returns its folder; ``train.checkpoint.load_policy(folder)`` gives the agent as a jaxmm policy.
+``results/agents/<name>/`` unless a run with exactly that configuration, trained by the same
+source code (``source_digest``: the library and the trainer), is already there, and returns its
+folder; ``train.checkpoint.load_policy(folder)`` gives the agent as a jaxmm policy.
 Every study that needs an agent goes through here, so ``experiments.all`` trains each agent once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 AGENTS_DIR = Path("results/agents")
+SOURCE_FILE = "agent_source.json"  # beside metrics.json: the digest of the code that trained it
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_digest() -> str:
+    """SHA-256 of every ``.py`` file of ``jaxmm/`` and ``train/`` (paths and bytes, in sorted
+    order): a change to the simulator, the environment or the trainer changes it, so a stored
+    agent is retrained rather than reused across code that would train it differently."""
+    digest = hashlib.sha256()
+    for package in ("jaxmm", "train"):
+        for path in sorted((_ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(_ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> Path:
@@ -27,7 +43,8 @@ def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> 
     config = PPOConfig(name=name, out_dir=str(out_dir), **overrides)
     run = out_dir / name
     metrics = run / "metrics.json"  # written last: a finished run of exactly this config
-    if metrics.is_file():
+    digest = source_digest()
+    if metrics.is_file() and _trained_by(run, digest):
         try:  # fields added since that run take their defaults
             finished = PPOConfig.from_dict(json.loads(metrics.read_text())["config"])
         except (ValueError, KeyError, TypeError):
@@ -39,7 +56,16 @@ def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> 
             return run
     print(f"agent {name}: training {config.total_timesteps:,} steps", file=sys.stderr)
     train_in_subprocess(config)
+    (run / SOURCE_FILE).write_text(json.dumps({"source_digest": digest}))
     return run
+
+
+def _trained_by(run: Path, digest: str) -> bool:
+    """Whether ``run`` records that it was trained by code with this ``source_digest``."""
+    try:
+        return json.loads((run / SOURCE_FILE).read_text())["source_digest"] == digest
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def train_in_subprocess(config: Any) -> None:
