@@ -10,6 +10,7 @@ import pytest
 import jaxmm as mm
 from jaxmm import market
 from tests.conftest import run_code
+from tests.helpers import assert_paths_match_reference
 from tests.oracles.simulator import simulate_reference
 
 
@@ -68,13 +69,7 @@ def test_float64_matches_numpy_oracle(name, changes, policy, ref_policy, ref_kwa
     ref = simulate_reference(
         u_bid, u_ask, z, S0=100.0, sigma=2.0, T=1.0, A=p.A, k=1.5, policy=ref_policy, **ref_kwargs
     )
-    np.testing.assert_array_equal(ro.paths.bid_fill, ref["bid_fill"])
-    np.testing.assert_array_equal(ro.paths.ask_fill, ref["ask_fill"])
-    np.testing.assert_array_equal(ro.paths.inventory, ref["inventory"])
-    np.testing.assert_allclose(ro.paths.mid, ref["mid"], atol=1e-9)
-    np.testing.assert_allclose(ro.paths.pnl, ref["pnl"], atol=1e-9)
-    np.testing.assert_allclose(ro.spread_pnl, ref["spread_pnl"], atol=1e-9)
-    np.testing.assert_allclose(ro.inventory_pnl, ref["inventory_pnl"], atol=1e-9)
+    assert_paths_match_reference(ro, ref)
     np.testing.assert_allclose(ro.max_drawdown, ref["max_drawdown"], atol=1e-9)
     # terminal PnL = cash + q_T S_T, computed the other way round by the oracle
     cash_view = ref["cash"] + ref["inventory"][:, -1] * ref["mid"][:, -1] - 0.0
