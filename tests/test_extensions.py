@@ -554,6 +554,21 @@ def test_geometric_order_sizes_mean_and_inventory_variance():
 # ------------------------------------------------------------------ the NumPy oracle
 
 
+# the settings of the "everything" scenario that the market and the oracle name alike
+EVERYTHING = {
+    "tick": 0.01,
+    "maker_fee": 0.001,
+    "taker_fee": 0.01,
+    "latency": 2,
+    "order_size": "geometric",
+    "order_size_mean": 1.5,
+    "q_max": 8.0,
+    "spread_floor": 1.2,
+    "loss_limit": 6.0,
+    "mu": 0.5,
+    "fill_model": "exponential",
+}
+
 ORACLE_SCENARIOS = [
     ("heston", HESTON, {"heston": dict(kappa=4.0, theta=1.0, xi=0.5, rho=-0.6, v0=0.5)}),
     ("jumps", JUMPS, {"jumps": dict(intensity=20.0, mean=0.3, std=0.8)}),
@@ -577,38 +592,12 @@ ORACLE_SCENARIOS = [
     ),
     (
         "everything",
-        {
-            **HESTON,
-            **JUMPS,
-            "jump_intensity": 5.0,
-            "tick": 0.01,
-            "maker_fee": 0.001,
-            "taker_fee": 0.01,
-            "latency": 2,
-            "order_size": "geometric",
-            "order_size_mean": 1.5,
-            "q_max": 8.0,
-            "spread_floor": 1.2,
-            "loss_limit": 6.0,
-            "adverse_selection": 0.02,
-            "mu": 0.5,
-            "fill_model": "exponential",
-        },
+        {**HESTON, **JUMPS, "jump_intensity": 5.0, **EVERYTHING, "adverse_selection": 0.02},
         {
             "heston": dict(kappa=4.0, theta=1.0, xi=0.5, rho=-0.6, v0=0.5),
             "jumps": dict(intensity=5.0, mean=0.3, std=0.8),
-            "tick": 0.01,
-            "maker_fee": 0.001,
-            "taker_fee": 0.01,
-            "latency": 2,
-            "order_size": "geometric",
-            "order_size_mean": 1.5,
-            "q_max": 8.0,
-            "spread_floor": 1.2,
-            "loss_limit": 6.0,
+            **EVERYTHING,
             "alpha": 0.02,
-            "mu": 0.5,
-            "fill_model": "exponential",
         },
     ),
 ]
