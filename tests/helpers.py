@@ -12,6 +12,30 @@ import numpy as np
 import pytest
 
 import jaxmm as mm
+from jaxmm import market
+
+
+def replay_noise(key, n_episodes, params):
+    """Every uniform and normal ``mm.simulate(params, ..., key, n_episodes)`` gives episode
+    ``i`` at step ``t``, as ``[n_episodes, n_steps]`` float64 arrays named as the NumPy oracle's
+    arguments (``u_bid``, ``u_ask``, ``z`` and the extensions' ``z_vol``, ``u_jump_count``,
+    ``z_jump``, ``u_bid_size``, ``u_ask_size``; ``None`` where ``params`` draws none)."""
+    stream = market.stream_key(key)
+    episodes = jnp.arange(n_episodes, dtype=jnp.uint32)[:, None]
+    t = jnp.arange(params.n_steps, dtype=jnp.uint32)[None, :]
+    drawn = market.extension_noise(market.counter_noise(stream, episodes, t), params)
+    normal = market.normal_from_uniform
+    arrays = {
+        "u_bid": drawn.u_bid,
+        "u_ask": drawn.u_ask,
+        "z": normal(drawn.u_mid),
+        "z_vol": None if drawn.u_vol is None else normal(drawn.u_vol),
+        "u_jump_count": drawn.u_jump_count,
+        "z_jump": None if drawn.u_jump_size is None else normal(drawn.u_jump_size),
+        "u_bid_size": drawn.u_bid_size,
+        "u_ask_size": drawn.u_ask_size,
+    }
+    return {name: None if x is None else np.asarray(x, np.float64) for name, x in arrays.items()}
 
 
 def assert_paths_match_reference(ro, ref: dict) -> None:

@@ -11,7 +11,7 @@ from scipy import special
 
 import jaxmm as mm
 from jaxmm import calibrate, market, optimal
-from tests.helpers import assert_paths_match_reference, assert_validation_names
+from tests.helpers import assert_paths_match_reference, assert_validation_names, replay_noise
 from tests.oracles.simulator import simulate_reference
 
 HESTON = dict(vol_model="heston", kappa_v=4.0, theta_v=1.0, xi_v=0.5, rho_v=-0.6, v0=0.5)
@@ -601,26 +601,6 @@ ORACLE_SCENARIOS = [
         },
     ),
 ]
-
-
-def replay_noise(key, n_episodes, params):
-    """Every uniform and normal simulate() gives episode i at step t, as [n, N] float64 arrays."""
-    stream = market.stream_key(key)
-    episodes = jnp.arange(n_episodes, dtype=jnp.uint32)[:, None]
-    t = jnp.arange(params.n_steps, dtype=jnp.uint32)[None, :]
-    drawn = market.extension_noise(market.counter_noise(stream, episodes, t), params)
-    normal = market.normal_from_uniform
-    arrays = {
-        "u_bid": drawn.u_bid,
-        "u_ask": drawn.u_ask,
-        "z": normal(drawn.u_mid),
-        "z_vol": None if drawn.u_vol is None else normal(drawn.u_vol),
-        "u_jump_count": drawn.u_jump_count,
-        "z_jump": None if drawn.u_jump_size is None else normal(drawn.u_jump_size),
-        "u_bid_size": drawn.u_bid_size,
-        "u_ask_size": drawn.u_ask_size,
-    }
-    return {name: None if x is None else np.asarray(x, np.float64) for name, x in arrays.items()}
 
 
 @pytest.mark.parametrize(("name", "changes", "ref_kwargs"), ORACLE_SCENARIOS)
