@@ -13,6 +13,7 @@ import pytest
 import jaxmm as mm
 from jaxmm import market, optimal, rewards
 from jaxmm.env import EnvParams, MarketMakingEnv
+from tests.helpers import fill_outcomes
 from train import evaluate as evaluate_lib
 
 GAMMA = 0.1
@@ -138,14 +139,7 @@ def brute_force_policy_cara(params, gamma, policy_depths):
             pb = fill(bid) if i < qs.size - 1 else 0.0
             pa = fill(ask) if i > 0 else 0.0
             total = 0.0
-            for b_filled, a_filled, prob in (
-                (0, 0, (1 - pb) * (1 - pa)),
-                (1, 0, pb * (1 - pa)),
-                (0, 1, (1 - pb) * pa),
-                (1, 1, pb * pa),
-            ):
-                if prob == 0.0:
-                    continue
+            for b_filled, a_filled, prob in fill_outcomes(pb, pa):
                 j = i + b_filled - a_filled
                 gain = b_filled * bid + a_filled * ask + C[j] - C[i]
                 total += prob * math.exp(-gamma * gain)

@@ -14,6 +14,7 @@ import pytest
 
 import jaxmm as mm
 from jaxmm import market, optimal
+from tests.helpers import assert_env_steps
 
 SHAPES = [("exponential", None), ("power", 2.5), ("linear", None)]
 
@@ -141,14 +142,7 @@ def test_bellman_matches_brute_force_for_every_shape(shape_alpha, fill_model):
 @pytest.mark.parametrize("shape, alpha", SHAPES[1:])
 def test_environment_steps_with_a_shape(shape, alpha):
     """The gymnax environment runs the shaped market (so PPO trains on it)."""
-    env = mm.env.MarketMakingEnv()
-    params = env.default_params.replace(market=shaped(shape, alpha))
-    key = jax.random.key(1)
-    obs, state = env.reset(key, params)
-    step = jax.jit(env.step)
-    for _ in range(3):
-        obs, state, reward, *_ = step(key, state, jnp.array([0.5, 0.5]), params)
-    assert np.isfinite(np.asarray(obs)).all() and np.isfinite(float(reward))
+    assert_env_steps(shaped(shape, alpha))
 
 
 def test_ppo_config_sets_the_shape_and_refuses_bad_ones():

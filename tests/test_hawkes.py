@@ -30,21 +30,21 @@ from jaxmm import market, optimal, schedule
 from jaxmm import params as params_lib
 
 TOLERANCE_SE = 4.0
+# the Hawkes flow's settings on the homework market (see ``hawkes``)
+HAWKES = {
+    "A": 60.0,
+    "fill_model": "exponential",
+    "arrival_model": "hawkes",
+    "hawkes_decay": 30.0,
+    "hawkes_self": 12.0,
+    "hawkes_cross": 6.0,
+}
 
 
 def hawkes(**overrides) -> mm.MarketParams:
     """The homework market with Hawkes flow: mu = 60 per side, beta = 30, self 12, cross 6
     (branching 0.6, 0.646 for the stepped chain at dt = 0.005)."""
-    fields = {
-        "A": 60.0,
-        "fill_model": "exponential",
-        "arrival_model": "hawkes",
-        "hawkes_decay": 30.0,
-        "hawkes_self": 12.0,
-        "hawkes_cross": 6.0,
-    }
-    fields.update(overrides)
-    return mm.presets.homework().replace(**fields).validate()
+    return mm.presets.homework().replace(**{**HAWKES, **overrides}).validate()
 
 
 def exact_moments(params: mm.MarketParams, window_start: int, n_steps: int):
@@ -320,17 +320,8 @@ def test_zero_excitation_is_the_poisson_market_in_distribution():
     ],
 )
 def test_bad_hawkes_settings_are_refused_naming_the_field(overrides, message):
-    fields = {
-        "A": 60.0,
-        "fill_model": "exponential",
-        "arrival_model": "hawkes",
-        "hawkes_decay": 30.0,
-        "hawkes_self": 12.0,
-        "hawkes_cross": 6.0,
-    }
-    fields.update(overrides)
     with pytest.raises(ValueError, match=message):
-        mm.presets.homework().replace(**fields).validate()
+        hawkes(**overrides)
 
 
 def test_vmap_over_the_hawkes_fields():

@@ -90,28 +90,51 @@ def test_correlate_uniforms_passes_unit_rows_through_unchanged():
     np.testing.assert_allclose(market.normal_from_uniform(mixed), expected, atol=2e-5)
 
 
+def single_asset_runs(params, n_assets: int, key, n_episodes: int):
+    """The A-S rule (gamma 0.1) on every asset of ``params``: the multi-asset rollout and, for
+    each asset ``a``, the pair (its view ``multi.asset(a)``, the single-asset ``mm.simulate``
+    of ``asset_params(params, a)`` on ``asset_key(key, a)``)."""
+    single_policy = mm.policies.avellaneda_stoikov(0.1)
+    multi = ma.simulate_multi(params, ma.per_asset(single_policy), key, n_episodes)
+    runs = [
+        (
+            multi.asset(asset),
+            mm.simulate(
+                ma.asset_params(params, asset), single_policy, ma.asset_key(key, asset), n_episodes
+            ),
+        )
+        for asset in range(n_assets)
+    ]
+    return multi, runs
+
+
+def assert_same_fields(mine, alone, exact, close):
+    """The rollouts agree: the fields ``exact`` to the bit, the fields ``close`` within 2e-4
+    (absolute: float32 rounding of price-unit sums)."""
+    for name in exact:
+        np.testing.assert_array_equal(getattr(mine, name), getattr(alone, name), err_msg=name)
+    for name in close:
+        np.testing.assert_allclose(
+            getattr(mine, name), getattr(alone, name), rtol=0, atol=2e-4, err_msg=name
+        )
+
+
 def test_identity_correlation_reproduces_single_asset_simulate():
     """With C = I each asset is the single-asset simulator run with ``asset_key(key, a)``:
     identical fills and inventories, mid and PnL paths equal to float32 rounding."""
     params = ma.make_params(
         HOMEWORK, np.eye(3), sigma=[2.0, 1.0, 3.0], A=[100.0, 140.0, 80.0], S0=[100.0, 50.0, 20.0]
     )
-    key = jax.random.key(11)
-    single_policy = mm.policies.avellaneda_stoikov(0.1)
-    multi = ma.simulate_multi(params, ma.per_asset(single_policy), key, 300)
-    for asset in range(3):
-        alone = mm.simulate(
-            ma.asset_params(params, asset), single_policy, ma.asset_key(key, asset), 300
+    _, runs = single_asset_runs(params, 3, jax.random.key(11), 300)
+    for mine, alone in runs:
+        assert_same_fields(
+            mine,
+            alone,
+            exact=("inventory", "n_bid_fills", "n_ask_fills", "sum_sq_inventory"),
+            close=("pnl", "inventory_pnl", "final_mid", "max_drawdown"),
         )
-        mine = multi.asset(asset)
-        for name in ("inventory", "n_bid_fills", "n_ask_fills", "sum_sq_inventory"):
-            np.testing.assert_array_equal(getattr(mine, name), getattr(alone, name), err_msg=name)
         for name in ("spread_pnl", "mean_spread"):
             np.testing.assert_allclose(getattr(mine, name), getattr(alone, name), rtol=1e-6)
-        for name in ("pnl", "inventory_pnl", "final_mid", "max_drawdown"):
-            np.testing.assert_allclose(
-                getattr(mine, name), getattr(alone, name), rtol=0, atol=2e-4, err_msg=name
-            )
 
 
 def test_market_extensions_are_options_of_the_same_step():
@@ -126,20 +149,14 @@ def test_market_extensions_are_options_of_the_same_step():
         maker_fee=0.01,
     )
     params = ma.make_params(base, np.eye(2), sigma=[2.0, 1.0])
-    key = jax.random.key(13)
-    single_policy = mm.policies.avellaneda_stoikov(0.1)
-    multi = ma.simulate_multi(params, ma.per_asset(single_policy), key, 100)
-    for asset in range(2):
-        alone = mm.simulate(
-            ma.asset_params(params, asset), single_policy, ma.asset_key(key, asset), 100
+    multi, runs = single_asset_runs(params, 2, jax.random.key(13), 100)
+    for mine, alone in runs:
+        assert_same_fields(
+            mine,
+            alone,
+            exact=("inventory", "n_bid_fills", "n_ask_fills"),
+            close=("pnl", "fees", "final_mid"),
         )
-        mine = multi.asset(asset)
-        for name in ("inventory", "n_bid_fills", "n_ask_fills"):
-            np.testing.assert_array_equal(getattr(mine, name), getattr(alone, name), err_msg=name)
-        for name in ("pnl", "fees", "final_mid"):
-            np.testing.assert_allclose(
-                getattr(mine, name), getattr(alone, name), rtol=0, atol=2e-4, err_msg=name
-            )
     assert float(np.min(multi.assets.fees)) > 0
 
 

@@ -9,6 +9,7 @@ from scipy import linalg, optimize, special
 
 import jaxmm as mm
 from jaxmm import optimal
+from tests.helpers import fill_outcomes
 
 HOMEWORK = mm.presets.homework()
 
@@ -30,14 +31,7 @@ def _outcome_mean(depths, q, later, inventories, params, phi):
     p_bid = prob(bid, params.bid_intensity_mult) if q < inventories[-1] else 0.0
     p_ask = prob(ask, params.ask_intensity_mult) if q > inventories[0] else 0.0
     total = 0.0
-    for bid_fill, ask_fill, weight in (
-        (0, 0, (1 - p_bid) * (1 - p_ask)),
-        (1, 0, p_bid * (1 - p_ask)),
-        (0, 1, (1 - p_bid) * p_ask),
-        (1, 1, p_bid * p_ask),
-    ):
-        if weight == 0.0:
-            continue
+    for bid_fill, ask_fill, weight in fill_outcomes(p_bid, p_ask):
         after = q + bid_fill - ask_fill
         mean_move = params.mu * dt + params.adverse_selection * (ask_fill - bid_fill)
         gain = bid_fill * bid + ask_fill * ask + after * mean_move - phi * after**2

@@ -12,6 +12,7 @@ import pytest
 
 import jaxmm as mm
 from jaxmm import market, optimal
+from tests.helpers import assert_env_steps
 
 
 def ou(**kwargs):
@@ -78,14 +79,7 @@ def test_exact_solvers_refuse_the_ou_mid():
 
 
 def test_environment_steps_the_ou_market():
-    env = mm.env.MarketMakingEnv()
-    params = env.default_params.replace(market=ou(ou_rate=2.0))
-    key = jax.random.key(1)
-    obs, state = env.reset(key, params)
-    step = jax.jit(env.step)
-    for _ in range(3):
-        obs, state, reward, *_ = step(key, state, jnp.array([0.5, 0.5]), params)
-    assert np.isfinite(np.asarray(obs)).all() and np.isfinite(float(reward))
+    assert_env_steps(ou(ou_rate=2.0))
 
 
 def test_ppo_config_trains_and_scores_on_the_ou_mid():

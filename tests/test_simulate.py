@@ -10,18 +10,8 @@ import pytest
 import jaxmm as mm
 from jaxmm import market
 from tests.conftest import run_code
+from tests.helpers import assert_paths_match_reference, replay_noise
 from tests.oracles.simulator import simulate_reference
-
-
-def replay_noise(key, n_episodes, n_steps):
-    """The noise simulate() gives episode i at step t, as [n, N] arrays."""
-    stream = market.stream_key(key)
-    episodes = jnp.arange(n_episodes, dtype=jnp.uint32)[:, None]
-    t = jnp.arange(n_steps, dtype=jnp.uint32)[None, :]
-    noise = market.counter_noise(stream, episodes, t)
-    z = market.normal_from_uniform(noise.u_mid)
-    return (np.asarray(x, np.float64) for x in (noise.u_bid, noise.u_ask, z))
-
 
 SCENARIOS = [
     (
@@ -63,18 +53,13 @@ def test_float64_matches_numpy_oracle(name, changes, policy, ref_policy, ref_kwa
         p = mm.presets.homework().replace(**changes)
         key = jax.random.key(42)
         ro = mm.simulate(p, policy, key, n, paths=True)
-        u_bid, u_ask, z = replay_noise(key, n, p.n_steps)
+        drawn = replay_noise(key, n, p)
+        u_bid, u_ask, z = drawn["u_bid"], drawn["u_ask"], drawn["z"]
         assert ro.pnl.dtype == jnp.float64
     ref = simulate_reference(
         u_bid, u_ask, z, S0=100.0, sigma=2.0, T=1.0, A=p.A, k=1.5, policy=ref_policy, **ref_kwargs
     )
-    np.testing.assert_array_equal(ro.paths.bid_fill, ref["bid_fill"])
-    np.testing.assert_array_equal(ro.paths.ask_fill, ref["ask_fill"])
-    np.testing.assert_array_equal(ro.paths.inventory, ref["inventory"])
-    np.testing.assert_allclose(ro.paths.mid, ref["mid"], atol=1e-9)
-    np.testing.assert_allclose(ro.paths.pnl, ref["pnl"], atol=1e-9)
-    np.testing.assert_allclose(ro.spread_pnl, ref["spread_pnl"], atol=1e-9)
-    np.testing.assert_allclose(ro.inventory_pnl, ref["inventory_pnl"], atol=1e-9)
+    assert_paths_match_reference(ro, ref)
     np.testing.assert_allclose(ro.max_drawdown, ref["max_drawdown"], atol=1e-9)
     # terminal PnL = cash + q_T S_T, computed the other way round by the oracle
     cash_view = ref["cash"] + ref["inventory"][:, -1] * ref["mid"][:, -1] - 0.0

@@ -344,6 +344,24 @@ def _mdp_inventories(q_max: float, q_grid: int) -> np.ndarray:
     return np.arange(-int(q_grid), int(q_grid) + 1)
 
 
+def _induction_start(
+    inventories: np.ndarray, q_max: float, n_steps: int, terminal_penalty: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a backward induction on the ascending integer ``inventories [n_q]`` starts from.
+
+    Returns ``(can_buy, can_sell, value)``: where a bid fill / an ask fill can happen
+    (``[n_q]`` booleans: not at the limit ``q_max`` and not off the grid's edge) and the value
+    table ``[n_steps + 1, n_q]`` whose last row is ``V_N(q) = -terminal_penalty q^2`` (the
+    earlier rows are left for the induction to fill).
+    """
+    q = inventories.astype(np.float64)
+    can_buy = (q < q_max) & (inventories < inventories[-1])
+    can_sell = (q > -q_max) & (inventories > inventories[0])
+    value = np.empty((n_steps + 1, inventories.size))
+    value[-1] = -terminal_penalty * q**2
+    return can_buy, can_sell, value
+
+
 def _outcome_values(
     inventories: np.ndarray,
     next_value: np.ndarray,
@@ -453,20 +471,16 @@ def bellman_bruteforce(
         "finite (low, high) with low < high (a negative depth quotes through the mid)",
     )
     inventories = _mdp_inventories(q_max, q_grid)
-    q = inventories.astype(np.float64)
-    n_q = q.size
+    n_q = inventories.size
     dt = T / n_steps
-    can_buy = (q < q_max) & (inventories < inventories[-1])
-    can_sell = (q > -q_max) & (inventories > inventories[0])
+    can_buy, can_sell, value = _induction_start(inventories, q_max, n_steps, terminal_penalty)
 
     def probabilities(depth: np.ndarray, mult: float, allowed: np.ndarray) -> np.ndarray:
         prob = fill_probability(A * mult * np.exp(-k * depth) * dt, fill_model)
         return prob * allowed[:, None]
 
-    value = np.empty((n_steps + 1, n_q))
     bid_table = np.empty((n_steps, n_q))
     ask_table = np.empty((n_steps, n_q))
-    value[-1] = -terminal_penalty * q**2
     coarse = np.broadcast_to(np.linspace(low, high, coarse_points), (n_q, coarse_points))
     rows = np.arange(n_q)
     local = np.linspace(-2.0, 2.0, 21)
@@ -545,12 +559,8 @@ def evaluate_policy(
     _check(
         bool(np.all(np.diff(inventories) == 1)), "inventories", inventories, "consecutive integers"
     )
-    q = inventories.astype(np.float64)
     dt = T / n_steps
-    can_buy = (q < q_max) & (inventories < inventories[-1])
-    can_sell = (q > -q_max) & (inventories > inventories[0])
-    value = np.empty((n_steps + 1, n_q))
-    value[-1] = -terminal_penalty * q**2
+    can_buy, can_sell, value = _induction_start(inventories, q_max, n_steps, terminal_penalty)
     rows = np.arange(n_q)
     for n in range(n_steps - 1, -1, -1):
         g = _outcome_values(inventories, value[n + 1], phi, mu * dt, adverse_selection)
