@@ -36,7 +36,7 @@ def source_digest() -> str:
 
 def trained_run(name: str, *, out_dir: Path | None = None, **overrides: Any) -> Path:
     """Folder of a finished training run of ``PPOConfig(name=name, **overrides)`` under
-    ``out_dir`` (default: the module's ``AGENTS_DIR``, which ``experiments.all`` may move)."""
+    ``out_dir`` (default ``AGENTS_DIR``; ``experiments.all`` passes its own)."""
     from train.config import PPOConfig
 
     out_dir = Path(AGENTS_DIR if out_dir is None else out_dir)
