@@ -364,17 +364,22 @@ def episode_params(state):
     return env_state.env_params
 
 
-def test_random_regimes_are_redrawn_exactly_when_an_episode_ends():
+def regime_trainer(seed, **fields):
+    """A small trainer on regimes that always switch, its initial state and jitted update."""
     config = PPOConfig(
         num_envs=16,
         num_steps=8,
         total_timesteps=16 * 8 * 4,
         random_regimes=True,
         regime_switch_prob=1.0,
+        **fields,
     ).validate()
     trainer = make_trainer(config)
-    state = jax.jit(trainer.init)(jax.random.key(0))
-    update = jax.jit(trainer.update)
+    return jax.jit(trainer.init)(jax.random.key(seed)), jax.jit(trainer.update)
+
+
+def test_random_regimes_are_redrawn_exactly_when_an_episode_ends():
+    state, update = regime_trainer(0)
     changed_any = False
     for _ in range(6):
         before_t = np.asarray(unwrap_state(state.env_state).t)
@@ -392,21 +397,14 @@ def test_random_regimes_are_redrawn_exactly_when_an_episode_ends():
 def test_random_regimes_change_the_volatility_the_environments_see():
     # every episode switches at step 1 to 3 sigma: 8-step mid changes have variance
     # 8 (3 sigma)^2 dt = 1.44 (0.16 without the switch)
-    config = PPOConfig(
-        num_envs=16,
-        num_steps=8,
-        total_timesteps=16 * 8 * 4,
-        random_regimes=True,
-        regime_switch_prob=1.0,
+    state, update = regime_trainer(
+        1,
         regime_step_low=1,
         regime_step_high=1,
         regime_factor_low=3.0,
         regime_factor_high=3.0,
         stagger_envs=False,
-    ).validate()
-    trainer = make_trainer(config)
-    state = jax.jit(trainer.init)(jax.random.key(1))
-    update = jax.jit(trainer.update)
+    )
     changes = []
     for _ in range(30):
         before = unwrap_state(state.env_state)
