@@ -13,6 +13,7 @@ which runs the programs themselves many times, is ``tests/test_wedge_stress.py``
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -91,6 +92,12 @@ def test_ppo_programs_hold_no_lapack_call(small_config):
     runner = make_chunk_runner(trainer, 2)
     text = runner.lower(states, jnp.int32(2)).compile().as_text()
     assert {t for t in CUSTOM_CALL.findall(text) if "lapack" in t} == set()
+
+
+def test_ppo_program_with_the_regime_wrapper_holds_no_lapack_call(small_config):
+    config = dataclasses.replace(small_config, random_regimes=True).validate()
+    keys = jax.random.split(jax.random.key(0), config.num_seeds)
+    assert lapack_calls(jax.vmap(make_train(config)), keys) == set()
 
 
 def test_flax_orthogonal_under_vmap_would_hold_one():
