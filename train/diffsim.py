@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -68,10 +67,15 @@ from train import checkpoint, evaluate
 from train.config import (
     FEATURES,
     PPOConfig,
+    add_field_flags,
     agent_spec,
+    check_choices,
+    check_counts,
+    check_ranges,
     config_from_dict,
     config_to_dict,
     market_env,
+    parse_config_flags,
 )
 from train.networks import ACTIVATIONS, ObsNorm, policy_distribution, squash
 from train.ppo import Transition, generalized_advantages, ppo_loss
@@ -167,20 +171,19 @@ class DiffSimConfig:
 
     def validate(self) -> DiffSimConfig:
         """Raise ``ValueError`` naming the first invalid field; return ``self``."""
-        choices = {
-            "estimator": ESTIMATORS,
-            "reward": GRADIENT_REWARDS,
-            "features": FEATURES,
-            "activation": tuple(ACTIVATIONS),
-            "fill_model": FILL_MODELS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: one of {allowed}")
-        for name in ("num_iterations", "num_envs", "num_seeds", "num_evals", "progress_episodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} = {value!r}; allowed: an integer >= 1")
+        check_choices(
+            self,
+            {
+                "estimator": ESTIMATORS,
+                "reward": GRADIENT_REWARDS,
+                "features": FEATURES,
+                "activation": tuple(ACTIVATIONS),
+                "fill_model": FILL_MODELS,
+            },
+        )
+        check_counts(
+            self, ("num_iterations", "num_envs", "num_seeds", "num_evals", "progress_episodes")
+        )
         if isinstance(self.eval_episodes, bool) or self.eval_episodes < 2:
             raise ValueError(f"eval_episodes = {self.eval_episodes!r}; allowed: an integer >= 2")
         if self.estimator == "expected" and self.num_envs < 2:
@@ -197,10 +200,7 @@ class DiffSimConfig:
             ("naive_half_spread", lambda x: x > 0, "> 0"),
             ("as_gamma", lambda x: x >= 0, ">= 0"),
         )
-        for name, ok, allowed in ranges:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok(value)):
-                raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
+        check_ranges(self, ranges)
         if self.estimator == "exact" and not self.tq_policy:
             raise ValueError(
                 "tq_only = False; allowed: True with estimator 'exact' (the exact objective "
@@ -868,22 +868,8 @@ def parse_args(argv: list[str] | None = None) -> DiffSimConfig:
         "is a field of train.diffsim.DiffSimConfig (documented there).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    defaults = DiffSimConfig()
-    for field in dataclasses.fields(DiffSimConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if field.name == "init_action":
-            parser.add_argument(
-                flag, type=float, nargs="+", default=None, help="default: the A-S quote"
-            )
-        elif isinstance(default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=" "
-            )
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=" ")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=" ")
+    init_action = {"type": float, "nargs": "+", "default": None, "help": "default: the A-S quote"}
+    add_field_flags(parser, DiffSimConfig, {"init_action": ((), init_action)})
     parser.add_argument(
         "--config",
         type=Path,
@@ -891,18 +877,7 @@ def parse_args(argv: list[str] | None = None) -> DiffSimConfig:
         help="start from the DiffSimConfig fields in this JSON file (a run's "
         "diffsim_config.json); flags given on the command line override them",
     )
-    known, _ = parser.parse_known_args(argv)
-    if known.config is not None:
-        try:
-            base = DiffSimConfig.from_dict(json.loads(known.config.read_text()))
-        except (OSError, ValueError, TypeError) as error:
-            parser.error(f"--config {known.config}: {error}")
-        parser.set_defaults(**base.to_dict())
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DiffSimConfig)}
-    values["hidden_sizes"] = tuple(values["hidden_sizes"])
-    if values["init_action"] is not None:
-        values["init_action"] = tuple(values["init_action"])
+    values, _ = parse_config_flags(parser, DiffSimConfig, argv)
     try:
         return DiffSimConfig(**values).validate()
     except ValueError as error:
