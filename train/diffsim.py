@@ -731,6 +731,44 @@ def _first_reaching(curve: list[dict[str, Any]], level: float, key: str) -> Any:
     return None
 
 
+def _init_seeds(
+    config: DiffSimConfig, problem: Problem, optimizer: optax.GradientTransformation
+) -> tuple[Any, Any, jax.Array]:
+    """Every seed's fresh network, optimiser state and noise stream, stacked over
+    ``config.num_seeds``: seed ``i`` splits ``split(key(seed))[i]`` into its initialisation key
+    and its stream key."""
+    seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(seed_keys)
+    stream_keys = jax.vmap(lambda k: jax.random.split(k)[1])(seed_keys)
+    params = jax.jit(jax.vmap(problem.init))(init_keys)
+    streams = jax.vmap(market.stream_key)(stream_keys)
+    opt_state = jax.vmap(optimizer.init)(params)
+    return params, opt_state, streams
+
+
+def _progress_entry(
+    done: int,
+    steps_per_iteration: int,
+    train_seconds: float,
+    rewards_now: np.ndarray,
+    exact_now: np.ndarray | None,
+    optimum: float,
+) -> dict[str, Any]:
+    """One ``progress_evals`` entry after ``done`` iterations: the seeds' Monte Carlo rewards
+    ``rewards_now`` and exact rewards ``exact_now`` (``None`` without an exact objective), the
+    latter also as a fraction of the ``optimum``."""
+    return {
+        "iteration": done,
+        "env_steps": done * steps_per_iteration,
+        "train_seconds": train_seconds,
+        "mean_reward": rewards_now.tolist(),
+        "exact_reward": None if exact_now is None else exact_now.tolist(),
+        "exact_fraction_of_optimum": (
+            None if exact_now is None else float(np.mean(exact_now) / optimum)
+        ),
+    }
+
+
 def train_run(config: DiffSimConfig) -> dict[str, Any]:
     """Train ``config.num_seeds`` seeds, evaluate with ``train.evaluate``, and write
     ``out_dir/name/`` (module docstring). Returns the ``metrics.json`` payload."""
@@ -742,13 +780,8 @@ def train_run(config: DiffSimConfig) -> dict[str, Any]:
     evaluate.write_json(run_dir / "diffsim_config.json", config.to_dict())
     evaluate.write_json(run_dir / "config.json", ppo_config.to_dict())
 
-    seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-    init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(seed_keys)
-    stream_keys = jax.vmap(lambda k: jax.random.split(k)[1])(seed_keys)
-    params = jax.jit(jax.vmap(problem.init))(init_keys)
-    streams = jax.vmap(market.stream_key)(stream_keys)
     optimizer = make_optimizer(config)
-    opt_state = jax.vmap(optimizer.init)(params)
+    params, opt_state, streams = _init_seeds(config, problem, optimizer)
     run_chunk = make_chunk_runner(config, problem, optimizer)
     deployed = _Deployed(problem, config.num_seeds)
     progress_eval = evaluate.make_progress_evaluator(ppo_config, deployed, *market_env(ppo_config))
@@ -780,17 +813,11 @@ def train_run(config: DiffSimConfig) -> dict[str, Any]:
         done += length
         rewards_now = progress_eval(params)
         exact_now = None if exact_eval is None else np.asarray(exact_eval(params), np.float64)
-        entry = {
-            "iteration": done,
-            "env_steps": done * steps_per_iteration,
-            "train_seconds": train_seconds,
-            "mean_reward": rewards_now.tolist(),
-            "exact_reward": None if exact_now is None else exact_now.tolist(),
-            "exact_fraction_of_optimum": (
-                None if exact_now is None else float(np.mean(exact_now) / optimum)
-            ),
-        }
-        curve.append(entry)
+        curve.append(
+            _progress_entry(
+                done, steps_per_iteration, train_seconds, rewards_now, exact_now, optimum
+            )
+        )
         extra = f"eval reward {np.mean(rewards_now):.3f}"
         if exact_now is not None:
             extra += f", exact {np.mean(exact_now):.3f} / optimum {optimum:.3f}"
@@ -844,15 +871,14 @@ def _plot_curve(path: Path, payload: dict[str, Any], optimum: float) -> None:
         ax.plot(iterations, exact.mean(axis=1), "s-", color="tab:green", label="exact (seeds)")
     ax.axhline(optimum, color="black", ls="--", lw=1.2, label=f"optimum {optimum:.2f}")
     config = payload["diffsim_config"]
-    ax.set(
+    evaluate.save_curve_figure(
+        fig,
+        ax,
+        path,
         xlabel="iteration",
         ylabel="expected episode reward",
         title=f"diffsim/{config['estimator']}, phi={config['phi']}",
     )
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
