@@ -935,7 +935,10 @@ def _apply_fills(
     extensions = {}
     fee_inc = None
     if params.has_fees:
-        fee_inc = _fee_increment(bid_fill, ask_fill, bid_depth, ask_depth, market_order, params)
+        bid_rate, ask_rate = fee_rates(bid_depth, ask_depth, params)
+        fee_inc = bid_fill * bid_rate + ask_fill * ask_rate
+        if market_order is not None and params.taker_fee is not None:
+            fee_inc = fee_inc + jnp.abs(market_order) * params.taker_fee
         pnl_inc = pnl_inc - fee_inc
         extensions["fees"] = state.fees + fee_inc
     if params.vol_model == "heston":
@@ -1066,23 +1069,6 @@ def _next_mid(
             move = move + jump_sum(noise, params)
         next_mid = mid + move
     return next_mid, shock
-
-
-def _fee_increment(
-    bid_fill: jax.Array,
-    ask_fill: jax.Array,
-    bid_depth: jax.Array,
-    ask_depth: jax.Array,
-    market_order: jax.Array | None,
-    params: MarketParams,
-) -> jax.Array:
-    """The step's fees (price units; negative: a rebate): the maker rate of each fill's side
-    (``fee_rates``) times its units, plus ``|m| taker_fee`` for a market order."""
-    bid_rate, ask_rate = fee_rates(bid_depth, ask_depth, params)
-    fee_inc = bid_fill * bid_rate + ask_fill * ask_rate
-    if market_order is not None and params.taker_fee is not None:
-        fee_inc = fee_inc + jnp.abs(market_order) * params.taker_fee
-    return fee_inc
 
 
 def _heston_variance(
