@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,6 +27,7 @@ __all__ = [
     "MO_OFF",
     "TASKS",
     "PPOConfig",
+    "add_config_flag",
     "add_field_flags",
     "agent_spec",
     "check_choices",
@@ -506,10 +508,22 @@ def add_field_flags(
             parser.add_argument(flag, type=type(default), default=default, help=text)
 
 
+def add_config_flag(parser: argparse.ArgumentParser, cls: type, example: str) -> None:
+    """The ``--config FILE`` option ``parse_config_flags`` reads: a JSON file of ``cls``
+    fields (``example``: which file of a run, for the help) that flags override."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"start from the {cls.__name__} fields in this JSON file ({example}); flags given "
+        "on the command line override them",
+    )
+
+
 def parse_config_flags(
     parser: argparse.ArgumentParser, cls: type, argv: list[str] | None
 ) -> tuple[dict[str, Any], argparse.Namespace]:
-    """Parse ``argv`` with the flags of ``add_field_flags`` and a ``--config FILE`` option:
+    """Parse ``argv`` with the flags of ``add_field_flags`` and ``add_config_flag``:
     the JSON file's fields (``cls.from_dict``) become the defaults, flags override them.
     Returns ``(values, args)``: ``values`` the field values (lists as tuples), ready for
     ``cls(**values)``; a bad file is a parser error."""

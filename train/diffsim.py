@@ -67,6 +67,7 @@ from train import checkpoint, evaluate
 from train.config import (
     FEATURES,
     PPOConfig,
+    add_config_flag,
     add_field_flags,
     agent_spec,
     check_choices,
@@ -896,13 +897,7 @@ def parse_args(argv: list[str] | None = None) -> DiffSimConfig:
     )
     init_action = {"type": float, "nargs": "+", "default": None, "help": "default: the A-S quote"}
     add_field_flags(parser, DiffSimConfig, {"init_action": ((), init_action)})
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="start from the DiffSimConfig fields in this JSON file (a run's "
-        "diffsim_config.json); flags given on the command line override them",
-    )
+    add_config_flag(parser, DiffSimConfig, "a run's diffsim_config.json")
     values, _ = parse_config_flags(parser, DiffSimConfig, argv)
     try:
         return DiffSimConfig(**values).validate()

@@ -47,7 +47,14 @@ from flax import struct
 
 from jaxmm import devices as device_lib
 from train import checkpoint, evaluate
-from train.config import PPOConfig, add_field_flags, agent_spec, market_env, parse_config_flags
+from train.config import (
+    PPOConfig,
+    add_config_flag,
+    add_field_flags,
+    agent_spec,
+    market_env,
+    parse_config_flags,
+)
 from train.networks import Agent, AgentSpec, ObsNorm, policy_distribution, squash
 
 __all__ = [
@@ -804,13 +811,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
         help="instead of training, measure training steps/s for these numbers of parallel "
         "seeds (default 1 8 64); writes OUT_DIR/NAME/benchmark.json",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="start from the PPOConfig fields in this JSON file (for example a run's "
-        "config.json, to rerun it); flags given on the command line override them",
-    )
+    add_config_flag(parser, PPOConfig, "for example a run's config.json, to rerun it")
     values, args = parse_config_flags(parser, PPOConfig, argv)
     try:
         config = PPOConfig(**values).validate()
