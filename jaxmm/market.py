@@ -921,53 +921,14 @@ def _apply_fills(
     code. With order sizes they are multiplied here by the incoming order's size, clipped to the
     room left under ``q_max``; ``state`` and the depths are those after ``_acting_quotes``.
     """
-    dtype = float_dtype()
-    dt = params.dt
     noise = extension_noise(noise, params)
-    mid, inventory = state.mid, state.inventory
-    if params.order_size != "unit":
-        bid_size, ask_size = order_sizes(noise, params)
-        bid_fill = bid_fill * jnp.minimum(bid_size, params.q_max - inventory)
-        ask_fill = ask_fill * jnp.minimum(ask_size, params.q_max + inventory)
-    next_inventory = inventory + bid_fill - ask_fill
-    # where(), not fill * depth alone: an unquoted side has depth +inf and 0 * inf is NaN.
-    spread_inc = jnp.where(bid_fill > 0, bid_fill * bid_depth, 0.0) + jnp.where(
-        ask_fill > 0, ask_fill * ask_depth, 0.0
+    bid_fill, ask_fill = _sized_fills(bid_fill, ask_fill, state.inventory, noise, params)
+    next_inventory = state.inventory + bid_fill - ask_fill
+    spread_inc, jump, mo_cost_inc = _trade_cash(
+        bid_fill, ask_fill, bid_depth, ask_depth, market_order, params
     )
-
-    mo_cost_inc = None
-    jump = params.adverse_selection * (ask_fill - bid_fill)
-    if market_order is not None:
-        mo_cost_inc = jnp.abs(market_order) * params.mo_cost
-        spread_inc = spread_inc - mo_cost_inc  # a trade at depth -mo_cost
-        if params.mo_permanent_impact is not None:
-            jump = jump + params.mo_permanent_impact * market_order
-    sigma = volatility(state, params)
-    sqrt_dt = jnp.sqrt(jnp.asarray(dt, dtype))
-    if params.price_model == "binary":
-        shock = jnp.where(noise.u_mid < 0.5, -1.0, 1.0).astype(dtype)
-    else:
-        shock = normal_from_uniform(noise.u_mid)
-    if params.price_model == "geometric":
-        log_return = (params.mu - 0.5 * sigma**2) * dt + sigma * sqrt_dt * shock
-        if params.jump_model != "none":
-            log_return = log_return + jump_sum(noise, params)
-        next_mid = (mid + jump) * jnp.exp(log_return)
-    elif params.price_model == "ou":  # exact Ornstein-Uhlenbeck step (see MarketParams)
-        level = params.S0 if params.ou_level is None else params.ou_level
-        decay = jnp.exp(-params.ou_rate * dt)
-        spread = jnp.sqrt(-jnp.expm1(-2.0 * params.ou_rate * dt) / (2.0 * params.ou_rate))
-        next_mid = level + (mid + jump - level) * decay + sigma * spread * shock
-        if params.jump_model != "none":
-            next_mid = next_mid + jump_sum(noise, params)
-    else:
-        move = jump + params.mu * dt + sigma * sqrt_dt * shock
-        if params.alpha_model != "none":
-            move = move + state.alpha * dt
-        if params.jump_model != "none":
-            move = move + jump_sum(noise, params)
-        next_mid = mid + move
-    mid_change = next_mid - mid  # the rounded change: mid path and PnL stay consistent
+    next_mid, shock = _next_mid(state, jump, noise, params)
+    mid_change = next_mid - state.mid  # the rounded change: mid path and PnL stay consistent
     inventory_inc = next_inventory * mid_change
     pnl_inc = spread_inc + inventory_inc
 
@@ -981,29 +942,13 @@ def _apply_fills(
         pnl_inc = pnl_inc - fee_inc
         extensions["fees"] = state.fees + fee_inc
     if params.vol_model == "heston":
-        variance = state.variance
-        positive = jnp.maximum(variance, 0.0)
-        rho = jnp.asarray(params.rho_v, dtype)
-        z_vol = rho * shock + jnp.sqrt(1.0 - rho * rho) * normal_from_uniform(noise.u_vol)
-        extensions["variance"] = (
-            variance
-            + params.kappa_v * (params.theta_v - positive) * dt
-            + params.xi_v * jnp.sqrt(positive * dt) * z_vol
-        )
+        extensions["variance"] = _heston_variance(state.variance, shock, noise, params)
     if params.alpha_model != "none":
         extensions["alpha"] = alpha_transition(state.alpha, noise.u_alpha, params)
-    if params.arrival_model == "hawkes":  # e' = e exp(-beta dt) + self N_same + cross N_other
+    if params.arrival_model == "hawkes":
         bid_arrivals, ask_arrivals = hawkes_arrivals(state, noise, params)
-        decay = jnp.exp(-params.hawkes_decay * dt)
-        extensions["bid_excitation"] = (
-            state.bid_excitation * decay
-            + params.hawkes_self * bid_arrivals
-            + params.hawkes_cross * ask_arrivals
-        )
-        extensions["ask_excitation"] = (
-            state.ask_excitation * decay
-            + params.hawkes_self * ask_arrivals
-            + params.hawkes_cross * bid_arrivals
+        extensions["bid_excitation"], extensions["ask_excitation"] = _hawkes_excitation(
+            state, bid_arrivals, ask_arrivals, params
         )
     next_pnl = state.pnl + pnl_inc
     if params.loss_limit is not None:
@@ -1039,6 +984,128 @@ def _apply_fills(
     if params.arrival_model == "hawkes":
         info = info.replace(bid_arrivals=bid_arrivals, ask_arrivals=ask_arrivals)
     return next_state, info
+
+
+def _sized_fills(
+    bid_fill: jax.Array,
+    ask_fill: jax.Array,
+    inventory: jax.Array,
+    noise: Noise,
+    params: MarketParams,
+) -> tuple[jax.Array, jax.Array]:
+    """The units filled per side: the 0/1 (or fractional) fills times the incoming order's
+    size, clipped to the room left under ``q_max`` (``order_size != "unit"``); unchanged with
+    unit orders. ``noise`` carries the extension uniforms (``extension_noise``)."""
+    if params.order_size == "unit":
+        return bid_fill, ask_fill
+    bid_size, ask_size = order_sizes(noise, params)
+    bid_fill = bid_fill * jnp.minimum(bid_size, params.q_max - inventory)
+    ask_fill = ask_fill * jnp.minimum(ask_size, params.q_max + inventory)
+    return bid_fill, ask_fill
+
+
+def _trade_cash(
+    bid_fill: jax.Array,
+    ask_fill: jax.Array,
+    bid_depth: jax.Array,
+    ask_depth: jax.Array,
+    market_order: jax.Array | None,
+    params: MarketParams,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The step's trades: ``(spread_inc, jump, mo_cost_inc)``, price units.
+
+    ``spread_inc`` is the cash earned against the mid (fills times depths, less the market
+    order's cost ``|m| mo_cost``); ``jump`` the mid's move caused by the trades (adverse
+    selection ``(ask_fill - bid_fill) adverse_selection`` plus the market order's permanent
+    impact); ``mo_cost_inc`` the market order's cost (``None`` without market orders).
+    """
+    # where(), not fill * depth alone: an unquoted side has depth +inf and 0 * inf is NaN.
+    spread_inc = jnp.where(bid_fill > 0, bid_fill * bid_depth, 0.0) + jnp.where(
+        ask_fill > 0, ask_fill * ask_depth, 0.0
+    )
+    mo_cost_inc = None
+    jump = params.adverse_selection * (ask_fill - bid_fill)
+    if market_order is not None:
+        mo_cost_inc = jnp.abs(market_order) * params.mo_cost
+        spread_inc = spread_inc - mo_cost_inc  # a trade at depth -mo_cost
+        if params.mo_permanent_impact is not None:
+            jump = jump + params.mo_permanent_impact * market_order
+    return spread_inc, jump, mo_cost_inc
+
+
+def _next_mid(
+    state: MarketState, jump: jax.Array, noise: Noise, params: MarketParams
+) -> tuple[jax.Array, jax.Array]:
+    """The mid after one step of the price model, ``(next_mid, shock)``: ``shock`` is the
+    step's standard normal (``price_model="binary"``: the +-1 coin) drawn from ``noise.u_mid``,
+    which the Heston variance reuses; ``jump`` (price units) moves the mid before the diffusion.
+    """
+    dtype = float_dtype()
+    dt = params.dt
+    mid = state.mid
+    sigma = volatility(state, params)
+    sqrt_dt = jnp.sqrt(jnp.asarray(dt, dtype))
+    if params.price_model == "binary":
+        shock = jnp.where(noise.u_mid < 0.5, -1.0, 1.0).astype(dtype)
+    else:
+        shock = normal_from_uniform(noise.u_mid)
+    if params.price_model == "geometric":
+        log_return = (params.mu - 0.5 * sigma**2) * dt + sigma * sqrt_dt * shock
+        if params.jump_model != "none":
+            log_return = log_return + jump_sum(noise, params)
+        next_mid = (mid + jump) * jnp.exp(log_return)
+    elif params.price_model == "ou":  # exact Ornstein-Uhlenbeck step (see MarketParams)
+        level = params.S0 if params.ou_level is None else params.ou_level
+        decay = jnp.exp(-params.ou_rate * dt)
+        spread = jnp.sqrt(-jnp.expm1(-2.0 * params.ou_rate * dt) / (2.0 * params.ou_rate))
+        next_mid = level + (mid + jump - level) * decay + sigma * spread * shock
+        if params.jump_model != "none":
+            next_mid = next_mid + jump_sum(noise, params)
+    else:
+        move = jump + params.mu * dt + sigma * sqrt_dt * shock
+        if params.alpha_model != "none":
+            move = move + state.alpha * dt
+        if params.jump_model != "none":
+            move = move + jump_sum(noise, params)
+        next_mid = mid + move
+    return next_mid, shock
+
+
+def _heston_variance(
+    variance: jax.Array, shock: jax.Array, noise: Noise, params: MarketParams
+) -> jax.Array:
+    """The Heston variance's full-truncation Euler step: ``v + kappa (theta - v+) dt
+    + xi sqrt(v+ dt) Z_v`` with ``Z_v = rho shock + sqrt(1 - rho^2) Z(u_vol)`` correlated with
+    the mid's ``shock``."""
+    dtype = float_dtype()
+    dt = params.dt
+    positive = jnp.maximum(variance, 0.0)
+    rho = jnp.asarray(params.rho_v, dtype)
+    z_vol = rho * shock + jnp.sqrt(1.0 - rho * rho) * normal_from_uniform(noise.u_vol)
+    return (
+        variance
+        + params.kappa_v * (params.theta_v - positive) * dt
+        + params.xi_v * jnp.sqrt(positive * dt) * z_vol
+    )
+
+
+def _hawkes_excitation(
+    state: MarketState, bid_arrivals: jax.Array, ask_arrivals: jax.Array, params: MarketParams
+) -> tuple[jax.Array, jax.Array]:
+    """The Hawkes excitations after the step's arrivals, ``(bid, ask)`` per time unit:
+    ``e' = e exp(-beta dt) + self N_same + cross N_other``."""
+    decay = jnp.exp(-params.hawkes_decay * params.dt)
+    bid_excitation = (
+        state.bid_excitation * decay
+        + params.hawkes_self * bid_arrivals
+        + params.hawkes_cross * ask_arrivals
+    )
+    ask_excitation = (
+        state.ask_excitation * decay
+        + params.hawkes_self * ask_arrivals
+        + params.hawkes_cross * bid_arrivals
+    )
+    return bid_excitation, ask_excitation
 
 
 def alpha_transition(alpha: jax.Array, u_alpha: jax.Array, params: MarketParams) -> jax.Array:

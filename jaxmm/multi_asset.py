@@ -65,7 +65,14 @@ from flax import struct
 from jaxmm import linalg, market, policies, validation
 from jaxmm.market import MarketState, Quotes
 from jaxmm.params import MarketParams
-from jaxmm.simulation import Paths, Rollout, Running, equal_chunks, path_outputs
+from jaxmm.simulation import (
+    Paths,
+    Rollout,
+    Running,
+    equal_chunks,
+    path_outputs,
+    paths_from_outputs,
+)
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -344,9 +351,7 @@ def per_asset(policy: Callable) -> PerAsset:
 
     ``per_asset(mm.policies.avellaneda_stoikov(gamma))`` is "quoting each asset alone".
     """
-    if not callable(policy):
-        raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
-    return PerAsset(policy=policies.as_pytree(policy))
+    return PerAsset(policy=policies.checked_pytree(policy))
 
 
 @struct.dataclass
@@ -644,23 +649,7 @@ def _scan_body(
 def _assemble_paths(state: MarketState, per_step) -> tuple[Paths, jax.Array]:
     """``(Paths, pnl_path)`` from the scan's per-step outputs (``[N, n_assets, n]`` each) and
     the initial ``state``: paths ``[n, n_assets, N (+ 1)]``, portfolio PnL ``[n, N + 1]``."""
-    # per step [N, n_assets, n] -> [n, n_assets, N]
-    mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (
-        jnp.transpose(x, (2, 1, 0)) for x in per_step
-    )
-
-    def with_start(start: jax.Array, rest: jax.Array) -> jax.Array:
-        return jnp.concatenate([start.T[..., None], rest], axis=-1)
-
-    path_data = Paths(
-        mid=with_start(state.mid, mid),
-        inventory=with_start(state.inventory, inventory),
-        pnl=with_start(state.pnl, pnl),
-        bid=bid,
-        ask=ask,
-        bid_fill=bid_fill,
-        ask_fill=ask_fill,
-    )
+    path_data = paths_from_outputs(state, per_step)  # [N, n_assets, n] -> [n, n_assets, N]
     return path_data, jnp.sum(path_data.pnl, axis=1)
 
 
@@ -730,11 +719,9 @@ def simulate_multi(
     if not isinstance(params, MultiAssetParams):
         raise TypeError(f"expected MultiAssetParams (see make_params), got {type(params).__name__}")
     params.validate()
-    if not callable(policy):
-        raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
+    policy = policies.checked_pytree(policy)
     n_chunks, chunk = equal_chunks(n_episodes, chunk_size, DEFAULT_CHUNK)
     streams = asset_streams(key, params.n_assets)
-    policy = policies.as_pytree(policy)
     results = []
     for index in range(n_chunks):
         start = index * chunk

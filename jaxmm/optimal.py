@@ -166,6 +166,25 @@ def _tridiagonal(diagonal: jax.Array, off: float) -> jax.Array:
     return jnp.diag(diagonal) + off * (jnp.eye(n, k=1) + jnp.eye(n, k=-1))
 
 
+def _quadratic_log_value(
+    times: np.ndarray,
+    T: float,
+    inventories: np.ndarray,
+    curvature: float,
+    coupling: float,
+    terminal_curvature: float,
+) -> np.ndarray:
+    """``log v(t)`` at each grid time, ``f64[n_t, n_q]``: ``v(t) = expm(M (T - t)) v(T)`` for
+    the tridiagonal ``M`` with ``-curvature q^2`` on the diagonal and ``coupling`` beside it,
+    ``v_q(T) = exp(-terminal_curvature q^2)`` (``_log_propagate``, in float64).
+    The linear system behind the GLFT and Cartea-Jaimungal closed forms."""
+    with jax.enable_x64(True):
+        q = jnp.asarray(inventories, jnp.float64)
+        generator = _tridiagonal(-curvature * q**2, coupling)
+        gaps = np.diff(np.append(times, T))
+        return np.asarray(_log_propagate(generator, -terminal_curvature * q**2, gaps))
+
+
 def _time_grid(T: float, n_steps: int) -> np.ndarray:
     return np.arange(n_steps + 1) * (T / n_steps)
 
@@ -207,13 +226,9 @@ def glft(
     terminal_penalty = validation.nonnegative("terminal_penalty", terminal_penalty)
     times = _time_grid(T, n_steps)
     inventories = np.arange(-q_max, q_max + 1)
-    with jax.enable_x64(True):
-        q = jnp.asarray(inventories, jnp.float64)
-        alpha = k * gamma * sigma**2 / 2.0
-        eta = A * (1.0 + gamma / k) ** (-(1.0 + k / gamma))
-        generator = _tridiagonal(-alpha * q**2, eta)
-        gaps = np.diff(np.append(times, T))
-        log_v = np.asarray(_log_propagate(generator, -k * terminal_penalty * q**2, gaps))
+    alpha = k * gamma * sigma**2 / 2.0
+    eta = A * (1.0 + gamma / k) ** (-(1.0 + k / gamma))
+    log_v = _quadratic_log_value(times, T, inventories, alpha, eta, k * terminal_penalty)
     base = math.log1p(gamma / k) / gamma
     bid = (log_v - np.roll(log_v, -1, axis=1)) / k + base
     ask = (log_v - np.roll(log_v, 1, axis=1)) / k + base
@@ -298,11 +313,7 @@ def cartea_jaimungal(
     q_max, T, n_steps = _check_grid(q_max, T, n_steps)
     times = _time_grid(T, n_steps)
     inventories = np.arange(-q_max, q_max + 1)
-    with jax.enable_x64(True):
-        q = jnp.asarray(inventories, jnp.float64)
-        generator = _tridiagonal(-phi * k * q**2, A / math.e)
-        gaps = np.diff(np.append(times, T))
-        h = np.asarray(_log_propagate(generator, -alpha * k * q**2, gaps)) / k
+    h = _quadratic_log_value(times, T, inventories, phi * k, A / math.e, alpha * k) / k
     bid = 1.0 / k - (np.roll(h, -1, axis=1) - h)
     ask = 1.0 / k - (np.roll(h, 1, axis=1) - h)
     bid, ask = _mask_bounds(bid, ask)

@@ -538,19 +538,21 @@ def _validate_hawkes(params: MarketParams) -> None:
     values = [_concrete(getattr(params, name)) for name in (*_HAWKES_FIELDS, "T")]
     if any(value is None for value in values):
         return  # traced inside jit: validated at the boundary
+    excitation = (
+        f"MarketParams.hawkes_self + hawkes_cross = {values[1] + values[2]} with "
+        f"hawkes_decay = {values[0]}"
+    )
     branching = hawkes_branching_ratio(params)
     if np.any(branching >= 1):
         raise ValueError(
-            f"MarketParams.hawkes_self + hawkes_cross = {values[1] + values[2]} with "
-            f"hawkes_decay = {values[0]} gives a branching ratio (hawkes_self + hawkes_cross) "
-            f"/ hawkes_decay = {np.max(branching):.6g}; allowed: < 1 (a stationary flow)"
+            f"{excitation} gives a branching ratio (hawkes_self + hawkes_cross) / hawkes_decay "
+            f"= {np.max(branching):.6g}; allowed: < 1 (a stationary flow)"
         )
     discrete = hawkes_discrete_branching_ratio(params)
     if np.any(discrete >= 1):
         raise ValueError(
-            f"MarketParams.hawkes_self + hawkes_cross = {values[1] + values[2]} with "
-            f"hawkes_decay = {values[0]} and dt = T / n_steps gives a discrete-time branching "
-            f"ratio (hawkes_self + hawkes_cross) dt / (1 - exp(-hawkes_decay dt)) = "
+            f"{excitation} and dt = T / n_steps gives a discrete-time branching ratio "
+            f"(hawkes_self + hawkes_cross) dt / (1 - exp(-hawkes_decay dt)) = "
             f"{np.max(discrete):.6g}; allowed: < 1 (the stepped chain is stationary; use more "
             "steps or a lower excitation)"
         )

@@ -31,6 +31,7 @@ __all__ = [
     "alpha_table",
     "as_pytree",
     "avellaneda_stoikov",
+    "checked_pytree",
     "glft",
     "log1p_ratio",
     "symmetric",
@@ -184,6 +185,14 @@ def as_pytree(policy: Any) -> Any:
     return policy
 
 
+def checked_pytree(policy: Any) -> Any:
+    """``as_pytree(policy)`` once ``policy`` is known to be callable (``TypeError`` if not):
+    how the simulators take a policy, before anything is compiled."""
+    if not callable(policy):
+        raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
+    return as_pytree(policy)
+
+
 @struct.dataclass
 class Table:
     """Quotes read from a (time, inventory) table; see ``table``."""
@@ -203,6 +212,27 @@ class Table:
         return Quotes(bid_depth=self.bid_depth[row, column], ask_depth=self.ask_depth[row, column])
 
 
+def _depth_array(depth: Any, shape: tuple[int, ...], name: str) -> jax.Array:
+    """A solution's depth table in the market's float dtype, NaN (not quoted) as ``+inf``;
+    ``ValueError`` naming ``name`` unless its shape is ``shape``."""
+    depth = np.asarray(depth, np.float64)
+    if depth.shape != shape:
+        raise ValueError(f"{name} has shape {depth.shape}; expected {shape}")
+    return jnp.asarray(np.where(np.isnan(depth), np.inf, depth), jnp.zeros(()).dtype)
+
+
+def _grids(solution: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A solution's ``(times f64[n_t], inventories int[n_q])``, checked: increasing times and
+    consecutive integer inventories, at least two of each."""
+    inventories = np.asarray(solution.inventories)
+    if inventories.ndim != 1 or inventories.size < 2 or np.any(np.diff(inventories) != 1):
+        raise ValueError("solution.inventories must be consecutive integers (at least two)")
+    times = np.asarray(solution.times, np.float64)
+    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
+        raise ValueError("solution.times must be increasing (at least two grid times)")
+    return times, inventories
+
+
 def table(solution: Any) -> Table:
     """Wrap a solver's ``QuoteTable`` (``mm.optimal.*``) as a policy.
 
@@ -211,26 +241,12 @@ def table(solution: Any) -> Table:
     current inventory; inventories beyond the table use its edge column. NaN entries (a side
     the solution does not quote, e.g. the bid at ``q_max``) become depth ``+inf``: no fill.
     """
-    inventories = np.asarray(solution.inventories)
-    if inventories.ndim != 1 or inventories.size < 2 or np.any(np.diff(inventories) != 1):
-        raise ValueError("solution.inventories must be consecutive integers (at least two)")
-    times = np.asarray(solution.times, np.float64)
-    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
-        raise ValueError("solution.times must be increasing (at least two grid times)")
-    dtype = jnp.zeros(()).dtype
-
-    def quotes(depth: Any) -> jax.Array:
-        depth = np.asarray(depth, np.float64)
-        if depth.shape != (times.size, inventories.size):
-            raise ValueError(
-                f"depth table has shape {depth.shape}; expected {(times.size, inventories.size)}"
-            )
-        return jnp.asarray(np.where(np.isnan(depth), np.inf, depth), dtype)
-
+    times, inventories = _grids(solution)
+    shape = (times.size, inventories.size)
     return Table(
-        times=jnp.asarray(times, dtype),
-        bid_depth=quotes(solution.bid_depth),
-        ask_depth=quotes(solution.ask_depth),
+        times=jnp.asarray(times, jnp.zeros(()).dtype),
+        bid_depth=_depth_array(solution.bid_depth, shape, "depth table"),
+        ask_depth=_depth_array(solution.ask_depth, shape, "depth table"),
         q_min=int(inventories[0]),
     )
 
@@ -276,23 +292,6 @@ class AlphaTable:
             bid_depth=self.bid_depth[row, column, cell],
             ask_depth=self.ask_depth[row, column, cell],
         )
-
-
-def _depth_array(depth: Any, shape: tuple[int, ...], name: str) -> jax.Array:
-    depth = np.asarray(depth, np.float64)
-    if depth.shape != shape:
-        raise ValueError(f"{name} has shape {depth.shape}; expected {shape}")
-    return jnp.asarray(np.where(np.isnan(depth), np.inf, depth), jnp.zeros(()).dtype)
-
-
-def _grids(solution: Any) -> tuple[np.ndarray, np.ndarray]:
-    inventories = np.asarray(solution.inventories)
-    if inventories.ndim != 1 or inventories.size < 2 or np.any(np.diff(inventories) != 1):
-        raise ValueError("solution.inventories must be consecutive integers (at least two)")
-    times = np.asarray(solution.times, np.float64)
-    if times.ndim != 1 or times.size < 2 or np.any(np.diff(times) <= 0):
-        raise ValueError("solution.times must be increasing (at least two grid times)")
-    return times, inventories
 
 
 def alpha_table(solution: Any) -> AlphaTable:

@@ -45,6 +45,7 @@ __all__ = [
     "equal_chunks",
     "initial_states",
     "path_outputs",
+    "paths_from_outputs",
     "plan_chunks",
     "rollout",
     "simulate",
@@ -175,6 +176,27 @@ def path_outputs(
     )
 
 
+def paths_from_outputs(state: MarketState, per_step: tuple[jax.Array, ...]) -> Paths:
+    """``Paths`` from the scan's stacked ``path_outputs`` (each ``[N, *batch]``, time first) and
+    the initial ``state`` (``[*batch]`` fields): every array's axes reversed, so time comes last
+    (``[n, N]``; ``multi_asset``: ``[n, n_assets, N]``), the levels with their start prepended
+    (``N + 1`` points)."""
+    mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (x.T for x in per_step)
+
+    def with_start(start: jax.Array, rest: jax.Array) -> jax.Array:
+        return jnp.concatenate([start.T[..., None], rest], axis=-1)
+
+    return Paths(
+        mid=with_start(state.mid, mid),
+        inventory=with_start(state.inventory, inventory),
+        pnl=with_start(state.pnl, pnl),
+        bid=bid,
+        ask=ask,
+        bid_fill=bid_fill,
+        ask_fill=ask_fill,
+    )
+
+
 # Batch layout of the vmapped state. The time index is shared by all episodes: unbatched. The
 # ring buffers are stored [history_window, n] so that a step writes one contiguous row instead
 # of one element in every episode's row.
@@ -271,22 +293,7 @@ def rollout(
 
     start = (state, running, market.counter_words(stream, episodes, state.t))
     (final, running, _), per_step = jax.lax.scan(body, start, None, length=params.n_steps)
-    path_data = None
-    if paths:
-        mid, inventory, pnl, bid, ask, bid_fill, ask_fill = (x.T for x in per_step)
-
-        def with_start(start: jax.Array, rest: jax.Array) -> jax.Array:
-            return jnp.concatenate([start[:, None], rest], axis=1)
-
-        path_data = Paths(
-            mid=with_start(state.mid, mid),
-            inventory=with_start(state.inventory, inventory),
-            pnl=with_start(state.pnl, pnl),
-            bid=bid,
-            ask=ask,
-            bid_fill=bid_fill,
-            ask_fill=ask_fill,
-        )
+    path_data = paths_from_outputs(state, per_step) if paths else None
     mean_spread = running.mean_spread()
     return Rollout(
         pnl=final.pnl,
@@ -422,12 +429,10 @@ def simulate(
         A ``Rollout`` of per-episode results (see ``jaxmm.metrics.summarize``).
     """
     params.validate()
-    if not callable(policy):
-        raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
+    policy = policies.checked_pytree(policy)
     mesh = episode_mesh(devices)
     n_chunks, chunk = plan_chunks(n_episodes, chunk_size, 1 if mesh is None else mesh.size)
     stream = market.stream_key(key)
-    policy = policies.as_pytree(policy)
     run = _compiled_runner(mesh, paths)
 
     results = []

@@ -400,14 +400,12 @@ def stream_statistics(
     Arguments as in ``simulate_summary``.
     """
     params.validate()
-    if not callable(policy):
-        raise TypeError(f"policy must be callable (obs, params) -> Quotes, got {policy!r}")
+    policy = policies.checked_pytree(policy)
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or not 16 <= n_bins <= 2**22:
         raise ValueError(f"n_bins = {n_bins!r}; allowed: an integer in [16, 2**22]")
     mesh = episode_mesh(devices)
     n_chunks, chunk = plan_chunks(n_episodes, chunk_size, 1 if mesh is None else mesh.size)
     stream = market.stream_key(key)
-    policy = policies.as_pytree(policy)
     program = _chunk_program(mesh, n_bins)
     total = jnp.uint32(n_episodes)
     statistics = StreamingStatistics(n_steps=params.n_steps)

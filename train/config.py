@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,12 +27,18 @@ __all__ = [
     "MO_OFF",
     "TASKS",
     "PPOConfig",
+    "add_config_flag",
+    "add_field_flags",
     "agent_spec",
+    "check_choices",
+    "check_counts",
+    "check_ranges",
     "config_from_dict",
     "config_to_dict",
     "execution_env",
     "initial_action",
     "market_env",
+    "parse_config_flags",
     "with_hawkes_mean_intensity",
 ]
 
@@ -265,33 +275,17 @@ class PPOConfig:
 
     def validate(self) -> PPOConfig:
         """Raise ``ValueError`` naming the first invalid field; return ``self``."""
-        choices = {
-            "reward": rewards.REWARDS,
-            "features": FEATURES,
-            "action_mode": ACTION_MODES,
-            "activation": tuple(ACTIVATIONS),
-            "fill_model": FILL_MODELS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: one of {allowed}")
-        positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "num_seeds")
-        for name in (*positive_ints, "num_evals", "progress_episodes", "eval_episodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} = {value!r}; allowed: an integer >= 1")
-        if self.eval_episodes < 2:
-            raise ValueError(f"eval_episodes = {self.eval_episodes}; allowed: an integer >= 2")
-        if self.total_timesteps < self.batch_size:
-            raise ValueError(
-                f"total_timesteps = {self.total_timesteps}; allowed: >= num_envs * num_steps "
-                f"= {self.batch_size} (one update)"
-            )
-        if self.batch_size % self.num_minibatches:
-            raise ValueError(
-                f"num_minibatches = {self.num_minibatches}; allowed: a divisor of "
-                f"num_envs * num_steps = {self.batch_size}"
-            )
+        check_choices(
+            self,
+            {
+                "reward": rewards.REWARDS,
+                "features": FEATURES,
+                "action_mode": ACTION_MODES,
+                "activation": tuple(ACTIVATIONS),
+                "fill_model": FILL_MODELS,
+            },
+        )
+        self._validate_budget()
         ranges = (
             ("phi", lambda x: x >= 0, ">= 0"),
             ("learning_rate", lambda x: x > 0, "> 0"),
@@ -308,12 +302,35 @@ class PPOConfig:
             ("as_gamma", lambda x: x >= 0, ">= 0"),
             ("hawkes_mean_intensity", lambda x: x >= 0, ">= 0 (0: the homework's A)"),
         )
-        for name, ok, allowed in ranges:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok(value)):
-                raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
+        check_ranges(self, ranges)
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes = {self.hidden_sizes!r}; allowed: widths >= 1")
+        self._validate_task()
+        self._validate_market()
+        self._validate_run()
+        return self
+
+    def _validate_budget(self) -> None:
+        """The counts and the batch: ``num_envs * num_steps`` divides into minibatches and
+        fits at least once in ``total_timesteps``."""
+        positive_ints = ("num_envs", "num_steps", "update_epochs", "num_minibatches", "num_seeds")
+        check_counts(self, (*positive_ints, "num_evals", "progress_episodes", "eval_episodes"))
+        if self.eval_episodes < 2:
+            raise ValueError(f"eval_episodes = {self.eval_episodes}; allowed: an integer >= 2")
+        if self.total_timesteps < self.batch_size:
+            raise ValueError(
+                f"total_timesteps = {self.total_timesteps}; allowed: >= num_envs * num_steps "
+                f"= {self.batch_size} (one update)"
+            )
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches = {self.num_minibatches}; allowed: a divisor of "
+                f"num_envs * num_steps = {self.batch_size}"
+            )
+
+    def _validate_task(self) -> None:
+        """``task`` and what it rules out (``execution_*`` checked by ``ExecutionParams``),
+        then the random regimes (checked by ``RegimeRandomization``)."""
         if self.task not in TASKS:
             raise ValueError(f"task = {self.task!r}; allowed: one of {TASKS}")
         if self.task == "execution":
@@ -333,6 +350,10 @@ class PPOConfig:
                     "when random_regimes is on (each episode draws its own switch)"
                 )
             self.regimes().validate(market_env(self)[1].max_steps_in_episode)
+
+    def _validate_market(self) -> None:
+        """The market's options (fill shape, alpha, market orders, OU mid, Hawkes flow), most
+        of them by building the market (``MarketParams.validate`` names the field)."""
         if self.fill_shape != "exponential" or self.fill_shape_alpha:
             try:
                 market_env(self)
@@ -353,6 +374,9 @@ class PPOConfig:
                 market_env(self)
             except ValueError as error:  # MarketParams names arrival_model / hawkes_*
                 raise ValueError(f"arrival_model / hawkes_*: {error}") from None
+
+    def _validate_run(self) -> None:
+        """Where the run goes: ``devices``, ``platform`` and ``name``."""
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
             raise ValueError(f"devices = {self.devices!r}; allowed: 0 (auto) or an integer >= 1")
         if self.devices < 0 or (self.devices and self.num_seeds % self.devices):
@@ -364,7 +388,6 @@ class PPOConfig:
             raise ValueError(f"platform = {self.platform!r}; allowed: None or one of {PLATFORMS}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name = {self.name!r}; allowed: a non-empty folder name")
-        return self
 
     def _validate_alpha(self) -> None:
         numbers = {"alpha_rate": self.alpha_rate, "alpha_vol": self.alpha_vol}
@@ -427,6 +450,96 @@ class PPOConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
         return config_from_dict(cls, values)
+
+
+def check_choices(config: Any, choices: dict[str, tuple[str, ...]]) -> None:
+    """``ValueError`` for the first field of ``config`` not among its allowed values
+    (``choices``: field name -> allowed values)."""
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} = {getattr(config, name)!r}; allowed: one of {allowed}")
+
+
+def check_counts(config: Any, names: tuple[str, ...]) -> None:
+    """``ValueError`` for the first of the fields ``names`` of ``config`` that is not an
+    integer >= 1 (booleans refused)."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} = {value!r}; allowed: an integer >= 1")
+
+
+def check_ranges(config: Any, ranges: tuple[tuple[str, Callable[[float], bool], str], ...]) -> None:
+    """``ValueError`` for the first field of ``config`` that is not finite and ``ok``
+    (``ranges``: ``(name, ok, allowed)`` triples, ``allowed`` the range in words)."""
+    for name, ok, allowed in ranges:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
+
+
+def add_field_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    special: dict[str, tuple[tuple[str, ...], dict[str, Any]]] | None = None,
+    help_text: dict[str, str] | None = None,
+) -> None:
+    """One ``--field-name`` flag per field of the config dataclass ``cls``, defaulting to
+    ``cls()``: booleans as ``--x/--no-x``, tuples as ``nargs="+"`` integers, the rest typed as
+    their default. ``special[name] = (more option strings, add_argument keywords)`` replaces
+    a field's flag; ``help_text[name]`` is its help (default: blank)."""
+    special = special or {}
+    help_text = help_text or {}
+    defaults = cls()
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        text = help_text.get(field.name, " ")
+        if field.name in special:
+            aliases, keywords = special[field.name]
+            parser.add_argument(flag, *aliases, **keywords)
+        elif isinstance(default, bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=text
+            )
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=text)
+
+
+def add_config_flag(parser: argparse.ArgumentParser, cls: type, example: str) -> None:
+    """The ``--config FILE`` option ``parse_config_flags`` reads: a JSON file of ``cls``
+    fields (``example``: which file of a run, for the help) that flags override."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"start from the {cls.__name__} fields in this JSON file ({example}); flags given "
+        "on the command line override them",
+    )
+
+
+def parse_config_flags(
+    parser: argparse.ArgumentParser, cls: type, argv: list[str] | None
+) -> tuple[dict[str, Any], argparse.Namespace]:
+    """Parse ``argv`` with the flags of ``add_field_flags`` and ``add_config_flag``:
+    the JSON file's fields (``cls.from_dict``) become the defaults, flags override them.
+    Returns ``(values, args)``: ``values`` the field values (lists as tuples), ready for
+    ``cls(**values)``; a bad file is a parser error."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config is not None:
+        try:
+            base = cls.from_dict(json.loads(known.config.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            parser.error(f"--config {known.config}: {error}")
+        parser.set_defaults(**base.to_dict())
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    if values["init_action"] is not None:
+        values["init_action"] = tuple(values["init_action"])
+    return values, args
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -68,10 +67,16 @@ from train import checkpoint, evaluate
 from train.config import (
     FEATURES,
     PPOConfig,
+    add_config_flag,
+    add_field_flags,
     agent_spec,
+    check_choices,
+    check_counts,
+    check_ranges,
     config_from_dict,
     config_to_dict,
     market_env,
+    parse_config_flags,
 )
 from train.networks import ACTIVATIONS, ObsNorm, policy_distribution, squash
 from train.ppo import Transition, generalized_advantages, ppo_loss
@@ -167,20 +172,19 @@ class DiffSimConfig:
 
     def validate(self) -> DiffSimConfig:
         """Raise ``ValueError`` naming the first invalid field; return ``self``."""
-        choices = {
-            "estimator": ESTIMATORS,
-            "reward": GRADIENT_REWARDS,
-            "features": FEATURES,
-            "activation": tuple(ACTIVATIONS),
-            "fill_model": FILL_MODELS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: one of {allowed}")
-        for name in ("num_iterations", "num_envs", "num_seeds", "num_evals", "progress_episodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} = {value!r}; allowed: an integer >= 1")
+        check_choices(
+            self,
+            {
+                "estimator": ESTIMATORS,
+                "reward": GRADIENT_REWARDS,
+                "features": FEATURES,
+                "activation": tuple(ACTIVATIONS),
+                "fill_model": FILL_MODELS,
+            },
+        )
+        check_counts(
+            self, ("num_iterations", "num_envs", "num_seeds", "num_evals", "progress_episodes")
+        )
         if isinstance(self.eval_episodes, bool) or self.eval_episodes < 2:
             raise ValueError(f"eval_episodes = {self.eval_episodes!r}; allowed: an integer >= 2")
         if self.estimator == "expected" and self.num_envs < 2:
@@ -197,10 +201,7 @@ class DiffSimConfig:
             ("naive_half_spread", lambda x: x > 0, "> 0"),
             ("as_gamma", lambda x: x >= 0, ">= 0"),
         )
-        for name, ok, allowed in ranges:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok(value)):
-                raise ValueError(f"{name} = {value!r}; allowed: {allowed}")
+        check_ranges(self, ranges)
         if self.estimator == "exact" and not self.tq_policy:
             raise ValueError(
                 "tq_only = False; allowed: True with estimator 'exact' (the exact objective "
@@ -731,6 +732,44 @@ def _first_reaching(curve: list[dict[str, Any]], level: float, key: str) -> Any:
     return None
 
 
+def _init_seeds(
+    config: DiffSimConfig, problem: Problem, optimizer: optax.GradientTransformation
+) -> tuple[Any, Any, jax.Array]:
+    """Every seed's fresh network, optimiser state and noise stream, stacked over
+    ``config.num_seeds``: seed ``i`` splits ``split(key(seed))[i]`` into its initialisation key
+    and its stream key."""
+    seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(seed_keys)
+    stream_keys = jax.vmap(lambda k: jax.random.split(k)[1])(seed_keys)
+    params = jax.jit(jax.vmap(problem.init))(init_keys)
+    streams = jax.vmap(market.stream_key)(stream_keys)
+    opt_state = jax.vmap(optimizer.init)(params)
+    return params, opt_state, streams
+
+
+def _progress_entry(
+    done: int,
+    steps_per_iteration: int,
+    train_seconds: float,
+    rewards_now: np.ndarray,
+    exact_now: np.ndarray | None,
+    optimum: float,
+) -> dict[str, Any]:
+    """One ``progress_evals`` entry after ``done`` iterations: the seeds' Monte Carlo rewards
+    ``rewards_now`` and exact rewards ``exact_now`` (``None`` without an exact objective), the
+    latter also as a fraction of the ``optimum``."""
+    return {
+        "iteration": done,
+        "env_steps": done * steps_per_iteration,
+        "train_seconds": train_seconds,
+        "mean_reward": rewards_now.tolist(),
+        "exact_reward": None if exact_now is None else exact_now.tolist(),
+        "exact_fraction_of_optimum": (
+            None if exact_now is None else float(np.mean(exact_now) / optimum)
+        ),
+    }
+
+
 def train_run(config: DiffSimConfig) -> dict[str, Any]:
     """Train ``config.num_seeds`` seeds, evaluate with ``train.evaluate``, and write
     ``out_dir/name/`` (module docstring). Returns the ``metrics.json`` payload."""
@@ -742,13 +781,8 @@ def train_run(config: DiffSimConfig) -> dict[str, Any]:
     evaluate.write_json(run_dir / "diffsim_config.json", config.to_dict())
     evaluate.write_json(run_dir / "config.json", ppo_config.to_dict())
 
-    seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
-    init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(seed_keys)
-    stream_keys = jax.vmap(lambda k: jax.random.split(k)[1])(seed_keys)
-    params = jax.jit(jax.vmap(problem.init))(init_keys)
-    streams = jax.vmap(market.stream_key)(stream_keys)
     optimizer = make_optimizer(config)
-    opt_state = jax.vmap(optimizer.init)(params)
+    params, opt_state, streams = _init_seeds(config, problem, optimizer)
     run_chunk = make_chunk_runner(config, problem, optimizer)
     deployed = _Deployed(problem, config.num_seeds)
     progress_eval = evaluate.make_progress_evaluator(ppo_config, deployed, *market_env(ppo_config))
@@ -780,17 +814,11 @@ def train_run(config: DiffSimConfig) -> dict[str, Any]:
         done += length
         rewards_now = progress_eval(params)
         exact_now = None if exact_eval is None else np.asarray(exact_eval(params), np.float64)
-        entry = {
-            "iteration": done,
-            "env_steps": done * steps_per_iteration,
-            "train_seconds": train_seconds,
-            "mean_reward": rewards_now.tolist(),
-            "exact_reward": None if exact_now is None else exact_now.tolist(),
-            "exact_fraction_of_optimum": (
-                None if exact_now is None else float(np.mean(exact_now) / optimum)
-            ),
-        }
-        curve.append(entry)
+        curve.append(
+            _progress_entry(
+                done, steps_per_iteration, train_seconds, rewards_now, exact_now, optimum
+            )
+        )
         extra = f"eval reward {np.mean(rewards_now):.3f}"
         if exact_now is not None:
             extra += f", exact {np.mean(exact_now):.3f} / optimum {optimum:.3f}"
@@ -844,15 +872,14 @@ def _plot_curve(path: Path, payload: dict[str, Any], optimum: float) -> None:
         ax.plot(iterations, exact.mean(axis=1), "s-", color="tab:green", label="exact (seeds)")
     ax.axhline(optimum, color="black", ls="--", lw=1.2, label=f"optimum {optimum:.2f}")
     config = payload["diffsim_config"]
-    ax.set(
+    evaluate.save_curve_figure(
+        fig,
+        ax,
+        path,
         xlabel="iteration",
         ylabel="expected episode reward",
         title=f"diffsim/{config['estimator']}, phi={config['phi']}",
     )
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -868,41 +895,10 @@ def parse_args(argv: list[str] | None = None) -> DiffSimConfig:
         "is a field of train.diffsim.DiffSimConfig (documented there).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    defaults = DiffSimConfig()
-    for field in dataclasses.fields(DiffSimConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if field.name == "init_action":
-            parser.add_argument(
-                flag, type=float, nargs="+", default=None, help="default: the A-S quote"
-            )
-        elif isinstance(default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=" "
-            )
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=" ")
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=" ")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="start from the DiffSimConfig fields in this JSON file (a run's "
-        "diffsim_config.json); flags given on the command line override them",
-    )
-    known, _ = parser.parse_known_args(argv)
-    if known.config is not None:
-        try:
-            base = DiffSimConfig.from_dict(json.loads(known.config.read_text()))
-        except (OSError, ValueError, TypeError) as error:
-            parser.error(f"--config {known.config}: {error}")
-        parser.set_defaults(**base.to_dict())
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DiffSimConfig)}
-    values["hidden_sizes"] = tuple(values["hidden_sizes"])
-    if values["init_action"] is not None:
-        values["init_action"] = tuple(values["init_action"])
+    init_action = {"type": float, "nargs": "+", "default": None, "help": "default: the A-S quote"}
+    add_field_flags(parser, DiffSimConfig, {"init_action": ((), init_action)})
+    add_config_flag(parser, DiffSimConfig, "a run's diffsim_config.json")
+    values, _ = parse_config_flags(parser, DiffSimConfig, argv)
     try:
         return DiffSimConfig(**values).validate()
     except ValueError as error:

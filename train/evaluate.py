@@ -77,6 +77,7 @@ __all__ = [
     "optimal_solution",
     "plot_training_curve",
     "reference_kind",
+    "save_curve_figure",
     "strategy_stats",
 ]
 
@@ -358,44 +359,57 @@ def evaluate_run(
         devices,
     )
     ppo = result["eval"]["ppo"]
+    benchmarks = {
+        "naive": {"half_spread": config.naive_half_spread},
+        "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
+    }
     if reference_kind(env_params) is not None:
-        return {
-            **result,
+        gap = {
             "optimality_gap": None,
             "gap_to_reference": ppo["gap_to_reference"],
             "gap_to_reference_stderr": ppo["gap_to_reference_stderr"],
-            "evaluation": {
-                "n_episodes": n_episodes,
-                "eval_seed": eval_seed,
-                "seed_index": seed_index,
-                "noise": "common random numbers: every strategy sees the same paths and "
-                "the same market-order flow",
-                "naive": {"half_spread": config.naive_half_spread},
-                "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
-                result["reference"]: result["reference_note"],
-                "devices": device_lib.describe(devices),
-            },
         }
-    return {
-        **result,
-        "optimality_gap": ppo["optimality_gap"],
-        "optimality_gap_stderr": ppo["optimality_gap_stderr"],
-        "evaluation": {
-            "n_episodes": n_episodes,
-            "eval_seed": eval_seed,
-            "seed_index": seed_index,
-            "noise": "common random numbers: every strategy sees the same paths",
-            "naive": {"half_spread": config.naive_half_spread},
-            "avellaneda_stoikov": {"gamma": config.as_gamma, "k": "the market's"},
+        noise = (
+            "common random numbers: every strategy sees the same paths and the same "
+            "market-order flow"
+        )
+        optimum = {result["reference"]: result["reference_note"]}
+    else:
+        gap = _optimality_gap(ppo)
+        noise = "common random numbers: every strategy sees the same paths"
+        optimum = {
             "optimal": (
                 "mm.optimal.bellman with the environment's action bounds"
                 if config.alpha_model == "none"
                 else f"mm.optimal.bellman_alpha on {config.alpha_grid_points} alpha points, "
                 "the environment's action bounds"
-            ),
-            "devices": device_lib.describe(devices),
-        },
+            )
+        }
+    settings = {**benchmarks, **optimum, "devices": device_lib.describe(devices)}
+    return _run_report(result, gap, (n_episodes, eval_seed, seed_index), noise, settings)
+
+
+def _optimality_gap(stats: dict[str, Any]) -> dict[str, Any]:
+    """The ``optimality_gap`` and its standard error from one strategy's ``stats``."""
+    return {
+        "optimality_gap": stats["optimality_gap"],
+        "optimality_gap_stderr": stats["optimality_gap_stderr"],
     }
+
+
+def _run_report(
+    result: dict[str, Any],
+    gap: dict[str, Any],
+    run: tuple[int, int, int | None],
+    noise: str,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """``evaluate_run``'s payload: the comparison ``result``, the agent's ``gap`` entries and
+    an ``evaluation`` record of the settings (``run = (n_episodes, eval_seed, seed_index)``,
+    how the strategies share their ``noise``, then the strategy-specific ``settings``)."""
+    n_episodes, eval_seed, seed_index = run
+    evaluation = {"n_episodes": n_episodes, "eval_seed": eval_seed, "seed_index": seed_index}
+    return {**result, **gap, "evaluation": {**evaluation, "noise": noise, **settings}}
 
 
 def make_progress_evaluator(config: PPOConfig, trainer: Any, env: Any, env_params: EnvParams):
@@ -506,22 +520,19 @@ def _evaluate_execution_run(
     _, params = market_env(config)
     policy = checkpoint.load_policy(run_dir, seed_index)
     result = execution_compare(params, {"ppo": policy}, jax.random.key(eval_seed), n_episodes)
-    ppo = result["eval"]["ppo"]
-    return {
-        **result,
-        "optimality_gap": ppo["optimality_gap"],
-        "optimality_gap_stderr": ppo["optimality_gap_stderr"],
-        "evaluation": {
-            "n_episodes": n_episodes,
-            "eval_seed": eval_seed,
-            "seed_index": seed_index,
-            "noise": "common random numbers: every strategy sees the same noise",
-            "twap": "sell q / (steps left) each step",
-            "closed_form": "the CJP continuous-time speed at the start of each step",
-            "optimal": "jaxmm.execution.riccati: the exact optimum of the discrete problem",
-            "gap": "-mean(r - r_opt) / |V|: rewards are costs, V < 0",
-        },
+    settings = {
+        "twap": "sell q / (steps left) each step",
+        "closed_form": "the CJP continuous-time speed at the start of each step",
+        "optimal": "jaxmm.execution.riccati: the exact optimum of the discrete problem",
+        "gap": "-mean(r - r_opt) / |V|: rewards are costs, V < 0",
     }
+    return _run_report(
+        result,
+        _optimality_gap(result["eval"]["ppo"]),
+        (n_episodes, eval_seed, seed_index),
+        "common random numbers: every strategy sees the same noise",
+        settings,
+    )
 
 
 def _execution_progress_evaluator(
@@ -647,16 +658,26 @@ def plot_training_curve(path: Path, payload: dict[str, Any]) -> Path:
     # Early training and a poor benchmark can sit far below the rest: show the upper range.
     bottom = max(values.min(), top - 4 * (top - np.quantile(values, 0.25)) - 1e-6)
     ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.05 * (top - bottom) + 1e-6)
-    ax.set(
+    save_curve_figure(
+        fig,
+        ax,
+        path,
         xlabel="environment steps per seed",
         ylabel="episode reward",
         title=f"PPO, phi={config['phi']}, reward={config['reward']}",
     )
+    return Path(path)
+
+
+def save_curve_figure(fig: Any, ax: Any, path: Path, **labels: str) -> None:
+    """Finish and write a training-curve figure as the runs do: ``ax.set(**labels)`` (axis
+    labels, title), the legend at the lower right, a tight layout, ``path`` at 120 dpi; then
+    close ``fig``."""
+    ax.set(**labels)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return Path(path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

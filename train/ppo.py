@@ -33,7 +33,6 @@ if __name__ == "__main__":  # one CPU device per core for the seeds, before JAX 
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import sys
 import time
@@ -50,7 +49,14 @@ from flax import struct
 from jaxmm import devices as device_lib
 from jaxmm.env import RegimeWrapper, StaggerWrapper
 from train import checkpoint, evaluate
-from train.config import PPOConfig, agent_spec, market_env
+from train.config import (
+    PPOConfig,
+    add_config_flag,
+    add_field_flags,
+    agent_spec,
+    market_env,
+    parse_config_flags,
+)
 from train.networks import Agent, AgentSpec, ObsNorm, policy_distribution, squash
 
 __all__ = [
@@ -697,36 +703,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
         "Every option is a field of train.config.PPOConfig (documented there).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    defaults = PPOConfig()
-    for field in dataclasses.fields(PPOConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        help_text = FIELD_HELP.get(field.name, " ")
-        if field.name == "init_action":
-            parser.add_argument(
-                flag,
-                type=float,
-                nargs="+",
-                default=None,
-                help="mean action of the fresh policy (depths: price units; default: the A-S "
-                "quote)",
-            )
-        elif field.name == "platform":
-            parser.add_argument(
-                flag,
-                "--device",
-                choices=device_lib.PLATFORMS,
-                default=None,
-                help="default: JAX's default backend",
-            )
-        elif isinstance(default, bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
-            )
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=help_text)
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    special = {
+        "init_action": (
+            (),
+            {
+                "type": float,
+                "nargs": "+",
+                "default": None,
+                "help": "mean action of the fresh policy (depths: price units; default: the "
+                "A-S quote)",
+            },
+        ),
+        "platform": (
+            ("--device",),
+            {
+                "choices": device_lib.PLATFORMS,
+                "default": None,
+                "help": "default: JAX's default backend",
+            },
+        ),
+    }
+    add_field_flags(parser, PPOConfig, special, FIELD_HELP)
     parser.add_argument(
         "--bench",
         type=int,
@@ -735,25 +732,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[PPOConfig, argparse.Names
         help="instead of training, measure training steps/s for these numbers of parallel "
         "seeds (default 1 8 64); writes OUT_DIR/NAME/benchmark.json",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="start from the PPOConfig fields in this JSON file (for example a run's "
-        "config.json, to rerun it); flags given on the command line override them",
-    )
-    known, _ = parser.parse_known_args(argv)
-    if known.config is not None:
-        try:
-            base = PPOConfig.from_dict(json.loads(known.config.read_text()))
-        except (OSError, ValueError, TypeError) as error:
-            parser.error(f"--config {known.config}: {error}")
-        parser.set_defaults(**base.to_dict())
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PPOConfig)}
-    values["hidden_sizes"] = tuple(values["hidden_sizes"])
-    if values["init_action"] is not None:
-        values["init_action"] = tuple(values["init_action"])
+    add_config_flag(parser, PPOConfig, "for example a run's config.json, to rerun it")
+    values, args = parse_config_flags(parser, PPOConfig, argv)
     try:
         config = PPOConfig(**values).validate()
         devices = seed_devices(config)
