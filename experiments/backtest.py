@@ -42,7 +42,6 @@ if __name__ == "__main__":  # one CPU device per core, before JAX starts
 import argparse
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,12 @@ from scipy import stats
 import jaxmm as mm
 from experiments.common import (
     Timer,
+    add_options,
+    check_minimum,
     data_dir,
     finish,
     markdown_table,
+    progress,
     save_figure,
     study_parser,
     write_csv,
@@ -98,52 +100,24 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
     parser.add_argument(
         "--stocks", nargs="+", choices=STOCKS, default=list(STOCKS), help="stocks to run"
     )
-    parser.add_argument(
-        "--open", default="09:30", help="calibration (and sweep) start, HH:MM exchange time"
+    add_options(
+        parser,
+        ("--open", None, "09:30", "calibration (and sweep) start, HH:MM exchange time"),
+        ("--split", None, "12:45", "end of calibration, start of replay, HH:MM"),
+        ("--close", None, "16:00", "end of replay (and sweep), HH:MM"),
+        ("--quote-size", int, 100, "shares per order"),
+        ("--q-max", int, 10, "inventory limit, in quotes of QUOTE_SIZE shares"),
+        ("--gamma", float, 0.01, "A-S / GLFT risk aversion, per dollar per quote unit"),
+        ("--latency", float, 0.05, "latency of the robustness row, seconds"),
+        ("--vol-seconds", float, 10.0, "sampling interval for sigma, seconds"),
+        ("--block-seconds", float, 300.0, "length of the robust-error time blocks, seconds"),
+        ("--depth-step", float, 0.01, "step of the calibration depth grid, dollars"),
+        ("--max-depth", float, None, "top of the depth grid, dollars (default: 99%% of the reach)"),
+        ("--path-episodes", int, 200, "simulated sessions with paths (inventory)"),
+        ("--block-minutes", float, 30.0, "length of the PnL blocks, minutes"),
+        ("--bootstrap", int, 10_000, "bootstrap resamples"),
+        ("--grid", int, 32, "A-S sweep settings per axis"),
     )
-    parser.add_argument(
-        "--split", default="12:45", help="end of calibration, start of replay, HH:MM"
-    )
-    parser.add_argument("--close", default="16:00", help="end of replay (and sweep), HH:MM")
-    parser.add_argument("--quote-size", type=int, default=100, help="shares per order")
-    parser.add_argument(
-        "--q-max", type=int, default=10, help="inventory limit, in quotes of QUOTE_SIZE shares"
-    )
-    parser.add_argument(
-        "--gamma",
-        type=float,
-        default=0.01,
-        help="A-S / GLFT risk aversion, per dollar per quote unit",
-    )
-    parser.add_argument(
-        "--latency", type=float, default=0.05, help="latency of the robustness row, seconds"
-    )
-    parser.add_argument(
-        "--vol-seconds", type=float, default=10.0, help="sampling interval for sigma, seconds"
-    )
-    parser.add_argument(
-        "--block-seconds",
-        type=float,
-        default=300.0,
-        help="length of the robust-error time blocks, seconds",
-    )
-    parser.add_argument(
-        "--depth-step", type=float, default=0.01, help="step of the calibration depth grid, dollars"
-    )
-    parser.add_argument(
-        "--max-depth",
-        type=float,
-        default=None,
-        help="top of the depth grid, dollars (default: 99%% of the reach)",
-    )
-    parser.add_argument(
-        "--path-episodes", type=int, default=200, help="simulated sessions with paths (inventory)"
-    )
-    parser.add_argument(
-        "--block-minutes", type=float, default=30.0, help="length of the PnL blocks, minutes"
-    )
-    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
-    parser.add_argument("--grid", type=int, default=32, help="A-S sweep settings per axis")
     parser.add_argument(
         "--gamma-range",
         type=float,
@@ -172,16 +146,12 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
         parser.error(
             f"need --open < --split < --close, got {args.open}, {args.split}, {args.close}"
         )
-    for name in ("quote_size", "q_max", "gamma", "vol_seconds", "block_seconds", "depth_step"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    check_minimum(
+        parser, args, ("quote_size", "q_max", "gamma", "vol_seconds", "block_seconds", "depth_step")
+    )
     if args.grid < 2 or args.path_episodes < 2 or args.bootstrap < 10:
         parser.error("--grid and --path-episodes must be >= 2, --bootstrap >= 10")
     return args
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _float(x: Any) -> float | None:

@@ -11,6 +11,7 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,12 +28,15 @@ matplotlib.use("Agg")
 __all__ = [
     "StudyParser",
     "Timer",
+    "add_options",
     "add_ppo_arguments",
+    "check_minimum",
     "data_dir",
     "environment",
     "finish",
     "jsonable",
     "markdown_table",
+    "progress",
     "save_figure",
     "study_parser",
     "write_csv",
@@ -129,6 +133,32 @@ def add_ppo_arguments(
     )
 
 
+def add_options(parser: argparse.ArgumentParser, *options: tuple[str, type, Any, str]) -> None:
+    """One plain typed option per ``(flag, type, default, help)``, in that order:
+    ``parser.add_argument(flag, type=type, default=default, help=help)``. Options with more
+    (``nargs``, ``choices``, an ``action``) are added by ``parser.add_argument`` as usual."""
+    for flag, kind, default, text in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+
+
+def check_minimum(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    names: Sequence[str],
+    minimum: float = 0,
+    *,
+    strict: bool = True,
+) -> None:
+    """``parser.error`` on the first of ``names`` (destinations, e.g. ``"q_max"``) whose value
+    is not above ``minimum`` (``strict``: ``> minimum``, else ``>= minimum``), naming its flag
+    and value: ``--q-max must be > 0, got -1``. A NaN is never above."""
+    for name in names:
+        value = getattr(args, name)
+        if not (value > minimum if strict else value >= minimum):
+            sign = ">" if strict else ">="
+            parser.error(f"--{name.replace('_', '-')} must be {sign} {minimum:g}, got {value}")
+
+
 def environment() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
@@ -163,6 +193,11 @@ def finish(
     timing = f" ({seconds:.1f} s)" if isinstance(seconds, int | float) else ""
     print(f"results in {out}/{timing}")
     return result
+
+
+def progress(message: str) -> None:
+    """Print ``message`` on stderr at once (a long study's progress lines)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
