@@ -34,6 +34,7 @@ __all__ = [
     "data_dir",
     "environment",
     "finish",
+    "grouped_bars",
     "jsonable",
     "markdown_table",
     "progress",
@@ -207,6 +208,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
     rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
     lines = ["| " + " | ".join(str(cell) for cell in line) + " |" for line in (header, *rows)]
     return "\n".join([lines[0], rule, *lines[1:]])
+
+
+def grouped_bars(
+    ax: Any, rows: Sequence[Mapping[str, Any]], group: str, stat: str, **ticks: Any
+) -> None:
+    """Bars of ``row[stat]`` with ``row[stat + "_se"]`` error bars on ``ax``: one cluster per
+    value of ``row[group]`` (e.g. the scenario), one bar per ``row["strategy"]`` in each (its
+    legend label), both in first-seen order; the clusters' ticks are labelled (``ticks``: more
+    options of ``ax.set_xticks``, e.g. ``rotation=20``)."""
+    groups = list(dict.fromkeys(row[group] for row in rows))
+    strategies = list(dict.fromkeys(row["strategy"] for row in rows))
+    lookup = {(row[group], row["strategy"]): row for row in rows}
+    width = 0.8 / len(strategies)
+    x = np.arange(len(groups))
+    for i, strategy in enumerate(strategies):
+        values = [lookup[name, strategy][stat] for name in groups]
+        errors = [lookup[name, strategy][f"{stat}_se"] for name in groups]
+        ax.bar(x + i * width, values, width, yerr=errors, label=strategy)
+    ax.set_xticks(x + 0.4 - width / 2, groups, **ticks)
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:
