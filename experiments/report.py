@@ -131,8 +131,8 @@ def _calibration(cal: dict) -> list[str]:
     amzn = cal.get("amzn", {})
     if "intensity" not in amzn:
         return [f"AMZN part skipped: {amzn.get('skipped', 'no data')}"]
-    per_session = amzn["intensity"]["per_session"]
-    k_fit = amzn["intensity"]["k_per_dollar"]
+    intensity = amzn["intensity"]
+    per_session, k_fit = intensity["per_session"], intensity["k_per_dollar"]
     return [
         f"AMZN 2012-06-21 (LOBSTER level-1 sample): A = {_num(per_session['A'], 0)} per "
         f"session (robust s.e. {_num(per_session['stderr_A_robust'], 0)}), k = "
