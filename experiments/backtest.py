@@ -42,7 +42,6 @@ if __name__ == "__main__":  # one CPU device per core, before JAX starts
 import argparse
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,12 @@ from scipy import stats
 import jaxmm as mm
 from experiments.common import (
     Timer,
+    add_options,
+    check_minimum,
     data_dir,
     finish,
     markdown_table,
+    progress,
     save_figure,
     study_parser,
     write_csv,
@@ -98,52 +100,24 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
     parser.add_argument(
         "--stocks", nargs="+", choices=STOCKS, default=list(STOCKS), help="stocks to run"
     )
-    parser.add_argument(
-        "--open", default="09:30", help="calibration (and sweep) start, HH:MM exchange time"
+    add_options(
+        parser,
+        ("--open", None, "09:30", "calibration (and sweep) start, HH:MM exchange time"),
+        ("--split", None, "12:45", "end of calibration, start of replay, HH:MM"),
+        ("--close", None, "16:00", "end of replay (and sweep), HH:MM"),
+        ("--quote-size", int, 100, "shares per order"),
+        ("--q-max", int, 10, "inventory limit, in quotes of QUOTE_SIZE shares"),
+        ("--gamma", float, 0.01, "A-S / GLFT risk aversion, per dollar per quote unit"),
+        ("--latency", float, 0.05, "latency of the robustness row, seconds"),
+        ("--vol-seconds", float, 10.0, "sampling interval for sigma, seconds"),
+        ("--block-seconds", float, 300.0, "length of the robust-error time blocks, seconds"),
+        ("--depth-step", float, 0.01, "step of the calibration depth grid, dollars"),
+        ("--max-depth", float, None, "top of the depth grid, dollars (default: 99%% of the reach)"),
+        ("--path-episodes", int, 200, "simulated sessions with paths (inventory)"),
+        ("--block-minutes", float, 30.0, "length of the PnL blocks, minutes"),
+        ("--bootstrap", int, 10_000, "bootstrap resamples"),
+        ("--grid", int, 32, "A-S sweep settings per axis"),
     )
-    parser.add_argument(
-        "--split", default="12:45", help="end of calibration, start of replay, HH:MM"
-    )
-    parser.add_argument("--close", default="16:00", help="end of replay (and sweep), HH:MM")
-    parser.add_argument("--quote-size", type=int, default=100, help="shares per order")
-    parser.add_argument(
-        "--q-max", type=int, default=10, help="inventory limit, in quotes of QUOTE_SIZE shares"
-    )
-    parser.add_argument(
-        "--gamma",
-        type=float,
-        default=0.01,
-        help="A-S / GLFT risk aversion, per dollar per quote unit",
-    )
-    parser.add_argument(
-        "--latency", type=float, default=0.05, help="latency of the robustness row, seconds"
-    )
-    parser.add_argument(
-        "--vol-seconds", type=float, default=10.0, help="sampling interval for sigma, seconds"
-    )
-    parser.add_argument(
-        "--block-seconds",
-        type=float,
-        default=300.0,
-        help="length of the robust-error time blocks, seconds",
-    )
-    parser.add_argument(
-        "--depth-step", type=float, default=0.01, help="step of the calibration depth grid, dollars"
-    )
-    parser.add_argument(
-        "--max-depth",
-        type=float,
-        default=None,
-        help="top of the depth grid, dollars (default: 99%% of the reach)",
-    )
-    parser.add_argument(
-        "--path-episodes", type=int, default=200, help="simulated sessions with paths (inventory)"
-    )
-    parser.add_argument(
-        "--block-minutes", type=float, default=30.0, help="length of the PnL blocks, minutes"
-    )
-    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples")
-    parser.add_argument("--grid", type=int, default=32, help="A-S sweep settings per axis")
     parser.add_argument(
         "--gamma-range",
         type=float,
@@ -172,16 +146,12 @@ def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namesp
         parser.error(
             f"need --open < --split < --close, got {args.open}, {args.split}, {args.close}"
         )
-    for name in ("quote_size", "q_max", "gamma", "vol_seconds", "block_seconds", "depth_step"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    check_minimum(
+        parser, args, ("quote_size", "q_max", "gamma", "vol_seconds", "block_seconds", "depth_step")
+    )
     if args.grid < 2 or args.path_episodes < 2 or args.bootstrap < 10:
         parser.error("--grid and --path-episodes must be >= 2, --bootstrap >= 10")
     return args
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _float(x: Any) -> float | None:
@@ -317,14 +287,64 @@ def bootstrap_mean(values: np.ndarray, n: int, rng: np.random.Generator) -> list
 def replay_stock(day, day10, calib: dict, args, key, out: Path) -> dict[str, Any]:
     """Steps 2 and 3 for one stock: the afternoon replays and the simulator beside them."""
     ticker = day.ticker
-    t_split, t_close = backtest.parse_time(args.split), backtest.parse_time(args.close)
+    t_split, t_close = afternoon_window(args)
     afternoon = backtest.tape(day, t_split, t_close)
     duration = t_close - t_split
+    config = afternoon_config(args, t_split, t_close)
+    params = fitted_market(afternoon, config, calib, args.q_max)
+    phi = args.gamma / 2.0
+    progress(f"{ticker}: Bellman solve, {params.n_steps:,} steps, q_max {args.q_max}")
+    with Timer() as bellman_timer:
+        solution = mm.optimal.bellman(params, phi, reward="variance", depth_bounds=(-1.0, 2.0))
+    strategies = afternoon_policies(params, args.gamma, calib, solution)
+    rows, results = replay_afternoon(ticker, afternoon, strategies, params, config, duration)
+    rows.update(replay_robustness(ticker, afternoon, day10, strategies, params, config, args))
+    write_fills(out / f"fills_{ticker}_as.csv", results["avellaneda_stoikov"].log)
+
+    # ---- the simulator in the fitted market (same params as the Bellman solve)
+    sims, sim_paths = simulate_strategies(ticker, strategies, params, key, args)
+    rng = np.random.default_rng(args.seed)
+    comparison = {}
+    for name in strategies:
+        comparison[name] = compare_sim_replay(
+            results[name], sims[name], sim_paths[name], config, args, params, rng
+        )
+        comparison[name]["explanation"] = explain(comparison[name], rows[name])
+    q = args.quote_size
+    plots = {
+        "marks": config.marks,
+        "as_marks": np.asarray(results["avellaneda_stoikov"].marks),
+        "markouts": {n: rows[n] for n in strategies},
+        "inventory_real": inventory_path(results["avellaneda_stoikov"].log, t_split, t_close, q),
+        "inventory_sim": sim_paths["avellaneda_stoikov"]["inventory"],
+        "sim_pnl": {n: sims[n]["pnl"] for n in strategies},
+        "realised_pnl": {n: float(results[n].pnl) for n in strategies},
+    }
+    return {
+        "afternoon_events": afternoon.n_events,
+        "market": params,
+        "phi": phi,
+        "reward": "PnL - (gamma/2) sigma^2 dt sum_t q_{t+1}^2 (q in quotes, per quote unit)",
+        "bellman_seconds": bellman_timer.seconds,
+        "bellman_value_at_start_dollars": float(solution.value_at(0, 0)) * q,
+        "out_of_sample": rows,
+        "sim_vs_replay": comparison,
+    }, plots
+
+
+def afternoon_window(args) -> tuple[float, float]:
+    """``(--split, --close)``: the replayed afternoon, seconds after midnight."""
+    return backtest.parse_time(args.split), backtest.parse_time(args.close)
+
+
+def afternoon_config(args, t_split: float, t_close: float) -> backtest.Config:
+    """The replay's settings: ``--quote-size`` shares, the ``--q-max`` limit, requote every
+    second, conservative queue, PnL marked every minute of ``[t_split, t_close]`` (seconds
+    after midnight) and at the close, fills logged."""
     minute_marks = tuple(np.arange(t_split, t_close + 1e-9, 60.0).tolist())
     if minute_marks[-1] < t_close:
         minute_marks = (*minute_marks, t_close)
-    per_block = max(1, round(args.block_minutes))
-    config = backtest.Config(
+    return backtest.Config(
         quote_size=args.quote_size,
         max_position=args.q_max * args.quote_size,
         requote=1.0,
@@ -332,20 +352,25 @@ def replay_stock(day, day10, calib: dict, args, key, out: Path) -> dict[str, Any
         marks=minute_marks,
         log=True,
     )
-    params = backtest.market_params(
+
+
+def fitted_market(afternoon, config: backtest.Config, calib: dict, q_max: int):
+    """The simulator's market fitted on the morning (``calib``: sigma per sqrt(second), A per
+    second, k per dollar) over the afternoon's clock, exponential fills, ``q_max`` quotes."""
+    return backtest.market_params(
         afternoon,
         config,
         sigma=calib["sigma_per_sqrt_second"],
         A=calib["A_per_second"],
         k=calib["k_per_dollar"],
-        q_max=args.q_max,
+        q_max=q_max,
         fill_model="exponential",
     ).validate()
-    phi = args.gamma / 2.0
-    progress(f"{ticker}: Bellman solve, {params.n_steps:,} steps, q_max {args.q_max}")
-    with Timer() as bellman_timer:
-        solution = mm.optimal.bellman(params, phi, reward="variance", depth_bounds=(-1.0, 2.0))
-    strategies = afternoon_policies(params, args.gamma, calib, solution)
+
+
+def replay_afternoon(ticker, afternoon, strategies, params, config, duration: float):
+    """Each strategy replayed on the afternoon tape: ``(rows, results)``, the out-of-sample row
+    (with its wall-clock ``seconds``) and the ``backtest.replay`` result, by strategy name."""
     rows, results = {}, {}
     for name, policy in strategies.items():
         progress(f"{ticker}: replay {name}")
@@ -353,6 +378,17 @@ def replay_stock(day, day10, calib: dict, args, key, out: Path) -> dict[str, Any
             result = backtest.replay(afternoon, policy, params, config)
         results[name] = result
         rows[name] = {**strategy_rows(result, config, duration), "seconds": timer.seconds}
+    return rows, results
+
+
+def replay_robustness(
+    ticker, afternoon, day10, strategies, params, config, args
+) -> dict[str, dict[str, Any]]:
+    """The A-S robustness rows: the afternoon replayed with the probabilistic queue, with
+    ``--latency`` (seconds) and, when ``day10`` is given, on the level-10 book."""
+    t_split, t_close = afternoon_window(args)
+    duration = t_close - t_split
+    rows = {}
     robustness = {
         "probabilistic_queue": dataclasses.replace(config, queue="probabilistic"),
         f"latency_{1000 * args.latency:g}ms": dataclasses.replace(config, latency=args.latency),
@@ -366,17 +402,19 @@ def replay_stock(day, day10, calib: dict, args, key, out: Path) -> dict[str, Any
         tape10 = backtest.tape(day10, t_split, t_close)
         result = backtest.replay(tape10, strategies["avellaneda_stoikov"], params, config)
         rows["avellaneda_stoikov_level10"] = strategy_rows(result, config, duration)
+    return rows
 
-    log = results["avellaneda_stoikov"].log
-    write_csv(
-        out / f"fills_{ticker}_as.csv",
-        {
-            name: getattr(log, name)
-            for name in ("time", "row", "side", "price", "size", "ahead", "position")
-        },
-    )
 
-    # ---- the simulator in the fitted market (same params as the Bellman solve)
+def write_fills(path: Path, log) -> Path:
+    """The fill log's columns (time, row, side, price, size, ahead, position) as a CSV."""
+    columns = ("time", "row", "side", "price", "size", "ahead", "position")
+    return write_csv(path, {name: getattr(log, name) for name in columns})
+
+
+def simulate_strategies(ticker, strategies, params, key, args):
+    """Each strategy simulated in the fitted market: ``(sims, paths)`` by name, the
+    ``--n-episodes`` sessions' PnL (dollars: x ``--quote-size``) and fill counts, and
+    ``--path-episodes`` sessions' inventory (quotes) and PnL paths."""
     sim_key, path_key = jax.random.split(key)
     q = args.quote_size
     sims, sim_paths = {}, {}
@@ -395,79 +433,66 @@ def replay_stock(day, day10, calib: dict, args, key, out: Path) -> dict[str, Any
             "inventory": np.asarray(paths.inventory, np.float64)[:, 1:],
             "pnl": np.asarray(paths.pnl, np.float64) * q,
         }
-    rng = np.random.default_rng(args.seed)
+    return sims, sim_paths
+
+
+def compare_sim_replay(real, sim, paths, config, args, params, rng) -> dict[str, Any]:
+    """One strategy's realised afternoon (``real``, a replay result) against its simulated
+    sessions (``sim``, ``paths`` of ``simulate_strategies``): PnL, fills, inventory and the
+    ``--block-minutes`` block PnL with a bootstrap interval (``rng``)."""
+    t_split, t_close = afternoon_window(args)
+    duration = t_close - t_split
+    q = args.quote_size
+    per_block = max(1, round(args.block_minutes))
     steps_per_block = round(per_block * 60.0 / float(params.dt))
-    comparison = {}
-    for name in strategies:
-        real, sim, paths = results[name], sims[name], sim_paths[name]
-        marks = np.asarray(real.marks)
-        blocks = block_pnl(marks, per_block)
-        full = blocks[: int(duration // (per_block * 60.0) + 1e-9)]
-        n_full = full.size
-        sim_full = np.diff(paths["pnl"][:, ::steps_per_block], axis=1)[:, :n_full]
-        realised = float(real.pnl)
-        q_real, dt_real = inventory_path(real.log, t_split, t_close, q)
-        inv = paths["inventory"]
-        comparison[name] = {
-            "realised_pnl": realised,
-            "realised_pnl_flat": float(real.pnl_flat),
-            "sim_mean_pnl": float(sim["pnl"].mean()),
-            "sim_se_pnl": float(sim["pnl"].std(ddof=1) / math.sqrt(sim["pnl"].size)),
-            "sim_std_pnl": float(sim["pnl"].std(ddof=1)),
-            "sim_p05_pnl": float(np.quantile(sim["pnl"], 0.05)),
-            "sim_p95_pnl": float(np.quantile(sim["pnl"], 0.95)),
-            "percentile_of_realised": float(100.0 * np.mean(sim["pnl"] <= realised)),
-            "realised_spread_pnl": float(real.spread_pnl),
-            "sim_spread_pnl": float(sim["spread_pnl"].mean()),
-            "realised_inventory_pnl": float(real.inventory_pnl),
-            "sim_inventory_pnl": float(sim["inventory_pnl"].mean()),
-            "realised_bid_fills": int(real.n_bid_fills),
-            "realised_ask_fills": int(real.n_ask_fills),
-            "sim_bid_fills": float(sim["n_bid_fills"].mean()),
-            "sim_ask_fills": float(sim["n_ask_fills"].mean()),
-            "fill_rate_ratio": float(
-                (real.n_bid_fills + real.n_ask_fills)
-                / max(sim["n_bid_fills"].mean() + sim["n_ask_fills"].mean(), 1e-12)
-            ),
-            "realised_mean_abs_q": float(np.sum(np.abs(q_real) * dt_real) / duration),
-            "realised_std_q": float(real.std_position) / q,
-            "sim_mean_abs_q": float(np.abs(inv).mean()),
-            "sim_std_q": float(inv.std()),
-            "block_minutes": per_block,
-            "realised_block_pnl": blocks.tolist(),
-            "realised_mean_block_pnl": float(full.mean()) if n_full else None,
-            "bootstrap_ci_mean_block_pnl": bootstrap_mean(full, args.bootstrap, rng),
-            "sim_mean_block_pnl": float(sim_full.mean()) if sim_full.size else None,
-            "sim_block_pnl_p05_p95": np.quantile(sim_full, [0.05, 0.95]).tolist()
-            if sim_full.size
-            else [None, None],
-            "percentile_of_realised_mean_block": float(
-                100.0 * np.mean(sim_full.mean(axis=1) <= full.mean())
-            )
-            if n_full and sim_full.size
-            else None,
-            "realised_markout_60s": _markout_total(real, config, 60.0),
-        }
-        comparison[name]["explanation"] = explain(comparison[name], rows[name])
-    plots = {
-        "marks": minute_marks,
-        "as_marks": np.asarray(results["avellaneda_stoikov"].marks),
-        "markouts": {n: rows[n] for n in strategies},
-        "inventory_real": inventory_path(results["avellaneda_stoikov"].log, t_split, t_close, q),
-        "inventory_sim": sim_paths["avellaneda_stoikov"]["inventory"],
-        "sim_pnl": {n: sims[n]["pnl"] for n in strategies},
-        "realised_pnl": {n: float(results[n].pnl) for n in strategies},
-    }
+    marks = np.asarray(real.marks)
+    blocks = block_pnl(marks, per_block)
+    full = blocks[: int(duration // (per_block * 60.0) + 1e-9)]
+    n_full = full.size
+    sim_full = np.diff(paths["pnl"][:, ::steps_per_block], axis=1)[:, :n_full]
+    realised = float(real.pnl)
+    q_real, dt_real = inventory_path(real.log, t_split, t_close, q)
+    inv = paths["inventory"]
     return {
-        "afternoon_events": afternoon.n_events,
-        "market": params,
-        "phi": phi,
-        "reward": "PnL - (gamma/2) sigma^2 dt sum_t q_{t+1}^2 (q in quotes, per quote unit)",
-        "bellman_seconds": bellman_timer.seconds,
-        "bellman_value_at_start_dollars": float(solution.value_at(0, 0)) * q,
-        "out_of_sample": rows,
-        "sim_vs_replay": comparison,
-    }, plots
+        "realised_pnl": realised,
+        "realised_pnl_flat": float(real.pnl_flat),
+        "sim_mean_pnl": float(sim["pnl"].mean()),
+        "sim_se_pnl": float(sim["pnl"].std(ddof=1) / math.sqrt(sim["pnl"].size)),
+        "sim_std_pnl": float(sim["pnl"].std(ddof=1)),
+        "sim_p05_pnl": float(np.quantile(sim["pnl"], 0.05)),
+        "sim_p95_pnl": float(np.quantile(sim["pnl"], 0.95)),
+        "percentile_of_realised": float(100.0 * np.mean(sim["pnl"] <= realised)),
+        "realised_spread_pnl": float(real.spread_pnl),
+        "sim_spread_pnl": float(sim["spread_pnl"].mean()),
+        "realised_inventory_pnl": float(real.inventory_pnl),
+        "sim_inventory_pnl": float(sim["inventory_pnl"].mean()),
+        "realised_bid_fills": int(real.n_bid_fills),
+        "realised_ask_fills": int(real.n_ask_fills),
+        "sim_bid_fills": float(sim["n_bid_fills"].mean()),
+        "sim_ask_fills": float(sim["n_ask_fills"].mean()),
+        "fill_rate_ratio": float(
+            (real.n_bid_fills + real.n_ask_fills)
+            / max(sim["n_bid_fills"].mean() + sim["n_ask_fills"].mean(), 1e-12)
+        ),
+        "realised_mean_abs_q": float(np.sum(np.abs(q_real) * dt_real) / duration),
+        "realised_std_q": float(real.std_position) / q,
+        "sim_mean_abs_q": float(np.abs(inv).mean()),
+        "sim_std_q": float(inv.std()),
+        "block_minutes": per_block,
+        "realised_block_pnl": blocks.tolist(),
+        "realised_mean_block_pnl": float(full.mean()) if n_full else None,
+        "bootstrap_ci_mean_block_pnl": bootstrap_mean(full, args.bootstrap, rng),
+        "sim_mean_block_pnl": float(sim_full.mean()) if sim_full.size else None,
+        "sim_block_pnl_p05_p95": np.quantile(sim_full, [0.05, 0.95]).tolist()
+        if sim_full.size
+        else [None, None],
+        "percentile_of_realised_mean_block": float(
+            100.0 * np.mean(sim_full.mean(axis=1) <= full.mean())
+        )
+        if n_full and sim_full.size
+        else None,
+        "realised_markout_60s": _markout_total(real, config, 60.0),
+    }
 
 
 def _markout_total(result, config: backtest.Config, horizon: float) -> float | None:

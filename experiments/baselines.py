@@ -12,6 +12,18 @@ and ``delta_a = spread / 2 - q gamma sigma^2 tau`` with
 mid moves by ``sigma sqrt(dt) z`` and the pnl grows by the spread captured plus
 ``q_{i+1} (S_{i+1} - S_i)``.
 
+Both take the same arguments:
+
+- ``n_episodes``: number of independent episodes.
+- ``seed``: seed for ``np.random.default_rng``.
+- ``S0``: initial mid (price units).
+- ``sigma``: mid volatility (price units per sqrt time unit).
+- ``T``: session length (time units).
+- ``n_steps``: number of steps; ``dt = T / n_steps``.
+- ``A``: fill intensity at zero depth (fills per time unit, per side).
+- ``k``: intensity decay (per price unit).
+- ``gamma``: risk aversion (per price unit), must be positive.
+
 Each function returns a dict of per-episode arrays of shape ``[n_episodes]``:
 ``terminal_pnl`` and ``max_drawdown`` (float64, price units), ``terminal_inventory`` (float64,
 units), ``bid_fills`` and ``ask_fills`` (int64 counts).
@@ -20,6 +32,17 @@ units), ``bid_fills`` and ``ask_fills`` (int64 counts).
 import math
 
 import numpy as np
+
+
+def _summaries(pnl, inventory, max_drawdown, bid_fills, ask_fills) -> dict[str, np.ndarray]:
+    """The per-episode arrays both baselines return, by the names of the module docstring."""
+    return {
+        "terminal_pnl": pnl,
+        "terminal_inventory": inventory,
+        "max_drawdown": max_drawdown,
+        "bid_fills": bid_fills,
+        "ask_fills": ask_fills,
+    }
 
 
 def simulate_numpy_vectorised(
@@ -41,19 +64,7 @@ def simulate_numpy_vectorised(
     no adverse selection the quotes and pnl depend on it only through its increments, so ``S0``
     does not affect the results.
 
-    Args:
-        n_episodes: Number of independent episodes.
-        seed: Seed for ``np.random.default_rng``.
-        S0: Initial mid (price units).
-        sigma: Mid volatility (price units per sqrt time unit).
-        T: Session length (time units).
-        n_steps: Number of steps; ``dt = T / n_steps``.
-        A: Fill intensity at zero depth (fills per time unit, per side).
-        k: Intensity decay (per price unit).
-        gamma: Risk aversion (per price unit), must be positive.
-
-    Returns:
-        Per-episode summaries, see the module docstring.
+    Arguments and returns: see the module docstring.
     """
     rng = np.random.default_rng(seed)
     dt = T / n_steps
@@ -113,13 +124,7 @@ def simulate_numpy_vectorised(
         np.subtract(peak, pnl, out=work)
         np.maximum(max_dd, work, out=max_dd)
 
-    return {
-        "terminal_pnl": pnl,
-        "terminal_inventory": q,
-        "max_drawdown": max_dd,
-        "bid_fills": bid_fills,
-        "ask_fills": ask_fills,
-    }
+    return _summaries(pnl, q, max_dd, bid_fills, ask_fills)
 
 
 def simulate_python_loop(
@@ -140,19 +145,7 @@ def simulate_python_loop(
     draws the bid uniform, the ask uniform and the mid normal one at a time from
     ``np.random.default_rng(seed)``.
 
-    Args:
-        n_episodes: Number of independent episodes.
-        seed: Seed for ``np.random.default_rng``.
-        S0: Initial mid (price units).
-        sigma: Mid volatility (price units per sqrt time unit).
-        T: Session length (time units).
-        n_steps: Number of steps; ``dt = T / n_steps``.
-        A: Fill intensity at zero depth (fills per time unit, per side).
-        k: Intensity decay (per price unit).
-        gamma: Risk aversion (per price unit), must be positive.
-
-    Returns:
-        Per-episode summaries, see the module docstring.
+    Arguments and returns: see the module docstring.
     """
     rng = np.random.default_rng(seed)
     dt = T / n_steps
@@ -208,10 +201,4 @@ def simulate_python_loop(
         bid_fills[episode] = n_bid
         ask_fills[episode] = n_ask
 
-    return {
-        "terminal_pnl": terminal_pnl,
-        "terminal_inventory": terminal_inventory,
-        "max_drawdown": max_drawdown,
-        "bid_fills": bid_fills,
-        "ask_fills": ask_fills,
-    }
+    return _summaries(terminal_pnl, terminal_inventory, max_drawdown, bid_fills, ask_fills)

@@ -57,7 +57,7 @@ import numpy as np
 
 import jaxmm as mm
 from experiments import baselines
-from experiments.common import Timer, environment, write_json
+from experiments.common import Timer, add_options, environment, write_json
 from jaxmm import devices as device_lib
 from jaxmm import optimal, streaming
 
@@ -76,9 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="episodes"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (best kept)")
-    parser.add_argument(
-        "--loop-episodes", type=int, default=200, help="episodes of the Python-loop baseline"
+    add_options(
+        parser,
+        ("--repeats", int, 3, "timed runs per cell (best kept)"),
+        ("--loop-episodes", int, 200, "episodes of the Python-loop baseline"),
     )
     parser.add_argument(
         "--parts",
@@ -87,6 +88,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(PARTS),
         help="which benchmarks to run (default: all)",
     )
+    add_scaling_arguments(parser)
+    add_backtest_gym_arguments(parser)
+    add_options(
+        parser,
+        ("--scaling-worker", int, None, argparse.SUPPRESS),
+        ("--out", Path, Path("results/benchmark"), "output folder"),
+    )
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def add_scaling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scaling part's options (device counts, episodes, PPO) and ``--platform``."""
     parser.add_argument(
         "--scaling-devices",
         type=int,
@@ -94,9 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 2],
         help="device counts of the scaling part, each in its own process (default 1 2)",
     )
-    parser.add_argument(
-        "--scaling-episodes", type=int, default=262_144, help="episodes per scaling run"
-    )
+    add_options(parser, ("--scaling-episodes", int, 262_144, "episodes per scaling run"))
     parser.add_argument(
         "--scaling-ppo",
         action=argparse.BooleanOptionalAction,
@@ -111,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="JAX platform (default: JAX's default backend)",
     )
+
+
+def add_backtest_gym_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the backtest part (strategy counts, the tape) and the gymnasium part."""
     parser.add_argument(
         "--backtest-strategies",
         type=int,
@@ -149,9 +166,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=256,
         help="episodes of the gymnasium part's same-market check (jaxmm vs the NumPy env)",
     )
-    parser.add_argument("--scaling-worker", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=Path("results/benchmark"), help="output folder")
-    args = parser.parse_args(argv)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` on sizes, counts and steps out of range, or an unusable platform."""
     if min(args.sizes) < 1 or args.repeats < 1 or args.loop_episodes < 1:
         parser.error("--sizes, --repeats and --loop-episodes must be >= 1")
     if min(args.gym_envs) < 1 or args.gym_steps < GYM_CHUNK_STEPS or args.gym_ppo_steps < 0:
@@ -166,7 +184,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         device_lib.select(args.platform, 1)
     except ValueError as error:
         parser.error(str(error))
-    return args
 
 
 def peak_rss_mb() -> float:
@@ -605,7 +622,7 @@ def backtest_part(args: argparse.Namespace) -> dict:
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        compile_s = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
+        compile_s = _compile_cell(r["compile_seconds"])
         lines.append(
             f"| {r['implementation']} | {r['strategies']:,} | {r['seconds']:.3f} | "
             f"{r['strategy_events_per_second'] / 1e6:.3f} | {compile_s} |"
@@ -870,13 +887,18 @@ def gymnasium_part(args: argparse.Namespace) -> dict:
     }
 
 
+def _compile_cell(seconds: float | None) -> str:
+    """A table's compile-seconds cell: empty for the rows that do not compile (NumPy, Python)."""
+    return "" if seconds is None else f"{seconds:.2f}"
+
+
 def markdown(rows: list[dict], ratios: list[dict], targets: dict) -> str:
     lines = [
         "| implementation | episodes | seconds | M episode-steps/s | compile s | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        compile_s = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
+        compile_s = _compile_cell(r["compile_seconds"])
         lines.append(
             f"| {r['implementation']} | {r['episodes']:,} | {r['seconds']:.3f} | "
             f"{r['episode_steps_per_second'] / 1e6:.2f} | {compile_s} | {r['peak_rss_mb']:.0f} |"

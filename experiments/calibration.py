@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,17 @@ import matplotlib.ticker
 import numpy as np
 
 import jaxmm as mm
-from experiments.common import Timer, data_dir, finish, save_figure, study_parser, write_csv
+from experiments.common import (
+    Timer,
+    add_options,
+    check_minimum,
+    data_dir,
+    finish,
+    progress,
+    save_figure,
+    study_parser,
+    write_csv,
+)
 from jaxmm import calibrate, lobster, market
 from jaxmm.policies import AvellanedaStoikov
 
@@ -71,79 +80,35 @@ QUICK = {  # experiments.all --quick
 
 def parse_args(argv: list[str] | None = None, **options: Any) -> argparse.Namespace:
     parser = study_parser("calibration", __doc__)
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=default_data_dir(),
-        help="LOBSTER day folder (its CSV pair or zip)",
-    )
-    parser.add_argument("--max-depth", type=float, default=0.20, help="depth grid top, dollars")
-    parser.add_argument("--depth-step", type=float, default=0.01, help="depth grid step, dollars")
-    parser.add_argument(
-        "--block-seconds",
-        type=float,
-        default=300.0,
-        help="length of the robust-error time blocks, seconds",
-    )
-    parser.add_argument(
-        "--vol-seconds", type=float, default=60.0, help="sampling interval for sigma, seconds"
-    )
-    parser.add_argument(
-        "--loop-gamma", type=float, default=0.01, help="A-S risk aversion gamma, per dollar"
-    )
-    parser.add_argument("--loop-q-max", type=int, default=30, help="inventory limit, shares")
-    parser.add_argument(
-        "--loop-episodes", type=int, default=10_000, help="simulated sessions of the loop"
-    )
-    parser.add_argument(
-        "--loop-steps", type=int, default=23_400, help="steps per session (23,400: one a second)"
-    )
-    parser.add_argument(
-        "--grid-size", type=int, default=25, help="(gamma, kappa) grid cells per axis"
-    )
-    parser.add_argument(
-        "--grid-episodes", type=int, default=20_000, help="simulated sessions per grid cell"
-    )
-    parser.add_argument(
-        "--tune-iterations", type=int, default=200, help="gradient steps of the tuning"
-    )
-    parser.add_argument(
-        "--tune-episodes", type=int, default=1024, help="sessions per gradient step"
-    )
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=0.1,
-        help="temperature of the relaxed fills, dimensionless",
-    )
-    parser.add_argument(
-        "--eval-episodes",
-        type=int,
-        default=100_000,
-        help="sessions of the final exact-fill evaluation",
-    )
-    parser.add_argument(
-        "--inverse-episodes", type=int, default=256, help="sessions per inverse-fit step"
-    )
-    parser.add_argument(
-        "--inverse-iterations", type=int, default=300, help="gradient steps of the inverse fit"
+    add_options(
+        parser,
+        ("--data", Path, default_data_dir(), "LOBSTER day folder (its CSV pair or zip)"),
+        ("--max-depth", float, 0.20, "depth grid top, dollars"),
+        ("--depth-step", float, 0.01, "depth grid step, dollars"),
+        ("--block-seconds", float, 300.0, "length of the robust-error time blocks, seconds"),
+        ("--vol-seconds", float, 60.0, "sampling interval for sigma, seconds"),
+        ("--loop-gamma", float, 0.01, "A-S risk aversion gamma, per dollar"),
+        ("--loop-q-max", int, 30, "inventory limit, shares"),
+        ("--loop-episodes", int, 10_000, "simulated sessions of the loop"),
+        ("--loop-steps", int, 23_400, "steps per session (23,400: one a second)"),
+        ("--grid-size", int, 25, "(gamma, kappa) grid cells per axis"),
+        ("--grid-episodes", int, 20_000, "simulated sessions per grid cell"),
+        ("--tune-iterations", int, 200, "gradient steps of the tuning"),
+        ("--tune-episodes", int, 1024, "sessions per gradient step"),
+        ("--temperature", float, 0.1, "temperature of the relaxed fills, dimensionless"),
+        ("--eval-episodes", int, 100_000, "sessions of the final exact-fill evaluation"),
+        ("--inverse-episodes", int, 256, "sessions per inverse-fit step"),
+        ("--inverse-iterations", int, 300, "gradient steps of the inverse fit"),
     )
     args = parser.parse(argv, **options)
     positive = (
         "max_depth depth_step block_seconds vol_seconds loop_gamma loop_q_max loop_episodes "
         "loop_steps tune_iterations inverse_episodes inverse_iterations temperature"
     )
-    for name in positive.split():
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    for name in ("grid_size", "grid_episodes", "tune_episodes", "eval_episodes"):
-        if getattr(args, name) < 2:
-            parser.error(f"--{name.replace('_', '-')} must be >= 2, got {getattr(args, name)}")
+    check_minimum(parser, args, positive.split())
+    at_least_two = ("grid_size", "grid_episodes", "tune_episodes", "eval_episodes")
+    check_minimum(parser, args, at_least_two, 2, strict=False)
     return args
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------ AMZN

@@ -11,6 +11,7 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,12 +28,16 @@ matplotlib.use("Agg")
 __all__ = [
     "StudyParser",
     "Timer",
+    "add_options",
     "add_ppo_arguments",
+    "check_minimum",
     "data_dir",
     "environment",
     "finish",
+    "grouped_bars",
     "jsonable",
     "markdown_table",
+    "progress",
     "save_figure",
     "study_parser",
     "write_csv",
@@ -129,6 +134,32 @@ def add_ppo_arguments(
     )
 
 
+def add_options(parser: argparse.ArgumentParser, *options: tuple[str, type, Any, str]) -> None:
+    """One plain typed option per ``(flag, type, default, help)``, in that order:
+    ``parser.add_argument(flag, type=type, default=default, help=help)``. Options with more
+    (``nargs``, ``choices``, an ``action``) are added by ``parser.add_argument`` as usual."""
+    for flag, kind, default, text in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+
+
+def check_minimum(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    names: Sequence[str],
+    minimum: float = 0,
+    *,
+    strict: bool = True,
+) -> None:
+    """``parser.error`` on the first of ``names`` (destinations, e.g. ``"q_max"``) whose value
+    is not above ``minimum`` (``strict``: ``> minimum``, else ``>= minimum``), naming its flag
+    and value: ``--q-max must be > 0, got -1``. A NaN is never above."""
+    for name in names:
+        value = getattr(args, name)
+        if not (value > minimum if strict else value >= minimum):
+            sign = ">" if strict else ">="
+            parser.error(f"--{name.replace('_', '-')} must be {sign} {minimum:g}, got {value}")
+
+
 def environment() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
@@ -165,6 +196,11 @@ def finish(
     return result
 
 
+def progress(message: str) -> None:
+    """Print ``message`` on stderr at once (a long study's progress lines)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
     """A markdown table; ``align`` has one letter a column, ``l`` (left) or ``r`` (right),
     default: the first column left, the others right."""
@@ -172,6 +208,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: 
     rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
     lines = ["| " + " | ".join(str(cell) for cell in line) + " |" for line in (header, *rows)]
     return "\n".join([lines[0], rule, *lines[1:]])
+
+
+def grouped_bars(
+    ax: Any, rows: Sequence[Mapping[str, Any]], group: str, stat: str, **ticks: Any
+) -> None:
+    """Bars of ``row[stat]`` with ``row[stat + "_se"]`` error bars on ``ax``: one cluster per
+    value of ``row[group]`` (e.g. the scenario), one bar per ``row["strategy"]`` in each (its
+    legend label), both in first-seen order; the clusters' ticks are labelled (``ticks``: more
+    options of ``ax.set_xticks``, e.g. ``rotation=20``)."""
+    groups = list(dict.fromkeys(row[group] for row in rows))
+    strategies = list(dict.fromkeys(row["strategy"] for row in rows))
+    lookup = {(row[group], row["strategy"]): row for row in rows}
+    width = 0.8 / len(strategies)
+    x = np.arange(len(groups))
+    for i, strategy in enumerate(strategies):
+        values = [lookup[name, strategy][stat] for name in groups]
+        errors = [lookup[name, strategy][f"{stat}_se"] for name in groups]
+        ax.bar(x + i * width, values, width, yerr=errors, label=strategy)
+    ax.set_xticks(x + 0.4 - width / 2, groups, **ticks)
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 120) -> Path:

@@ -260,11 +260,18 @@ def solve_row(
     }
 
 
-def plot_depths(params, results: dict, path: Path) -> None:
+def _phi_panels(results: dict, height: float) -> tuple[Any, list[tuple[Any, Any]]]:
+    """One panel per phi of ``results``, side by side (6.5 x ``height`` inches each):
+    ``(fig, [(ax, phi), ...])``."""
     phis = list(results)
-    fig, axes = plt.subplots(1, len(phis), figsize=(6.5 * len(phis), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(phis), figsize=(6.5 * len(phis), height), squeeze=False)
+    return fig, list(zip(axes[0], phis, strict=True))
+
+
+def plot_depths(params, results: dict, path: Path) -> None:
+    fig, panels = _phi_panels(results, 4.5)
     times = np.arange(params.n_steps) * float(params.dt)
-    for ax, phi in zip(axes[0], phis, strict=True):
+    for ax, phi in panels:
         depths = results[phi]["depths"]
         for name, (bid, _ask) in depths.items():
             if name.startswith("cp("):
@@ -284,9 +291,8 @@ def plot_depths(params, results: dict, path: Path) -> None:
 
 
 def plot_values(results: dict, path: Path) -> None:
-    phis = list(results)
-    fig, axes = plt.subplots(1, len(phis), figsize=(6.5 * len(phis), 5), squeeze=False)
-    for ax, phi in zip(axes[0], phis, strict=True):
+    fig, panels = _phi_panels(results, 5)
+    for ax, phi in panels:
         rows = results[phi]["values"]
         x = np.arange(len(rows))
         means = [row["mc_mean"] for row in rows]
@@ -303,9 +309,8 @@ def plot_values(results: dict, path: Path) -> None:
 
 
 def plot_overfitting(results: dict, path: Path) -> None:
-    phis = list(results)
-    fig, axes = plt.subplots(1, len(phis), figsize=(6.5 * len(phis), 4.5), squeeze=False)
-    for ax, phi in zip(axes[0], phis, strict=True):
+    fig, panels = _phi_panels(results, 4.5)
+    for ax, phi in panels:
         rows = results[phi]["solves"]
         sizes = np.array([row["n_scenarios"] for row in rows])
         ax.plot(sizes, [row["in_sample"] for row in rows], "o", label="in-sample (CP objective)")

@@ -300,27 +300,48 @@ def _reference_fd(problem, params, direction, stream, n_batches, batch, h):
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(n_batches))
 
 
+_BREAK_SETTINGS = (  # (label, estimator, temperature) of the estimators part_breaks scores
+    ("relaxed T=0.3", "relaxed", 0.3),
+    ("relaxed T=0.03", "relaxed", 0.03),
+    ("expected", "expected", 0.1),
+)
+
+
 def part_breaks(args, out: Path) -> dict[str, Any]:
+    """Where the pathwise gradients break, at phi 0.1: the relaxed-fill temperature, inventory
+    limits, latency and the loss-limit halt, each against its reference gradient."""
     config = diffsim.DiffSimConfig(phi=0.1)
-    figures = {}
+    settings = list(_BREAK_SETTINGS)
     results: dict[str, Any] = {}
+    figures = {}
+    results["temperature"], figures["temperature"] = _breaks_temperature(config, args, out)
+    results["q_max"] = rows = _breaks_q_max(config, args, settings)
+    figures["q_max"] = _plot_breaks(rows, "q_max", "inventory limit q_max", out, settings)
+    results["latency"] = rows = _breaks_latency(config, args, settings)
+    figures["latency"] = _plot_breaks(rows, "latency", "latency (steps)", out, settings)
+    results["loss_limit"] = rows = _breaks_loss_limit(config, args, settings)
+    figures["loss_limit"] = _plot_halt(rows, settings, out)
+    return {"breaks": results, "figures": figures}
+
+
+def _break_cosines(problem, params, reference, settings, args) -> dict[str, float]:
+    """Each setting's mean cosine (one batch of 64 episodes, ``args.reps`` batches) and bias
+    cosine (of the mean) to ``reference``, by label."""
+    row = {}
+    for label, name, temperature in settings:
+        samples, _ = estimator_samples(
+            problem, params, name, 64, args.reps, args.seed + 20, temperature
+        )
+        scores = score(samples, reference)
+        row[label] = scores["cosine"]
+        row[f"{label} bias"] = scores["bias_cosine"]
+    return row
+
+
+def _breaks_temperature(config, args, out: Path) -> tuple[list[dict], str]:
+    """Discrete fills: the relaxed estimator's cosine to the exact gradient by temperature;
+    returns the rows and the figure's path."""
     batch, reps = 64, args.reps
-
-    def cosines(problem, params, reference, settings):
-        row = {}
-        for label, name, temperature in settings:
-            samples, _ = estimator_samples(
-                problem, params, name, batch, reps, args.seed + 20, temperature
-            )
-            scores = score(samples, reference)
-            row[label] = scores["cosine"]
-            row[f"{label} bias"] = scores["bias_cosine"]
-        return row
-
-    settings = [("relaxed T=0.3", "relaxed", 0.3), ("relaxed T=0.03", "relaxed", 0.03)]
-    settings.append(("expected", "expected", 0.1))
-
-    # discrete fills: the temperature
     problem = diffsim.make_problem(config)
     params = problem.init(jax.random.key(args.seed))
     exact = np.asarray(problem.actor_vector(jax.grad(problem.exact_reward)(params)))
@@ -329,39 +350,45 @@ def part_breaks(args, out: Path) -> dict[str, Any]:
     for t in temps:
         samples, _ = estimator_samples(problem, params, "relaxed", batch, reps, args.seed + 30, t)
         rows.append({"temperature": t, **score(samples, exact)})
-    results["temperature"] = rows
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(temps, [r["cosine"] for r in rows], "o-", label="one batch: mean cosine")
     ax.plot(temps, [r["bias_cosine"] for r in rows], "s--", label="bias: cosine of the mean")
     ax.set(xscale="log", xlabel="relaxed-fill temperature", ylabel="cosine to exact gradient")
     ax.set_title(f"discrete fills, phi 0.1, {batch} episodes x {reps}")
     ax.legend(fontsize=8)
-    figures["temperature"] = str(common.save_figure(fig, out / "breaks_temperature.png"))
+    return rows, str(common.save_figure(fig, out / "breaks_temperature.png"))
 
-    # inventory limits (the exact DP models them)
+
+def _breaks_q_max(config, args, settings) -> list[dict]:
+    """Inventory limits (the exact DP models them): cosines to the exact gradient by q_max."""
     rows = []
     for q_max in (2.0, 4.0, 8.0, 16.0, math.inf):
         problem = _problem_on(config, q_max=q_max)
         params = problem.init(jax.random.key(args.seed))
         exact = np.asarray(problem.actor_vector(jax.grad(problem.exact_reward)(params)))
-        rows.append({"q_max": q_max, **cosines(problem, params, exact, settings)})
+        rows.append({"q_max": q_max, **_break_cosines(problem, params, exact, settings, args)})
         print("q_max", rows[-1], flush=True)
-    results["q_max"] = rows
-    figures["q_max"] = _plot_breaks(rows, "q_max", "inventory limit q_max", out, settings)
+    return rows
 
-    # latency: the expected-fill estimator over many episodes is the reference
+
+def _breaks_latency(config, args, settings) -> list[dict]:
+    """Latency: cosines by latency (steps) to the expected-fill estimator over many episodes,
+    the reference."""
     rows = []
     for latency in (0, 1, 2, 5):
         problem = _problem_on(config, latency=latency)
         params = problem.init(jax.random.key(args.seed))
         big, _ = estimator_samples(problem, params, "expected", 4096, 4, args.seed + 40)
         reference = big.mean(axis=0)
-        rows.append({"latency": latency, **cosines(problem, params, reference, settings)})
+        cosines = _break_cosines(problem, params, reference, settings, args)
+        rows.append({"latency": latency, **cosines})
         print("latency", rows[-1], flush=True)
-    results["latency"] = rows
-    figures["latency"] = _plot_breaks(rows, "latency", "latency (steps)", out, settings)
+    return rows
 
-    # the loss-limit halt: directional derivatives against central differences
+
+def _breaks_loss_limit(config, args, settings) -> list[dict]:
+    """The loss-limit halt: each estimator's directional derivative against central
+    differences of the hard simulator, by loss limit (price units)."""
     rows = []
     for limit in (math.inf, 5.0, 2.0, 1.0, 0.5):
         options = {} if math.isinf(limit) else {"loss_limit": limit}
@@ -391,9 +418,7 @@ def part_breaks(args, out: Path) -> dict[str, Any]:
             row[f"{label} se"] = float(projected.std(ddof=1) / math.sqrt(projected.size))
         rows.append(row)
         print("loss_limit", row, flush=True)
-    results["loss_limit"] = rows
-    figures["loss_limit"] = _plot_halt(rows, settings, out)
-    return {"breaks": results, "figures": figures}
+    return rows
 
 
 def _plot_breaks(rows, key, label, out, settings):

@@ -34,6 +34,7 @@ from experiments.common import (
     Timer,
     add_ppo_arguments,
     finish,
+    grouped_bars,
     markdown_table,
     save_figure,
     study_parser,
@@ -170,21 +171,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    regime_names = list(dict.fromkeys(r["regime"] for r in rows))
-    names = list(dict.fromkeys(r["strategy"] for r in rows))
-    lookup = {(r["regime"], r["strategy"]): r for r in rows}
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(names)
-    x = np.arange(len(regime_names))
-    for i, name in enumerate(names):
-        ax.bar(
-            x + i * width,
-            [lookup[regime, name]["sharpe"] for regime in regime_names],
-            width,
-            yerr=[lookup[regime, name]["sharpe_se"] for regime in regime_names],
-            label=name,
-        )
-    ax.set_xticks(x + 0.4 - width / 2, regime_names)
+    grouped_bars(ax, rows, "regime", "sharpe")
     ax.set(
         xlabel="regime of the test path",
         ylabel="per-episode Sharpe (mean / std of terminal PnL)",

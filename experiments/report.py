@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,176 +77,114 @@ def _row(rows: list[dict] | None, **match: Any) -> dict:
     return {}
 
 
-def _section_monte_carlo(out: Path, mc: dict | None) -> list[str]:
-    parts = ["## 1. Monte Carlo of Avellaneda-Stoikov (`monte_carlo`)", ""]
-    if mc:
-        as_ = mc["summary"]["avellaneda_stoikov"]
-        naive = mc["summary"]["naive"]
-        parts += [
-            f"{as_['n_episodes']:,} episodes. A-S: mean PnL {_num(as_['mean_pnl'])} ± "
-            f"{_num(as_['mean_pnl_se'])}, std {_num(as_['std_pnl'])}, Sharpe "
-            f"{_num(as_['sharpe'])} ± {_num(as_['sharpe_se'])}, mean |q_T| "
-            f"{_num(as_['mean_abs_q'])}. Naive (spread 1.0): mean PnL {_num(naive['mean_pnl'])}, "
-            f"Sharpe {_num(naive['sharpe'])}.",
-            "",
-            _figures(out, "monte_carlo"),
-            "",
-        ]
+def _section(out: Path, title: str, study: str, data: Any, body: Callable[[Any], list[str]]):
+    """A study's section of the report: the heading ``## <title> (`<study>`)`` and, when the
+    study ran (``data``, its result file, is not empty), ``body(data)``, a blank line, the
+    study's figures and a blank line."""
+    parts = [f"## {title} (`{study}`)", ""]
+    if data:
+        parts += [*body(data), "", _figures(out, study), ""]
     return parts
 
 
-def _section_optimal_quotes(out: Path, oq: dict | None) -> list[str]:
-    parts = ["## 2. Exact optima (`optimal_quotes`)", ""]
-    if oq:
-        parts += [
-            "Exact expected reward (no Monte Carlo noise) and fraction of the Bellman optimum "
-            "of the simulator's MDP (depths in [0.01, 5]):",
-            "",
-            optimal_quotes.format_rewards(oq["exact_rewards"]),
-            "",
-            "Monte Carlo check of the optimum: "
-            + "; ".join(
-                f"phi {phi}: z = {check['z']:+.2f}"
-                for phi, check in oq["bellman_monte_carlo_check"].items()
-            ),
-            "",
-            _figures(out, "optimal_quotes"),
-            "",
-        ]
-    return parts
+def _monte_carlo(mc: dict) -> list[str]:
+    as_ = mc["summary"]["avellaneda_stoikov"]
+    naive = mc["summary"]["naive"]
+    return [
+        f"{as_['n_episodes']:,} episodes. A-S: mean PnL {_num(as_['mean_pnl'])} ± "
+        f"{_num(as_['mean_pnl_se'])}, std {_num(as_['std_pnl'])}, Sharpe "
+        f"{_num(as_['sharpe'])} ± {_num(as_['sharpe_se'])}, mean |q_T| "
+        f"{_num(as_['mean_abs_q'])}. Naive (spread 1.0): mean PnL {_num(naive['mean_pnl'])}, "
+        f"Sharpe {_num(naive['sharpe'])}."
+    ]
 
 
-def _section_heatmap(out: Path, hm: dict | None) -> list[str]:
-    parts = ["## 3. A-S parameter heatmap (`heatmap`)", ""]
-    if hm:
-        for sigma, best in hm["best"].items():
-            b = best["best"]
-            parts.append(
-                f"- sigma = {sigma}: best gamma {b['gamma']:g}, kappa {b['kappa']:g}, Sharpe "
-                f"{_num(b['sharpe'])} ± {_num(b['sharpe_se'])}; {len(best['region'])} cell(s) "
-                "within 2 SE."
-            )
-        parts += [
-            f"- The best gamma {'moves' if hm['best_gamma_moves_with_sigma'] else 'does not move'}"
-            " with sigma.",
-            "",
-            _figures(out, "heatmap"),
-            "",
-        ]
-    return parts
+def _optimal_quotes(oq: dict) -> list[str]:
+    return [
+        "Exact expected reward (no Monte Carlo noise) and fraction of the Bellman optimum "
+        "of the simulator's MDP (depths in [0.01, 5]):",
+        "",
+        optimal_quotes.format_rewards(oq["exact_rewards"]),
+        "",
+        "Monte Carlo check of the optimum: "
+        + "; ".join(
+            f"phi {phi}: z = {check['z']:+.2f}"
+            for phi, check in oq["bellman_monte_carlo_check"].items()
+        ),
+    ]
 
 
-def _section_stress(out: Path, st: dict | None) -> list[str]:
-    parts = ["## 4. Stress tests (`stress`)", ""]
-    if st:
-        parts += [stress.format_table(st["table"]), "", _figures(out, "stress"), ""]
-    return parts
+def _heatmap(hm: dict) -> list[str]:
+    parts = []
+    for sigma, best in hm["best"].items():
+        b = best["best"]
+        parts.append(
+            f"- sigma = {sigma}: best gamma {b['gamma']:g}, kappa {b['kappa']:g}, Sharpe "
+            f"{_num(b['sharpe'])} ± {_num(b['sharpe_se'])}; {len(best['region'])} cell(s) "
+            "within 2 SE."
+        )
+    moves = "moves" if hm["best_gamma_moves_with_sigma"] else "does not move"
+    return [*parts, f"- The best gamma {moves} with sigma."]
 
 
-def _section_calibration(out: Path, cal: dict | None) -> list[str]:
-    parts = ["## 5. Calibration (`calibration`)", ""]
-    if cal:
-        amzn = cal.get("amzn", {})
-        if "intensity" in amzn:
-            per_session = amzn["intensity"]["per_session"]
-            k_fit = amzn["intensity"]["k_per_dollar"]
-            parts += [
-                f"AMZN 2012-06-21 (LOBSTER level-1 sample): A = {_num(per_session['A'], 0)} per "
-                f"session (robust s.e. {_num(per_session['stderr_A_robust'], 0)}), k = "
-                f"{_num(k_fit['k'], 1)} per dollar (robust s.e. {_num(k_fit['stderr_k_robust'])}),"
-                f" sigma = {_num(_get(amzn, 'volatility', 'sigma_per_sqrt_session'))} "
-                "dollars per sqrt(session). Goodness of fit of the exponential from depth 0: "
-                f"chi2 = {_num(_get(amzn, 'goodness_of_fit', 'statistic'), 0)} on "
-                f"{_get(amzn, 'goodness_of_fit', 'dof')} dof.",
-                "",
-            ]
-        else:
-            parts += [f"AMZN part skipped: {amzn.get('skipped', 'no data')}", ""]
-        parts += [_figures(out, "calibration"), ""]
-    return parts
+def _calibration(cal: dict) -> list[str]:
+    amzn = cal.get("amzn", {})
+    if "intensity" not in amzn:
+        return [f"AMZN part skipped: {amzn.get('skipped', 'no data')}"]
+    intensity = amzn["intensity"]
+    per_session, k_fit = intensity["per_session"], intensity["k_per_dollar"]
+    return [
+        f"AMZN 2012-06-21 (LOBSTER level-1 sample): A = {_num(per_session['A'], 0)} per "
+        f"session (robust s.e. {_num(per_session['stderr_A_robust'], 0)}), k = "
+        f"{_num(k_fit['k'], 1)} per dollar (robust s.e. {_num(k_fit['stderr_k_robust'])}),"
+        f" sigma = {_num(_get(amzn, 'volatility', 'sigma_per_sqrt_session'))} "
+        "dollars per sqrt(session). Goodness of fit of the exponential from depth 0: "
+        f"chi2 = {_num(_get(amzn, 'goodness_of_fit', 'statistic'), 0)} on "
+        f"{_get(amzn, 'goodness_of_fit', 'dof')} dof."
+    ]
 
 
-def _section_compare(out: Path, cmp_: dict | None) -> list[str]:
-    parts = ["## 6. Strategy comparison (`compare`)", ""]
-    if cmp_:
-        parts += [
-            f"Same {cmp_['config']['n_episodes']:,} paths; A-S cell {cmp_['config']['as_cell']};"
-            f" PPO choice {cmp_.get('ppo_choice', {}).get('chosen', 'not run')}.",
-            "",
-            compare.format_table(cmp_["table"]),
-            "",
-            _figures(out, "compare"),
-            "",
-        ]
-    return parts
+def _compare(cmp_: dict) -> list[str]:
+    return [
+        f"Same {cmp_['config']['n_episodes']:,} paths; A-S cell {cmp_['config']['as_cell']};"
+        f" PPO choice {cmp_.get('ppo_choice', {}).get('chosen', 'not run')}.",
+        "",
+        compare.format_table(cmp_["table"]),
+    ]
 
 
-def _section_rewards(out: Path, rw: dict | None) -> list[str]:
-    parts = ["## 7. Reward design (`rewards`)", ""]
-    if rw:
-        for r in rw["table"]:
-            parts.append(
-                f"- phi = {r['phi']:g}: {_num(r['test_fraction_of_optimum'], 1, True)} of its "
-                f"optimum on test paths, 95% of its final level after "
-                f"{r['steps_to_95pct_of_final']:,} steps, mean spread {_num(r['mean_spread'])}, "
-                f"mean |q| {_num(r['mean_abs_q_session'])}, std PnL {_num(r['std_pnl'])}."
-            )
-        parts += [
-            f"- Faster to converge: phi = {rw['faster_convergence_phi']:g}; more conservative: "
-            f"phi = {rw['more_conservative_phi']:g}.",
-            "",
-            _figures(out, "rewards"),
-            "",
-        ]
-    return parts
+def _rewards(rw: dict) -> list[str]:
+    parts = [
+        f"- phi = {r['phi']:g}: {_num(r['test_fraction_of_optimum'], 1, True)} of its "
+        f"optimum on test paths, 95% of its final level after "
+        f"{r['steps_to_95pct_of_final']:,} steps, mean spread {_num(r['mean_spread'])}, "
+        f"mean |q| {_num(r['mean_abs_q_session'])}, std PnL {_num(r['std_pnl'])}."
+        for r in rw["table"]
+    ]
+    return [
+        *parts,
+        f"- Faster to converge: phi = {rw['faster_convergence_phi']:g}; more conservative: "
+        f"phi = {rw['more_conservative_phi']:g}.",
+    ]
 
 
-def _section_regime(out: Path, rg: dict | None) -> list[str]:
-    parts = ["## 8. Volatility regime switch (`regime`)", ""]
-    if rg:
-        parts += [regime.format_table(rg["table"]), "", _adaptation(rg["table"]), ""]
-        parts += [_figures(out, "regime"), ""]
-    return parts
+def _ablation(ab: dict) -> list[str]:
+    return [
+        "| features | % of optimum | Sharpe | mean abs q_T |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {r['features']} | {_num(r['fraction_of_optimum'], 2, True)} ± "
+            f"{_num(r['fraction_se'], 2, True)} | {_num(r['sharpe'])} | "
+            f"{_num(r['mean_abs_q'])} |"
+            for r in ab["table"]
+        ],
+    ]
 
 
-def _section_regime_conditional(out: Path, rc: dict | None) -> list[str]:
-    parts = ["## 9. Regime-conditional performance (`regime_conditional`)", ""]
-    if rc:
-        parts += [
-            regime_conditional.format_table(rc["table"]),
-            "",
-            _figures(out, "regime_conditional"),
-            "",
-        ]
-    return parts
-
-
-def _section_ablation(out: Path, ab: dict | None) -> list[str]:
-    parts = ["## 10. State ablation (`ablation`)", ""]
-    if ab:
-        parts += [
-            "| features | % of optimum | Sharpe | mean abs q_T |",
-            "|---|---:|---:|---:|",
-            *[
-                f"| {r['features']} | {_num(r['fraction_of_optimum'], 2, True)} ± "
-                f"{_num(r['fraction_se'], 2, True)} | {_num(r['sharpe'])} | "
-                f"{_num(r['mean_abs_q'])} |"
-                for r in ab["table"]
-            ],
-            "",
-            _figures(out, "ablation"),
-            "",
-        ]
-    return parts
-
-
-def _section_backtest(out: Path, bt: dict | None) -> list[str]:
-    """Backtesting on real tapes: the tables of ``backtest/results.json`` and its figures."""
-    parts = ["## 11. Backtesting on real tapes (`backtest`)", ""]
-    if not bt:
-        return parts
+def _backtest(bt: dict) -> list[str]:
+    """Backtesting on real tapes: the tables of ``backtest/results.json``."""
     config = bt.get("config", {})
-    parts += [
+    parts = [
         f"LOBSTER 2012-06-21 samples; calibrated on {config.get('open')}-{config.get('split')}, "
         f"replayed {config.get('split')}-{config.get('close')} with {config.get('quote_size')}-"
         f"share quotes, requote 1 s, conservative queue; A-S and GLFT at gamma = "
@@ -285,7 +224,6 @@ def _section_backtest(out: Path, bt: dict | None) -> list[str]:
             "the top decile of every stock and every half-hour: "
             f"{robust.get('top_decile_every_stock_and_block_count')}.",
         ]
-    parts += ["", _figures(out, "backtest"), ""]
     return parts
 
 
@@ -320,17 +258,31 @@ def render(out: Path, timings: dict[str, float], *, quick: bool = False) -> str:
         "",
     ]
 
-    parts += _section_monte_carlo(out, mc)
-    parts += _section_optimal_quotes(out, oq)
-    parts += _section_heatmap(out, hm)
-    parts += _section_stress(out, st)
-    parts += _section_calibration(out, cal)
-    parts += _section_compare(out, cmp_)
-    parts += _section_rewards(out, rw)
-    parts += _section_regime(out, rg)
-    parts += _section_regime_conditional(out, rc)
-    parts += _section_ablation(out, ab)
-    parts += _section_backtest(out, bt)
+    sections = (
+        ("1. Monte Carlo of Avellaneda-Stoikov", "monte_carlo", mc, _monte_carlo),
+        ("2. Exact optima", "optimal_quotes", oq, _optimal_quotes),
+        ("3. A-S parameter heatmap", "heatmap", hm, _heatmap),
+        ("4. Stress tests", "stress", st, lambda st: [stress.format_table(st["table"])]),
+        ("5. Calibration", "calibration", cal, _calibration),
+        ("6. Strategy comparison", "compare", cmp_, _compare),
+        ("7. Reward design", "rewards", rw, _rewards),
+        (
+            "8. Volatility regime switch",
+            "regime",
+            rg,
+            lambda rg: [regime.format_table(rg["table"]), "", _adaptation(rg["table"])],
+        ),
+        (
+            "9. Regime-conditional performance",
+            "regime_conditional",
+            rc,
+            lambda rc: [regime_conditional.format_table(rc["table"])],
+        ),
+        ("10. State ablation", "ablation", ab, _ablation),
+        ("11. Backtesting on real tapes", "backtest", bt, _backtest),
+    )
+    for title, study, data, body in sections:
+        parts += _section(out, title, study, data, body)
     parts += contradictions(mc, st, cmp_, rc)
     parts += discussion(oq, cmp_, st, rg, ab, cal)
     return "\n".join(parts) + "\n"

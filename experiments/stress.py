@@ -41,6 +41,7 @@ import jaxmm as mm
 from experiments.common import (
     Timer,
     finish,
+    grouped_bars,
     markdown_table,
     save_figure,
     study_parser,
@@ -165,21 +166,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    names = list(dict.fromkeys(row["scenario"] for row in rows))
-    strategies = list(dict.fromkeys(row["strategy"] for row in rows))
-    lookup = {(row["scenario"], row["strategy"]): row for row in rows}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    width = 0.8 / len(strategies)
-    x = np.arange(len(names))
     for ax, stat, label in (
         (axes[0], "sharpe", "per-episode Sharpe"),
         (axes[1], "mean_pnl", "mean terminal PnL"),
     ):
-        for i, strategy in enumerate(strategies):
-            values = [lookup[name, strategy][stat] for name in names]
-            errors = [lookup[name, strategy][f"{stat}_se"] for name in names]
-            ax.bar(x + i * width, values, width, yerr=errors, label=strategy)
-        ax.set_xticks(x + 0.4 - width / 2, names, rotation=20, ha="right", fontsize=8)
+        grouped_bars(ax, rows, "scenario", stat, rotation=20, ha="right", fontsize=8)
         ax.set(ylabel=label, title=f"{label} by scenario (1 SE bars)")
         ax.axhline(0, color="k", linewidth=0.5)
     axes[0].legend(fontsize=8)
