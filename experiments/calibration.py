@@ -681,23 +681,12 @@ def inverse_on_simulation(key, *, n_episodes: int = 256, n_iterations: int = 300
     (``n_iterations`` gradient steps of ``n_episodes`` simulated episodes)."""
     truth = mm.presets.homework().replace(A=140.0, n_steps=240, fill_model="exponential")
     depths = np.linspace(0.0, 2.2, 12)
-    design = calibrate.DepthCycle(jnp.asarray(depths, jnp.float32))
+    design = calibrate.DepthCycle(depths)  # float64 grid: the rates keep it exactly
     observed = mm.simulate(truth, design, key, 400, paths=True)
     records = calibrate.records_from_paths(observed, truth)
     mle = calibrate.fit_intensity(*records, fill_model=truth.fill_model, dt=truth.dt)
     volatility = calibrate.realized_volatility(observed.paths.mid, truth.dt)
-    fills = np.asarray(observed.paths.bid_fill + observed.paths.ask_fill, np.float64)
-    slot = np.arange(truth.n_steps) % depths.size
-    filled = np.array([fills[:, slot == i].sum() for i in range(depths.size)])
-    trials = np.array([2.0 * fills.shape[0] * (slot == i).sum() for i in range(depths.size)])
-    frequency = filled / trials
-    rates = calibrate.ExceedanceRates(
-        depths,
-        frequency / truth.dt,
-        np.sqrt(frequency * (1 - frequency) / trials) / truth.dt,
-        filled,
-        trials * truth.dt,
-    )
+    rates = design.rates(observed, truth.dt)
     inverse = calibrate.fit_market_by_gradient(
         calibrate.moment_targets(rates, volatility),
         truth,

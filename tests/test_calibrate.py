@@ -647,18 +647,13 @@ def test_inverse_calibration_agrees_with_the_mle():
         *calibrate.records_from_paths(observed, truth), fill_model="exponential", dt=truth.dt
     )
     volatility = calibrate.realized_volatility(observed.paths.mid, truth.dt)
-    fills = np.asarray(observed.paths.bid_fill + observed.paths.ask_fill, np.float64)
-    slot = np.arange(240) % 12
-    filled = np.array([fills[:, slot == i].sum() for i in range(12)])
-    trials = 2.0 * 400 * 20
-    frequency = filled / trials
-    rates = calibrate.ExceedanceRates(
-        depths,
-        frequency / truth.dt,
-        np.sqrt(frequency * (1 - frequency) / trials) / truth.dt,
-        filled,
-        np.full(12, trials * truth.dt),
-    )
+    rates = calibrate.DepthCycle(depths).rates(observed, truth.dt)
+    # 400 episodes x 2 sides x 20 quotes at each of the 12 depths
+    frequency = rates.fills / (2.0 * 400 * 20)
+    np.testing.assert_allclose(rates.rate, frequency / truth.dt, rtol=1e-12)
+    np.testing.assert_allclose(rates.exposure, 2.0 * 400 * 20 * truth.dt, rtol=1e-12)
+    with pytest.raises(ValueError, match="paths=True"):
+        calibrate.DepthCycle(depths).rates(observed.replace(paths=None), truth.dt)
     fit = calibrate.fit_market_by_gradient(
         calibrate.moment_targets(rates, volatility), truth, jax.random.key(16), n_episodes=256
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,27 @@ class DepthCycle:
     def __call__(self, obs: MarketState, params: MarketParams) -> Quotes:
         depth = jnp.asarray(self.depths, obs.mid.dtype)[obs.t % self.depths.shape[0]]
         return Quotes(bid_depth=depth, ask_depth=depth)
+
+    def rates(self, rollout: Any, dt: float) -> ExceedanceRates:
+        """The fill rate at each depth of this design from ``simulate(market, self, key, n,
+        paths=True)``: fills of both sides over the ``2 n`` quotes posted at that depth, per
+        time unit (``frequency / dt``), with the binomial standard error
+        ``sqrt(f (1 - f) / trials) / dt``; ``exposure`` is ``trials * dt``."""
+        if rollout.paths is None:
+            raise ValueError("DepthCycle.rates needs a rollout simulated with paths=True")
+        depths = np.asarray(self.depths, np.float64)
+        fills = np.asarray(rollout.paths.bid_fill + rollout.paths.ask_fill, np.float64)
+        slot = np.arange(fills.shape[1]) % depths.size
+        filled = np.array([fills[:, slot == i].sum() for i in range(depths.size)])
+        trials = np.array([2.0 * fills.shape[0] * (slot == i).sum() for i in range(depths.size)])
+        frequency = filled / trials
+        return ExceedanceRates(
+            depths,
+            frequency / dt,
+            np.sqrt(frequency * (1 - frequency) / trials) / dt,
+            filled,
+            trials * dt,
+        )
 
 
 @struct.dataclass
