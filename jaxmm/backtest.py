@@ -25,7 +25,8 @@ A policy is called as ``policy(obs, params)``: ``obs`` a ``market.MarketState`` 
 real book (step index on the policy's grid, mid in dollars, inventory in units of the quote
 size, the trailing mid changes between decisions, the PnL so far) and ``params`` the policy's
 view of the market (a ``MarketParams``; ``market_params`` makes one for a tape). Depths are in
-dollars; a non-finite depth means "do not quote that side".
+dollars; a non-finite depth means "do not quote that side". A policy that also sends market
+orders (``Quotes.market_order``) is refused: the replay executes limit quotes only.
 """
 
 from __future__ import annotations
@@ -714,6 +715,12 @@ def _decide(carry, x, data, policy, params, config: Config, window: int) -> _Car
         recent_fills=fills,
     )
     quotes = policy(obs, params)
+    if quotes.market_order is not None:  # traced once, before the replay runs
+        raise ValueError(
+            "the policy returns Quotes.market_order, which the replay cannot execute (it posts "
+            "limit quotes only; market orders against the tape are not modelled); allowed: "
+            "Quotes without market_order"
+        )
     bid_depth = jnp.asarray(quotes.bid_depth, jnp.float64)
     ask_depth = jnp.asarray(quotes.ask_depth, jnp.float64)
     tick, units = config.tick, config.tick_units

@@ -321,6 +321,18 @@ def test_bad_windows_and_times_are_refused(tmp_path):
     assert backtest.parse_time("12:45") == 45900.0 and backtest.parse_time(3.5) == 3.5
 
 
+def test_a_policy_sending_market_orders_is_refused(tmp_path):
+    backtest_tapes.CASES[0].write(tmp_path)
+    tape = backtest.tape(lobster.read_lobster(tmp_path))
+    symmetric = mm.policies.symmetric(0.01)
+
+    def with_market_order(obs, params):
+        return symmetric(obs, params).replace(market_order=jnp.zeros((), jnp.float64))
+
+    with pytest.raises(ValueError, match="market_order"):
+        backtest.replay(tape, with_market_order)
+
+
 MULTI_PROCESS_SWEEP = r"""
 import json, sys
 import jax
