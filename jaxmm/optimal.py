@@ -883,6 +883,12 @@ def bellman_cara(
     return _mdp_table(params, inventories, values, bids, asks, terminal, "bellman_cara")
 
 
+def _unquoted_never_filled(bids: np.ndarray, asks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A tabulated policy's depths for the evaluation recursions: a NaN depth (no quote on
+    that side) becomes ``+inf``, whose fill probability is exactly 0."""
+    return np.where(np.isnan(bids), np.inf, bids), np.where(np.isnan(asks), np.inf, asks)
+
+
 def _policy_table(params, inventories, bids, asks, values, terminal, method) -> QuoteTable:
     """A policy's depths ``f[N, n_q]`` and values ``f[N, n_q]`` as a ``QuoteTable`` with the
     terminal row (no quotes) and NaN where the inventory grid closes a side."""
@@ -933,8 +939,7 @@ def evaluate_cara(
     inventories = _inventory_grid(params, q_grid)
     with jax.enable_x64(True):
         bids, asks = tabulate(policy, params, inventories)
-        bids = np.where(np.isnan(bids), np.inf, bids)
-        asks = np.where(np.isnan(asks), np.inf, asks)
+        bids, asks = _unquoted_never_filled(bids, asks)
         risk = _step_variances(params)
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
@@ -1018,8 +1023,7 @@ def evaluate(
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
         terminal = -terminal_penalty * q**2
-        bids = np.where(np.isnan(bids), np.inf, bids)
-        asks = np.where(np.isnan(asks), np.inf, asks)
+        bids, asks = _unquoted_never_filled(bids, asks)
         values = _evaluate_mdp(
             consts,
             q,
@@ -1302,8 +1306,7 @@ def evaluate_alpha(
     penalties = rewards.penalty_schedule(plain, phi, reward)
     with jax.enable_x64(True):
         bids, asks = tabulate_alpha(policy, params, inventories, alphas)
-        bids = np.where(np.isnan(bids), np.inf, bids)
-        asks = np.where(np.isnan(asks), np.inf, asks)
+        bids, asks = _unquoted_never_filled(bids, asks)
         consts = _alpha_constants(plain, inventories, alphas)
         q = jnp.asarray(inventories, jnp.float64)[:, None]
         terminal = jnp.broadcast_to(-terminal_penalty * q**2, (inventories.size, alphas.size))
@@ -1586,13 +1589,14 @@ def _evaluate_market_orders(params, policy, phi, reward, terminal_penalty, q_gri
         consts = _constants(params, inventories)
         q = jnp.asarray(inventories, jnp.float64)
         terminal = -terminal_penalty * q**2
+        quoted_bids, quoted_asks = _unquoted_never_filled(bids, asks)
         values = _evaluate_orders(
             consts,
             q,
             jnp.asarray(penalties),
             terminal,
-            jnp.asarray(np.where(np.isnan(bids), np.inf, bids)),
-            jnp.asarray(np.where(np.isnan(asks), np.inf, asks)),
+            jnp.asarray(quoted_bids),
+            jnp.asarray(quoted_asks),
             jnp.asarray(orders),
             jnp.asarray(float(params.mo_cost), jnp.float64),
             jnp.asarray(_impact(params), jnp.float64),
